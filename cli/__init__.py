@@ -1,0 +1,1 @@
+"""simdex command line: parses, calls engine/ or indexer/, prints."""

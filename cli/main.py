@@ -1,0 +1,45 @@
+"""The `simdex` command: a click group whose subcommands are imported only when run,
+so `simdex query` by id never pays for importing torch."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# name -> "module:attribute" of a click command. One line per command; each lives in cli/<name>.py.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("cli.train", "Train the sparse U-Net (the paper's method) on a source of images."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[name][0])
+        return getattr(module, name.replace("-", "_"))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Show one-line help without importing every command module.
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="simdex")
+def main() -> None:
+    """simdex: find the objects in an image catalog most similar to a query, with a
+    probabilistic similarity P in [0, 1] for every answer.
+
+    \b
+    Typical session:
+      simdex index fashion-mnist --catalog cat/      # images -> per-object features
+      simdex build --catalog cat/                    # pruning, Omega, FAISS index
+      simdex query --catalog cat/ 42                 # the 10 objects most like object 42
+    """

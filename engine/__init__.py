@@ -1,0 +1,1 @@
+"""simdex engine: reads catalogs and answers queries. Never imports torch at import time."""

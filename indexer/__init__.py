@@ -1,0 +1,1 @@
+"""simdex indexer: the model, its training, extraction and catalog building."""

@@ -1,0 +1,403 @@
+"""Image sources: where images come from, how they are decoded, and their masks.
+
+A source is a sequence of records (where the image is, its ordinal, label and
+metadata) with a `read(i)` that decodes image i to float32 (C, H, W) in [0, 1].
+Three kinds, chosen by `open_source(spec)`:
+
+- a folder of images, searched recursively (png, jpg, jpeg, webp, bmp, tif, tiff);
+  an image in a sub-folder is labelled with its sub-folder's path (as torchvision's
+  ImageFolder does);
+- a CSV or Parquet list with a `path` column (relative paths are relative to the
+  list's folder), an optional `label` and `mask` column; every other column is
+  metadata carried into the catalog;
+- IDX files (MNIST / Fashion-MNIST): a `*-images-idx3-ubyte[.gz]` file, or
+  `fashion-mnist` / the folder that holds the Fashion-MNIST files, which yields
+  both splits (train first, then test) with a `split` metadata column.
+
+Decoding never raises anything but `ImageReadError`, whose `reason` is a short
+code stored in the catalog's errors table.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"), Path("data/fashion-mnist"))
+DEFAULT_MAX_PIXELS = 64_000_000
+# Mask rule: a pixel belongs to the object when any channel differs from the background
+# colour (the median of the image's 1-pixel border) by more than this, on a 0..1 scale.
+DEFAULT_MASK_THRESHOLD = 0.05
+
+
+class SourceError(Exception):
+    """A source that cannot be opened at all (wrong path, unknown format, missing column)."""
+
+
+class ImageReadError(Exception):
+    """One image that cannot be decoded; `reason` is a short code for the errors table."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class ImageRecord:
+    source: str  # path or URI of the image (for IDX: the file and '#index')
+    ordinal: int  # position of the image within its source
+    label: str | None = None
+    metadata: dict = field(default_factory=dict)
+    mask: str | None = None  # path of a mask image (non-zero = object), if given
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _to_float(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype in (np.uint16, np.int32, np.uint32) or arr.dtype.kind in "iu":
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return np.clip(arr.astype(np.float32) / top, 0.0, 1.0)
+    if arr.dtype == bool:
+        return arr.astype(np.float32)
+    return np.clip(np.nan_to_num(arr.astype(np.float32)), 0.0, 1.0)
+
+
+def decode_image(path: str | os.PathLike, channels: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to float32 (channels, H, W) in [0, 1].
+
+    Grey, RGB, RGBA/LA (composited over white), palette, 1-bit, 16-bit, float and
+    CMYK images are converted; `channels` is 1 (luminance) or 3 (RGB).
+
+    Raises:
+        ImageReadError: reason one of missing, empty_file, not_an_image, too_large,
+            truncated, decode_error.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageReadError("missing", str(exc)) from None
+    if size == 0:
+        raise ImageReadError("empty_file", str(path))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageReadError("too_large", f"{w}x{h} pixels exceeds the limit of {max_pixels}")
+                img.load()
+                return _pil_to_array(img, channels)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError("not_an_image", str(path)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError("too_large", str(exc)) from None
+    except (OSError, SyntaxError) as exc:
+        reason = "truncated" if "truncated" in str(exc).lower() else "decode_error"
+        raise ImageReadError(reason, str(exc)) from None
+    except Exception as exc:  # a decoder bug on hostile input must not stop a job
+        raise ImageReadError("decode_error", f"{type(exc).__name__}: {exc}") from None
+
+
+def _pil_to_array(img, channels: int) -> np.ndarray:
+    from PIL import Image
+
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img, mode = Image.alpha_composite(white, rgba).convert("RGB"), "RGB"
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = _to_float(np.asarray(img))  # (H, W), 16-bit / 32-bit / float
+        arr = arr[None]
+        return arr if channels == 1 else np.repeat(arr, 3, axis=0)
+    if mode not in ("L", "RGB"):
+        img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, 1 ...
+        if mode == "1":
+            img = img.convert("L")
+    target = "L" if channels == 1 else "RGB"
+    if img.mode != target:
+        img = img.convert(target)
+    arr = _to_float(np.asarray(img))
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
+
+
+def fit_to_size(image: np.ndarray, size: int, background: np.ndarray | None = None) -> tuple[np.ndarray, float, int, int]:
+    """Fit (C, H, W) into a size×size canvas: scale down to fit (aspect kept), pad centred.
+
+    Images that already fit are only padded (Fashion-MNIST's 28×28 → 32×32), never
+    enlarged. Returns the canvas, the scale and the (top, left) offset, so that
+    canvas coordinates map back to the image: y_img = (y_canvas - top) / scale.
+    """
+    c, h, w = image.shape
+    if background is None:
+        background = border_background(image)
+    scale = min(1.0, size / max(h, w))
+    if scale < 1.0:
+        import torch
+        from torch.nn import functional as F
+
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        t = torch.from_numpy(np.ascontiguousarray(image))[None]
+        image = F.interpolate(t, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0].numpy()
+        h, w = nh, nw
+    top, left = (size - h) // 2, (size - w) // 2
+    canvas = np.empty((c, size, size), dtype=np.float32)
+    canvas[...] = np.asarray(background, dtype=np.float32).reshape(c, 1, 1)
+    canvas[:, top:top + h, left:left + w] = image
+    return canvas, scale, top, left
+
+
+def border_background(image: np.ndarray) -> np.ndarray:
+    """Per-channel background colour: the median of the image's 1-pixel border. (C,)"""
+    border = np.concatenate(
+        [image[:, 0, :], image[:, -1, :], image[:, :, 0], image[:, :, -1]], axis=1
+    )
+    return np.median(border, axis=1).astype(np.float32)
+
+
+def mask_from_background(image: np.ndarray, threshold: float = DEFAULT_MASK_THRESHOLD) -> np.ndarray:
+    """The training mask of an object on a blank background. image (C, H, W) → bool (H, W).
+
+    Rule: the background colour is the per-channel median of the 1-pixel border; a
+    pixel is object when any channel differs from it by more than `threshold`.
+    """
+    bg = border_background(image)[:, None, None]
+    return (np.abs(image - bg) > threshold).any(axis=0)
+
+
+def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask image (non-zero = object) → bool (H, W)."""
+    m = decode_image(path, channels=1)[0] > 0
+    if shape is not None and m.shape != tuple(shape):
+        raise ImageReadError("mask_mismatch", f"mask {m.shape} vs image {tuple(shape)}")
+    return m
+
+
+# ----------------------------------------------------------------------------- IDX
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array of its declared shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise SourceError(f"cannot read IDX file {path}: {exc}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise SourceError(f"{path} is not an IDX file")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if data[2] not in dtypes:
+        raise SourceError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
+    ndim = data[3]
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise SourceError(f"{path}: truncated IDX file ({arr.size} values, header says {shape})")
+    return arr.reshape(shape)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def find_fashion_mnist() -> Path:
+    """The folder holding Fashion-MNIST's IDX files, from $SIMDEX_FASHION_MNIST, Debian's
+    `dataset-fashion-mnist` package, or ./data/fashion-mnist (where `make data` downloads it)."""
+    candidates = [Path(os.environ["SIMDEX_FASHION_MNIST"])] if os.environ.get("SIMDEX_FASHION_MNIST") else []
+    candidates += list(FASHION_MNIST_DIRS) + [Path("data/fashion-mnist/FashionMNIST/raw")]
+    for folder in candidates:
+        if _find_idx(folder, "train-images-idx3-ubyte") and _find_idx(folder, "t10k-images-idx3-ubyte"):
+            return folder
+    raise SourceError(
+        "Fashion-MNIST not found. Install it with `apt-get install -y dataset-fashion-mnist` "
+        "(Debian, as root), or `make data` / `python -m indexer.datasets` to download it with "
+        "torchvision into data/fashion-mnist, or set SIMDEX_FASHION_MNIST to its folder."
+    )
+
+
+# ----------------------------------------------------------------------------- sources
+
+class ImageSource:
+    """A sequence of images. Subclasses fill `records` and implement `read`."""
+
+    spec: str
+    records: list[ImageRecord]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def read(self, i: int, channels: int = 1) -> np.ndarray:
+        """Image i as float32 (channels, H, W) in [0, 1]; raises ImageReadError."""
+        raise NotImplementedError
+
+    def read_mask(self, i: int, image: np.ndarray) -> np.ndarray:
+        """The training mask of image i: its mask file if it has one, else the background rule."""
+        rec = self.records[i]
+        if rec.mask:
+            return read_mask(rec.mask, image.shape[1:])
+        return mask_from_background(image)
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        cols: dict[str, None] = {}
+        for rec in self.records[:1]:
+            cols.update(dict.fromkeys(rec.metadata))
+        return list(cols)
+
+
+class IdxSource(ImageSource):
+    """Images held in memory from IDX files (uint8 (N, H, W))."""
+
+    def __init__(self, spec: str, images: np.ndarray, records: list[ImageRecord]):
+        self.spec = spec
+        self.images = images
+        self.records = records
+
+    def read(self, i: int, channels: int = 1) -> np.ndarray:
+        arr = self.images[i].astype(np.float32)[None] / 255.0  # (1, H, W)
+        return arr if channels == 1 else np.repeat(arr, 3, axis=0)
+
+
+class FileSource(ImageSource):
+    """Images read from files: a folder or a CSV/Parquet list."""
+
+    def __init__(self, spec: str, records: list[ImageRecord], max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.spec = spec
+        self.records = records
+        self.max_pixels = max_pixels
+
+    def read(self, i: int, channels: int = 1) -> np.ndarray:
+        return decode_image(self.records[i].source, channels, self.max_pixels)
+
+
+def _idx_labels(images_path: Path) -> np.ndarray | None:
+    name = images_path.name.replace("images-idx3-ubyte", "labels-idx1-ubyte")
+    labels = images_path.with_name(name)
+    return read_idx(labels) if labels.is_file() and labels != images_path else None
+
+
+def _idx_source(spec: str, parts: list[tuple[Path, dict]], class_names=None) -> IdxSource:
+    arrays, records = [], []
+    for path, meta in parts:
+        images = read_idx(path)
+        if images.ndim != 3:
+            raise SourceError(f"{path}: expected an images IDX file (N, H, W), got shape {images.shape}")
+        labels = _idx_labels(path)
+        for j in range(len(images)):
+            label = None
+            if labels is not None:
+                label = class_names[labels[j]] if class_names else str(int(labels[j]))
+            records.append(ImageRecord(f"{path}#{j}", len(records), label, dict(meta)))
+        arrays.append(images.astype(np.uint8, copy=False))
+    return IdxSource(spec, np.concatenate(arrays) if len(arrays) > 1 else arrays[0], records)
+
+
+def fashion_mnist_source(folder: str | os.PathLike | None = None, splits=("train", "test")) -> IdxSource:
+    """Both Fashion-MNIST splits (train first) with a `split` column and class names as labels."""
+    folder = Path(folder) if folder else find_fashion_mnist()
+    stems = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+    parts = []
+    for split in splits:
+        p = _find_idx(folder, stems[split])
+        if p is None:
+            raise SourceError(f"{folder} has no {stems[split]}[.gz]")
+        parts.append((p, {"split": split}))
+    return _idx_source("fashion-mnist" if len(splits) == 2 else f"fashion-mnist:{splits[0]}", parts,
+                       FASHION_MNIST_CLASSES)
+
+
+def _folder_source(folder: Path) -> FileSource:
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not paths:
+        raise SourceError(f"{folder} holds no files")
+    records = []
+    for p in paths:
+        rel_parent = p.parent.relative_to(folder)
+        label = str(rel_parent) if str(rel_parent) != "." else None
+        records.append(ImageRecord(str(p), len(records), label, {}))
+    # Non-image files are kept: the indexer records them in the errors table instead of
+    # silently skipping them, so a user sees every file that was not indexed.
+    return FileSource(str(folder), records)
+
+
+def _list_source(path: Path) -> FileSource:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        if path.suffix.lower() == ".csv":
+            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        else:
+            table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SourceError(f"cannot read list {path}: {exc}") from None
+    if "path" not in table.column_names:
+        raise SourceError(f"{path} needs a 'path' column (found: {', '.join(table.column_names)})")
+    rows = table.to_pylist()
+    records = []
+    for row in rows:
+        p = row.pop("path")
+        if p is None:
+            continue
+        if "://" not in str(p) and not os.path.isabs(str(p)):
+            p = str(path.parent / str(p))
+        label = row.pop("label", None)
+        mask = row.pop("mask", None)
+        if mask and "://" not in str(mask) and not os.path.isabs(str(mask)):
+            mask = str(path.parent / str(mask))
+        records.append(ImageRecord(str(p), len(records), None if label is None else str(label), row, mask))
+    return FileSource(str(path), records)
+
+
+def open_source(spec: str | os.PathLike) -> ImageSource:
+    """Open a source from what a user types: a folder, a .csv/.parquet list, an IDX file,
+    or `fashion-mnist` (both splits, from the Debian package or a download).
+
+    Raises:
+        SourceError: the path does not exist or is not a known kind of source.
+    """
+    text = str(spec)
+    if text.lower() in ("fashion-mnist", "fashion-mnist:train", "fashion-mnist:test"):
+        splits = ("train", "test") if ":" not in text else (text.split(":")[1],)
+        return fashion_mnist_source(splits=splits)
+    path = Path(text)
+    if not path.exists():
+        raise SourceError(f"source not found: {path} (give a folder of images, a .csv/.parquet list, "
+                          f"an IDX file, or 'fashion-mnist')")
+    if path.is_dir():
+        if _find_idx(path, "train-images-idx3-ubyte") and _find_idx(path, "t10k-images-idx3-ubyte"):
+            return fashion_mnist_source(path)
+        return _folder_source(path)
+    name = path.name.lower()
+    if name.endswith((".csv", ".parquet", ".pq")):
+        return _list_source(path)
+    if "idx3-ubyte" in name:
+        return _idx_source(str(path), [(path, {})])
+    raise SourceError(f"{path}: unknown kind of source; expected a folder, .csv, .parquet or IDX file")
