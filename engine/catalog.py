@@ -1,0 +1,490 @@
+"""The catalog: the one object that knows where everything of an index lives on disk.
+
+A catalog is a folder::
+
+    catalog.json            format version, the model (sha256, config), φ, num_features, region mode
+    shards/000001.parquet   committed object rows, one per object (numbered in commit order)
+    errors/000001.parquet   committed error rows (inputs that gave no object), same numbering
+    jobs/<job>.json         one journal per indexed source: its commits and where to resume
+    builds/<version>/       build artifacts (pruning, normalisation, Ω, FAISS), one folder per build
+    CURRENT                 the name of the current build (swapped atomically)
+    deleted.parquet         tombstones: object ids hidden from every result
+    .lock                   held (flock) by the one job writing to the catalog
+
+Nobody else joins paths into a catalog: readers use `shard_paths()`, `iter_features()`,
+`read_objects()`, `read_errors()`; the indexer uses `lock()`, `begin_job()`, `new_temp_path()`
+and `commit()`; the build uses `new_build_dir()` and `publish_build()`.
+
+Commit protocol (what makes SIGKILL safe): a shard is written under a temporary name,
+renamed to its final name, and then the job's journal is replaced atomically
+(write-temp + `os.replace`) with the commit appended. The journal is the commit point:
+a shard file that no journal lists is an orphan of a killed job, invisible to
+readers and deleted by the next writer. Object ids, image ids and shard numbers are
+dense and assigned in commit order, so a resumed job produces the same ids as an
+uninterrupted one.
+
+This module does not import torch, so opening a catalog is fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+FORMAT = "simdex-catalog/1"
+JOURNAL_FORMAT = "simdex-job/1"
+INFO_FILE = "catalog.json"
+CURRENT_FILE = "CURRENT"
+DELETED_FILE = "deleted.parquet"
+LOCK_FILE = ".lock"
+SHARDS_DIR, ERRORS_DIR, JOBS_DIR, BUILDS_DIR = "shards", "errors", "jobs", "builds"
+REGION_MODES = ("bbox", "mask", "full")
+_BUILD_RE = re.compile(r"^v(\d{6})-")
+_REQUIRED_INFO = ("sha256", "config", "phi", "num_features", "region")
+
+
+class CatalogError(Exception):
+    """A catalog that is missing, not a catalog, of another format, or used inconsistently."""
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+class Catalog:
+    """An on-disk catalog of objects and their features.
+
+    Example:
+        >>> cat = Catalog.open("cat/")                        # doctest: +SKIP
+        >>> for ids, X in cat.iter_features(batch_rows=8192):  # doctest: +SKIP
+        ...     ...  # ids int64 (n,), X float32 (n, cat.num_features)
+    """
+
+    def __init__(self, root: Path, info: dict):
+        self.root = Path(root)
+        self.info = info
+
+    # ------------------------------------------------------------------ open / create
+
+    @classmethod
+    def create(cls, root: str | os.PathLike, model_info: dict) -> Catalog:
+        """Create a new catalog in `root` (a missing or empty folder).
+
+        Args:
+            model_info: what every object's features depend on: `sha256` and `config` of the
+                model, `phi` as [{name, channels, stride, offset}], `num_features`, `region`
+                (bbox|mask|full); any other keys (e.g. `model_path`) are stored too.
+
+        Raises:
+            CatalogError: `root` already holds a catalog or other files, or model_info lacks a key.
+        """
+        root = Path(root)
+        missing = [k for k in _REQUIRED_INFO if k not in model_info]
+        if missing:
+            raise CatalogError(f"model_info lacks {', '.join(missing)}")
+        if model_info["region"] not in REGION_MODES:
+            raise CatalogError(f"region must be one of {', '.join(REGION_MODES)}, got {model_info['region']!r}")
+        if (root / INFO_FILE).exists():
+            raise CatalogError(f"{root} already holds a catalog; open it instead")
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise CatalogError(f"{root} exists and is not an empty folder; choose a new folder for the catalog")
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in (SHARDS_DIR, ERRORS_DIR, JOBS_DIR, BUILDS_DIR):
+            (root / sub).mkdir(exist_ok=True)
+        phi = [dict(name=str(p["name"]), channels=int(p["channels"]), stride=int(p["stride"]),
+                    offset=int(p["offset"])) for p in model_info["phi"]]
+        if sum(p["channels"] for p in phi) != int(model_info["num_features"]):
+            raise CatalogError("model_info: the channels of phi do not add up to num_features")
+        info = {
+            "format": FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **{k: v for k, v in model_info.items() if k not in ("phi",)},
+            "phi": phi,
+            "num_features": int(model_info["num_features"]),
+        }
+        _write_json_atomic(root / INFO_FILE, info)
+        log.info("created catalog %s (model %s, %d features)", root, info["sha256"][:12], info["num_features"])
+        return cls(root, info)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> Catalog:
+        """Open an existing catalog.
+
+        Raises:
+            CatalogError: no such folder, not a catalog, unreadable or of an unknown format.
+        """
+        root = Path(root)
+        if not root.exists():
+            raise CatalogError(f"no catalog at {root}: create one with `simdex index SOURCE --catalog {root}`")
+        path = root / INFO_FILE
+        if not path.is_file():
+            raise CatalogError(f"{root} is not a simdex catalog (it has no {INFO_FILE}); "
+                               f"create one with `simdex index SOURCE --catalog DIR`")
+        try:
+            info = _read_json(path)
+        except (OSError, ValueError) as exc:
+            raise CatalogError(f"{path} is unreadable: {exc}") from None
+        if info.get("format") != FORMAT:
+            raise CatalogError(f"{root}: unsupported catalog format {info.get('format')!r}, this simdex reads {FORMAT}")
+        return cls(root, info)
+
+    @classmethod
+    def open_or_create(cls, root: str | os.PathLike, model_info: dict) -> Catalog:
+        """Open `root` if it holds a catalog, else create one with `model_info`.
+
+        The model and region of an existing catalog are not checked here; see `check_compatible`.
+        """
+        root = Path(root)
+        if (root / INFO_FILE).exists():
+            return cls.open(root)
+        return cls.create(root, model_info)
+
+    def check_compatible(self, model_info: dict) -> None:
+        """Raise CatalogError unless features made with `model_info` can join this catalog."""
+        mine, theirs = self.info["sha256"], model_info.get("sha256")
+        if theirs != mine:
+            where = f" ({self.info['model_path']})" if self.info.get("model_path") else ""
+            raise CatalogError(
+                f"catalog {self.root} was indexed with model {mine[:12]}…{where}, but this run uses "
+                f"model {str(theirs)[:12]}…; features of different models cannot be compared. "
+                f"Pass --model with the catalog's model, or index into a new catalog folder."
+            )
+        if model_info.get("region", self.region) != self.region:
+            raise CatalogError(
+                f"catalog {self.root} holds features of region mode {self.region!r}, this run asks for "
+                f"{model_info['region']!r}; use --region {self.region} or a new catalog folder"
+            )
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def phi(self) -> list[dict]:
+        """The layers of φ in feature order: [{name, channels, stride, offset}]."""
+        return self.info["phi"]
+
+    @property
+    def num_features(self) -> int:
+        return int(self.info["num_features"])
+
+    @property
+    def region(self) -> str:
+        return self.info["region"]
+
+    @property
+    def model_sha256(self) -> str:
+        return self.info["sha256"]
+
+    @property
+    def num_objects(self) -> int:
+        """Committed object rows (tombstoned objects included; see `deleted_ids`)."""
+        return sum(c["rows"] for j in self.journals() for c in j["commits"])
+
+    @property
+    def num_errors(self) -> int:
+        return sum(c["error_rows"] for j in self.journals() for c in j["commits"])
+
+    @property
+    def num_images(self) -> int:
+        return sum(c["images"] for j in self.journals() for c in j["commits"])
+
+    def __repr__(self) -> str:
+        return f"Catalog({str(self.root)!r}, objects={self.num_objects})"
+
+    # ------------------------------------------------------------------ journals and commits
+
+    def journals(self) -> list[dict]:
+        """Every job's journal (committed state only), in the order the jobs started."""
+        out = []
+        jobs = self.root / JOBS_DIR
+        if not jobs.is_dir():
+            return out
+        for p in jobs.glob("*.json"):
+            try:
+                out.append(_read_json(p))
+            except (OSError, ValueError) as exc:
+                raise CatalogError(f"job journal {p} is unreadable: {exc}") from None
+        return sorted(out, key=lambda j: (j.get("seq_started", 0), j["job_id"]))
+
+    def journal(self, job_id: str) -> dict | None:
+        p = self._journal_path(job_id)
+        return _read_json(p) if p.is_file() else None
+
+    def _journal_path(self, job_id: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", job_id):
+            raise CatalogError(f"bad job id {job_id!r}")
+        return self.root / JOBS_DIR / f"{job_id}.json"
+
+    def _commits(self) -> list[dict]:
+        return sorted((c for j in self.journals() for c in j["commits"]), key=lambda c: c["seq"])
+
+    def counters(self) -> dict:
+        """The next shard number, object id and image id to assign (dense, in commit order)."""
+        nxt = {"seq": 1, "object_id": 0, "image_id": 0}
+        for c in self._commits():
+            nxt["seq"] = max(nxt["seq"], c["seq"] + 1)
+            nxt["object_id"] = max(nxt["object_id"], c["object_ids"][1])
+            nxt["image_id"] = max(nxt["image_id"], c["image_ids"][1])
+        return nxt
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the catalog's writer lock; raise CatalogError if another job holds it.
+
+        On entry, orphans of a killed writer (temporary files, shards no journal lists) are removed.
+        """
+        f = open(self.root / LOCK_FILE, "a+")
+        try:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CatalogError(f"another job is writing to {self.root}; wait for it to finish") from None
+            self._remove_orphans()
+            yield
+        finally:
+            f.close()  # releases the flock
+
+    def _remove_orphans(self) -> None:
+        listed = set()
+        for c in self._commits():
+            listed.update(x for x in (c.get("shard"), c.get("errors")) if x)
+        for sub in (SHARDS_DIR, ERRORS_DIR, JOBS_DIR):
+            for p in (self.root / sub).iterdir():
+                rel = f"{sub}/{p.name}"
+                orphan = p.name.endswith(".tmp") or (sub != JOBS_DIR and rel not in listed)
+                if orphan and p.is_file():
+                    log.info("removing %s, left behind by an interrupted job", rel)
+                    p.unlink()
+
+    def begin_job(self, job_id: str, spec: dict) -> dict:
+        """Return the journal of `job_id`, creating it (with `spec`) if it is new.
+
+        `spec` is what the job is (source, number of images, options); it is stored once.
+        The caller must hold `lock()`.
+        """
+        j = self.journal(job_id)
+        if j is not None:
+            return j
+        j = {"format": JOURNAL_FORMAT, "job_id": job_id, **spec, "next_ordinal": 0, "commits": [],
+             "seq_started": self.counters()["seq"],
+             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _write_json_atomic(self._journal_path(job_id), j)
+        return j
+
+    def new_temp_path(self, kind: str = "shard") -> Path:
+        """A fresh temporary file name for a shard (`kind='shard'`) or errors file (`'errors'`)."""
+        sub = {"shard": SHARDS_DIR, "errors": ERRORS_DIR}[kind]
+        return self.root / sub / f".{uuid.uuid4().hex}.parquet.tmp"
+
+    def commit(self, job_id: str, *, shard_tmp: Path | None, errors_tmp: Path | None, ordinal_start: int,
+               next_ordinal: int, first_object_id: int, rows: int, first_image_id: int, images: int,
+               error_rows: int) -> dict:
+        """Publish one shard (and its errors file) of a job: rename them to their final
+        names, then append the commit to the job's journal atomically (the commit point).
+
+        The shard's rows carry object ids [first_object_id, first_object_id + rows) and
+        image ids [first_image_id, first_image_id + images): the ones `counters()` returned
+        before the shard was written. Returns the new journal. The caller must hold `lock()`.
+        """
+        j = self.journal(job_id)
+        if j is None:
+            raise CatalogError(f"no job {job_id} in {self.root}; call begin_job first")
+        if j["next_ordinal"] != ordinal_start:
+            raise CatalogError(f"job {job_id}: commit starts at ordinal {ordinal_start}, journal at {j['next_ordinal']}")
+        nxt = self.counters()
+        if (first_object_id, first_image_id) != (nxt["object_id"], nxt["image_id"]):
+            raise CatalogError(f"commit ids ({first_object_id}, {first_image_id}) do not follow the catalog's "
+                               f"({nxt['object_id']}, {nxt['image_id']}): was it written without the lock?")
+        seq = nxt["seq"]
+        commit = {"seq": seq, "shard": None, "errors": None, "ordinals": [ordinal_start, next_ordinal],
+                  "object_ids": [nxt["object_id"], nxt["object_id"] + rows],
+                  "image_ids": [nxt["image_id"], nxt["image_id"] + images],
+                  "rows": rows, "error_rows": error_rows, "images": images}
+        if shard_tmp is not None and rows:
+            commit["shard"] = f"{SHARDS_DIR}/{seq:06d}.parquet"
+            os.replace(shard_tmp, self.root / commit["shard"])
+        elif shard_tmp is not None:
+            Path(shard_tmp).unlink(missing_ok=True)
+        if errors_tmp is not None and error_rows:
+            commit["errors"] = f"{ERRORS_DIR}/{seq:06d}.parquet"
+            os.replace(errors_tmp, self.root / commit["errors"])
+        elif errors_tmp is not None:
+            Path(errors_tmp).unlink(missing_ok=True)
+        j["commits"].append(commit)
+        j["next_ordinal"] = next_ordinal
+        j["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        _write_json_atomic(self._journal_path(job_id), j)
+        return j
+
+    # ------------------------------------------------------------------ reading objects
+
+    def shard_paths(self) -> list[Path]:
+        """Committed object shard files, in commit order."""
+        return [self.root / c["shard"] for c in self._commits() if c.get("shard")]
+
+    def error_shard_paths(self) -> list[Path]:
+        """Committed errors files, in commit order."""
+        return [self.root / c["errors"] for c in self._commits() if c.get("errors")]
+
+    def iter_features(self, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream (object_ids int64 (n,), features float32 (n, N)) over the shards, at most
+        `batch_rows` rows at a time (memory is bounded by one batch). Tombstoned objects are
+        included; filter with `deleted_ids()`."""
+        n = self.num_features
+        for path in self.shard_paths():
+            pf = pq.ParquetFile(path)
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=["object_id", "features"]):
+                ids = batch.column(0).to_numpy().astype(np.int64, copy=False)
+                feats = batch.column(1)
+                values = feats.values.to_numpy(zero_copy_only=False)[feats.offset * n:(feats.offset + len(feats)) * n]
+                yield ids, values.reshape(len(ids), n).astype(np.float32, copy=False)
+
+    def read_objects(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """The object rows without the `features` column (all columns, or `columns`),
+        shards of different sources unified by column name (missing columns are null)."""
+        return self._read_tables(self.shard_paths(), columns, drop=("features",), empty=self._empty_objects)
+
+    def read_errors(self) -> pa.Table:
+        """The errors table: image_id, source, ordinal, label, reason, detail."""
+        return self._read_tables(self.error_shard_paths(), None, drop=(), empty=lambda: ERRORS_SCHEMA.empty_table())
+
+    def _empty_objects(self) -> pa.Table:
+        return pa.schema([f for f in OBJECT_BASE_SCHEMA if f.name != "features"]).empty_table()
+
+    @staticmethod
+    def _read_tables(paths, columns, drop, empty) -> pa.Table:
+        tables = []
+        for p in paths:
+            names = [n for n in pq.read_schema(p).names if n not in drop]
+            want = names if columns is None else [c for c in columns if c in names]
+            tables.append(pq.read_table(p, columns=want))
+        if not tables:
+            t = empty()
+            return t if columns is None else t.select([c for c in columns if c in t.column_names])
+        table = pa.concat_tables(tables, promote_options="default")
+        if columns is not None:
+            unknown = [c for c in columns if c not in table.column_names]
+            if unknown:
+                raise CatalogError(f"no column {', '.join(unknown)} in {table.column_names}")
+            table = table.select(list(columns))
+        return table
+
+    # ------------------------------------------------------------------ builds
+
+    def new_build_dir(self) -> Path:
+        """A fresh, empty temporary folder under builds/ to write a build into."""
+        p = self.root / BUILDS_DIR / f".tmp-{uuid.uuid4().hex}"
+        p.mkdir(parents=True)
+        return p
+
+    def publish_build(self, tmp_dir: str | os.PathLike) -> str:
+        """Make the build in `tmp_dir` (from `new_build_dir`) current; return its version.
+
+        The folder is renamed to builds/<version> and CURRENT is swapped atomically, so a
+        reader sees either the old build or the new one, never half of one.
+        """
+        tmp_dir = Path(tmp_dir)
+        builds = self.root / BUILDS_DIR
+        if tmp_dir.parent.resolve() != builds.resolve() or not tmp_dir.is_dir():
+            raise CatalogError(f"{tmp_dir} is not a build folder of {self.root}; get one from new_build_dir()")
+        numbers = [int(m.group(1)) for p in builds.iterdir() if (m := _BUILD_RE.match(p.name))]
+        version = f"v{max(numbers, default=0) + 1:06d}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+        os.rename(tmp_dir, builds / version)
+        tmp = self.root / f".{CURRENT_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp.write_text(version + "\n")
+        os.replace(tmp, self.root / CURRENT_FILE)
+        log.info("build %s is now current in %s", version, self.root)
+        return version
+
+    @property
+    def current_version(self) -> str | None:
+        try:
+            v = (self.root / CURRENT_FILE).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return v or None
+
+    def current_build_dir(self) -> Path | None:
+        """The folder of the current build, or None before the first build."""
+        v = self.current_version
+        return None if v is None else self.root / BUILDS_DIR / v
+
+    def remove_old_builds(self, keep: int = 2) -> list[str]:
+        """Delete all but the newest `keep` builds (never the current one); return their versions."""
+        builds = self.root / BUILDS_DIR
+        versions = sorted(p.name for p in builds.iterdir() if _BUILD_RE.match(p.name))
+        cur = self.current_version
+        removed = [v for v in versions[:-keep] if v != cur] if keep > 0 else [v for v in versions if v != cur]
+        for v in removed:
+            shutil.rmtree(builds / v)
+        return removed
+
+    # ------------------------------------------------------------------ tombstones
+
+    def add_deleted(self, ids: Sequence[int] | np.ndarray) -> int:
+        """Hide objects `ids` from every result (persisted; survives rebuilds). Returns how
+        many ids were newly deleted. Unknown ids raise CatalogError."""
+        new = np.unique(np.asarray(ids, dtype=np.int64))
+        if new.size and (new.min() < 0 or new.max() >= self.counters()["object_id"]):
+            bad = new[(new < 0) | (new >= self.counters()["object_id"])]
+            raise CatalogError(f"no object with id {', '.join(map(str, bad[:5]))} in {self.root}")
+        old = self.deleted_ids()
+        merged = np.union1d(old, new)
+        tmp = self.root / f".{DELETED_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+        pq.write_table(pa.table({"object_id": pa.array(merged, pa.int64())}), tmp)
+        os.replace(tmp, self.root / DELETED_FILE)
+        return int(merged.size - old.size)
+
+    def deleted_ids(self) -> np.ndarray:
+        """Sorted int64 array of tombstoned object ids."""
+        p = self.root / DELETED_FILE
+        if not p.is_file():
+            return np.empty(0, dtype=np.int64)
+        return pq.read_table(p).column("object_id").to_numpy().astype(np.int64)
+
+
+# Columns every object shard has, in this order; the source's metadata columns follow `label`.
+OBJECT_BASE_SCHEMA = pa.schema([
+    ("object_id", pa.int64()),
+    ("image_id", pa.int64()),
+    ("source", pa.string()),
+    ("ordinal", pa.int64()),
+    ("component", pa.int32()),
+    ("label", pa.string()),
+    ("x0", pa.int32()), ("y0", pa.int32()), ("x1", pa.int32()), ("y1", pa.int32()),
+    ("area", pa.int64()),
+    ("features", pa.list_(pa.float32())),  # fixed_size_list<float32>[N] in a shard
+])
+RESERVED_COLUMNS = frozenset(OBJECT_BASE_SCHEMA.names)
+ERRORS_SCHEMA = pa.schema([
+    ("image_id", pa.int64()),
+    ("source", pa.string()),
+    ("ordinal", pa.int64()),
+    ("label", pa.string()),
+    ("reason", pa.string()),
+    ("detail", pa.string()),
+])

@@ -1,0 +1,216 @@
+"""Extraction (DESIGN §3): objects from the predicted segment, and each object's
+per-layer channel means, for a whole batch at once.
+
+Arrays in, arrays out; no I/O. Two steps:
+
+1. `find_objects(segment)`: connected components (8-connectivity) of the predicted
+   foreground, found for the whole batch by label propagation with pointer jumping
+   (no per-image Python loop). Components are numbered within their image by
+   decreasing area (ties: lower pixel index first), so component 0 is the largest.
+   `objects='largest'` keeps component 0, `'all'` every component; both drop
+   components smaller than `min_area` pixels (at the model's input resolution).
+2. `object_features(acts, objects, region)`: for every layer of φ, each object's
+   region carried to the layer's resolution, and x_ij = the mean of channel j over it:
+
+   - `bbox` (the paper): the bounding box's centroid and size scaled by
+     (layer size / output size), rounded outward (floor of the low edge, ceiling of
+     the high edge) so the window holds at least one pixel;
+   - `mask`: the segment itself downsampled by area (the fraction of each layer
+     pixel covered), as a weighted mean;
+   - `full`: the whole map's mean (Appendix B).
+
+   Every mode is one batched matrix product per layer: activations (B, C, h·w) times
+   per-object weight maps (B, h·w, K) that sum to 1, K the most objects of one image.
+
+Bounding boxes are half-open pixel ranges [x0, x1) × [y0, y1) of the model's input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+OBJECT_MODES = ("largest", "all")
+REGION_MODES = ("bbox", "mask", "full")
+
+
+@dataclass
+class Objects:
+    """The objects of a batch, M in all, in (image, component) order."""
+
+    image_index: torch.Tensor  # (M,) int64: the object's image within the batch
+    component: torch.Tensor  # (M,) int64: 0 = the largest component of its image
+    bbox: torch.Tensor  # (M, 4) int64: x0, y0, x1, y1, half-open, in input pixels
+    area: torch.Tensor  # (M,) int64: pixels of the component
+    label_map: torch.Tensor  # (B, H, W) int64: component label of each pixel, 0 = background
+    label_value: torch.Tensor  # (M,) int64: the object's value in label_map
+
+    def __len__(self) -> int:
+        return int(self.image_index.numel())
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.label_map.shape[0])
+
+    def masks(self) -> torch.Tensor:
+        """(M, H, W) bool: each object's pixels."""
+        return self.label_map[self.image_index] == self.label_value[:, None, None]
+
+
+def connected_components(foreground: torch.Tensor) -> torch.Tensor:
+    """Label the 8-connected components of a batch of binary images.
+
+    Args:
+        foreground: (B, H, W) bool.
+    Returns:
+        (B, H, W) int64: 0 for background; every pixel of a component holds
+        1 + the largest flat index (y·W + x) of the component's pixels.
+
+    Example:
+        >>> connected_components(torch.tensor([[[1, 0, 1]]], dtype=torch.bool))
+        tensor([[[1, 0, 3]]])
+    """
+    if foreground.ndim != 3:
+        raise ValueError(f"expected (B, H, W), got {tuple(foreground.shape)}")
+    b, h, w = foreground.shape
+    fg = foreground.bool()
+    n = h * w
+    # max_pool2d needs floating point; float32 holds every index exactly below 2**24.
+    dtype = torch.float32 if n < 2**24 else torch.float64
+    idx = torch.arange(1, n + 1, dtype=dtype).view(1, h, w)
+    fgf = fg.to(dtype)
+    lab = idx * fgf  # (B, H, W)
+    while True:
+        prev = lab
+        # Propagation: every pixel takes the largest label of its 3×3 neighbourhood (its own component only).
+        lab = F.max_pool2d(lab[:, None], 3, stride=1, padding=1)[:, 0] * fgf
+        # Pointer jumping: label q+1 names pixel q of the same component, whose label is >= q+1.
+        flat = lab.view(b, n)
+        jump = torch.gather(flat, 1, (flat.long() - 1).clamp_(min=0))
+        lab = torch.maximum(flat, jump * fgf.view(b, n)).view(b, h, w)
+        if torch.equal(lab, prev):
+            return lab.long()
+
+
+def find_objects(segment: torch.Tensor, objects: str = "largest", min_area: int = 1) -> Objects:
+    """The objects of a batch of predicted segments.
+
+    Args:
+        segment: (B, H, W) bool, the predicted foreground (argmax of the logits != 0).
+        objects: 'largest' (one object per image at most, the paper) or 'all'.
+        min_area: the smallest component kept, in pixels.
+    Returns:
+        Objects, sorted by (image, component). An image whose components are all
+        smaller than `min_area` has no object.
+    """
+    if objects not in OBJECT_MODES:
+        raise ValueError(f"objects must be one of {', '.join(OBJECT_MODES)}, got {objects!r}")
+    label_map = connected_components(segment)
+    b, h, w = label_map.shape
+    n = h * w
+    flat = label_map.view(b, n)
+    img, pix = torch.nonzero(flat, as_tuple=True)  # foreground pixels, (P,)
+    key = img * (n + 1) + flat[img, pix]
+    uniq, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    c = uniq.numel()
+    comp_img, comp_label = uniq // (n + 1), uniq % (n + 1)
+    ys, xs = pix // w, pix % w
+    big = torch.full((c,), n, dtype=torch.long)
+    y0 = big.scatter_reduce(0, inverse, ys, "amin")
+    x0 = big.scatter_reduce(0, inverse, xs, "amin")
+    y1 = torch.zeros(c, dtype=torch.long).scatter_reduce(0, inverse, ys + 1, "amax")
+    x1 = torch.zeros(c, dtype=torch.long).scatter_reduce(0, inverse, xs + 1, "amax")
+    # Order by image, then decreasing area, then label (stable, so the result is deterministic).
+    order = torch.arange(c)
+    for k in (comp_label, -counts, comp_img):  # least significant key first
+        order = order[torch.sort(k[order], stable=True).indices]
+    comp_img, comp_label, counts = comp_img[order], comp_label[order], counts[order]
+    bbox = torch.stack([x0, y0, x1, y1], dim=1)[order]
+    # Rank of each component within its image.
+    first = torch.zeros(b + 1, dtype=torch.long)
+    first[1:] = torch.cumsum(torch.bincount(comp_img, minlength=b), 0)
+    rank = torch.arange(c) - first[comp_img]
+    keep = counts >= min_area
+    if objects == "largest":
+        keep &= rank == 0
+    # Components are sorted by decreasing area, so the kept ones are each image's first ranks.
+    return Objects(image_index=comp_img[keep], component=rank[keep], bbox=bbox[keep], area=counts[keep],
+                   label_map=label_map, label_value=comp_label[keep])
+
+
+def bbox_windows(bbox: torch.Tensor, out_hw: tuple[int, int], layer_hw: tuple[int, int]) -> torch.Tensor:
+    """DESIGN §3's window of each box at a layer's resolution. (M, 4) → (M, 4) x0, y0, x1, y1.
+
+    Scaling the centroid and size by r = layer/output is scaling both edges by r;
+    rounding outward takes floor(x0·r) and ceil(x1·r), computed exactly in integers.
+    """
+    (oh, ow), (lh, lw) = out_hw, layer_hw
+    x0 = torch.div(bbox[:, 0] * lw, ow, rounding_mode="floor")
+    y0 = torch.div(bbox[:, 1] * lh, oh, rounding_mode="floor")
+    x1 = -torch.div(-bbox[:, 2] * lw, ow, rounding_mode="floor")
+    y1 = -torch.div(-bbox[:, 3] * lh, oh, rounding_mode="floor")
+    x0, y0 = x0.clamp(0, lw - 1), y0.clamp(0, lh - 1)
+    x1 = torch.maximum(x1.clamp(max=lw), x0 + 1)  # at least one pixel
+    y1 = torch.maximum(y1.clamp(max=lh), y0 + 1)
+    return torch.stack([x0, y0, x1, y1], dim=1)
+
+
+def _region_weights(objects: Objects, region: str, out_hw: tuple[int, int], layer_hw: tuple[int, int],
+                    masks: torch.Tensor | None) -> torch.Tensor:
+    """(M, h, w) float32 weights of each object at one resolution; each map sums to 1."""
+    lh, lw = layer_hw
+    m = len(objects)
+    if region == "bbox":
+        win = bbox_windows(objects.bbox, out_hw, layer_hw)
+        xs, ys = torch.arange(lw), torch.arange(lh)
+        rx = ((xs >= win[:, 0:1]) & (xs < win[:, 2:3])).float()  # (M, w)
+        ry = ((ys >= win[:, 1:2]) & (ys < win[:, 3:4])).float()  # (M, h)
+        size = ((win[:, 2] - win[:, 0]) * (win[:, 3] - win[:, 1])).float()
+        return ry[:, :, None] * rx[:, None, :] / size[:, None, None]
+    if region == "mask":
+        oh, ow = out_hw
+        if oh % lh or ow % lw:
+            raise ValueError(f"layer size {layer_hw} does not divide the output size {out_hw}")
+        frac = F.avg_pool2d(masks[:, None].float(), (oh // lh, ow // lw))[:, 0]  # (M, h, w), area fraction
+        return frac / frac.sum(dim=(1, 2), keepdim=True)
+    return torch.full((m, lh, lw), 1.0 / (lh * lw))
+
+
+def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "bbox",
+                    out_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """Per-object, per-layer channel means: the raw vectors v_i.
+
+    Args:
+        acts: φ's activation maps in feature order, each (B, C_l, h_l, w_l).
+        objects: from `find_objects` on the same batch.
+        region: 'bbox', 'mask' or 'full'.
+        out_hw: the output (segment) size; defaults to the label map's.
+    Returns:
+        (M, N) float32, N = Σ C_l, rows in the order of `objects`.
+    """
+    if region not in REGION_MODES:
+        raise ValueError(f"region must be one of {', '.join(REGION_MODES)}, got {region!r}")
+    out_hw = tuple(out_hw or objects.label_map.shape[1:])
+    m, b = len(objects), objects.batch_size
+    n_features = sum(a.shape[1] for a in acts)
+    if m == 0:
+        return torch.zeros((0, n_features), dtype=torch.float32)
+    k = int(objects.component.max()) + 1
+    masks = objects.masks() if region == "mask" else None
+    weights: dict[tuple[int, int], torch.Tensor] = {}
+    out = []
+    for a in acts:
+        _, ch, lh, lw = a.shape
+        if region == "full":
+            out.append(a.float().mean(dim=(2, 3))[objects.image_index])  # (M, C)
+            continue
+        if (lh, lw) not in weights:  # layers of one resolution share their weight maps
+            wts = _region_weights(objects, region, out_hw, (lh, lw), masks)  # (M, h, w)
+            padded = torch.zeros((b, k, lh * lw), dtype=torch.float32)
+            padded[objects.image_index, objects.component] = wts.reshape(m, lh * lw)
+            weights[(lh, lw)] = padded.transpose(1, 2)  # (B, h·w, K)
+        per_image = torch.bmm(a.float().reshape(b, ch, lh * lw), weights[(lh, lw)])  # (B, C, K)
+        out.append(per_image[objects.image_index, :, objects.component])  # (M, C)
+    return torch.cat(out, dim=1)

@@ -1,0 +1,206 @@
+"""The vectorised extraction equals slow, obvious references (loops over objects, layers,
+channels; a flood fill for components) on seeded random multi-object images."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+
+from indexer.extract import bbox_windows, connected_components, find_objects, object_features
+from indexer.model import SparseUNet, UNetConfig
+
+# ----------------------------------------------------------------------------- references
+
+
+def flood_fill_components(fg: np.ndarray) -> list[dict]:
+    """8-connected components of one (H, W) bool image by breadth-first search."""
+    h, w = fg.shape
+    seen = np.zeros_like(fg, dtype=bool)
+    comps = []
+    for y in range(h):
+        for x in range(w):
+            if not fg[y, x] or seen[y, x]:
+                continue
+            pixels, queue = [], deque([(y, x)])
+            seen[y, x] = True
+            while queue:
+                cy, cx = queue.popleft()
+                pixels.append((cy, cx))
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        ny, nx = cy + dy, cx + dx
+                        if 0 <= ny < h and 0 <= nx < w and fg[ny, nx] and not seen[ny, nx]:
+                            seen[ny, nx] = True
+                            queue.append((ny, nx))
+            mask = np.zeros_like(fg, dtype=bool)
+            for py, px in pixels:
+                mask[py, px] = True
+            ys, xs = zip(*pixels, strict=True)
+            comps.append({"mask": mask, "area": len(pixels), "bbox": (min(xs), min(ys), max(xs) + 1, max(ys) + 1),
+                          "max_index": max(py * w + px for py, px in pixels)})
+    # Largest first, ties broken by the lower label (= max flat index), as find_objects does.
+    comps.sort(key=lambda c: (-c["area"], c["max_index"]))
+    return comps
+
+
+def reference_features(acts: list[np.ndarray], mask: np.ndarray, bbox, region: str) -> np.ndarray:
+    """One object's vector, written from DESIGN §3 with loops over layers and channels (float64)."""
+    out_h, out_w = mask.shape
+    x0, y0, x1, y1 = bbox
+    values = []
+    for a in acts:  # a: (C, h, w) of this object's image
+        c, h, w = a.shape
+        if region == "bbox":
+            # Centroid and size scaled by layer size / output size, window rounded outward.
+            rx, ry = w / out_w, h / out_h
+            cx, cy = (x0 + x1) / 2 * rx, (y0 + y1) / 2 * ry
+            bw, bh = (x1 - x0) * rx, (y1 - y0) * ry
+            lx0, lx1 = math.floor(cx - bw / 2), math.ceil(cx + bw / 2)
+            ly0, ly1 = math.floor(cy - bh / 2), math.ceil(cy + bh / 2)
+            lx0, ly0 = max(0, min(lx0, w - 1)), max(0, min(ly0, h - 1))
+            lx1, ly1 = max(lx0 + 1, min(lx1, w)), max(ly0 + 1, min(ly1, h))
+            for j in range(c):
+                values.append(a[j, ly0:ly1, lx0:lx1].astype(np.float64).mean())
+        elif region == "mask":
+            sy, sx = out_h // h, out_w // w
+            frac = np.zeros((h, w))
+            for i in range(h):
+                for k in range(w):
+                    frac[i, k] = mask[i * sy:(i + 1) * sy, k * sx:(k + 1) * sx].mean()
+            for j in range(c):
+                values.append((a[j].astype(np.float64) * frac).sum() / frac.sum())
+        else:
+            for j in range(c):
+                values.append(a[j].astype(np.float64).mean())
+    return np.array(values)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def random_segments(rng: np.random.Generator, b: int, h: int, w: int) -> np.ndarray:
+    """Blobs (ellipses and rectangles) of random sizes, some touching, plus speckle."""
+    seg = np.zeros((b, h, w), dtype=bool)
+    yy, xx = np.mgrid[:h, :w]
+    for i in range(b):
+        for _ in range(rng.integers(0, 5)):
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            ry, rx = rng.uniform(1, h / 4), rng.uniform(1, w / 4)
+            if rng.random() < 0.5:
+                seg[i] |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+            else:
+                seg[i] |= (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
+        seg[i] |= rng.random((h, w)) < 0.02
+    seg[0] = False  # an empty image
+    seg[1] = True  # a full one
+    return seg
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_connected_components_matches_flood_fill():
+    rng = np.random.default_rng(1338)
+    seg = random_segments(rng, 24, 24, 40)
+    seg[2] = False
+    seg[2, np.arange(24), np.arange(24)] = True  # a diagonal line: one 8-connected component
+    # A spiral-like snake that needs many propagation steps.
+    seg[3] = False
+    seg[3, 1, 1:39] = seg[3, 1:23, 38] = seg[3, 22, 2:39] = seg[3, 3:23, 2] = seg[3, 3, 2:36] = True
+    labels = connected_components(torch.from_numpy(seg)).numpy()
+    for i in range(len(seg)):
+        comps = flood_fill_components(seg[i])
+        assert len(np.unique(labels[i][seg[i]])) == len(comps)
+        assert (labels[i][~seg[i]] == 0).all()
+        for c in comps:
+            values = np.unique(labels[i][c["mask"]])
+            assert values.tolist() == [c["max_index"] + 1]
+    assert len(np.unique(labels[2][seg[2]])) == 1
+    assert len(np.unique(labels[3][seg[3]])) == 1
+
+
+@pytest.mark.parametrize("mode,min_area", [("largest", 1), ("all", 1), ("all", 6), ("largest", 30)])
+def test_find_objects_matches_flood_fill(mode, min_area):
+    rng = np.random.default_rng(7)
+    seg = random_segments(rng, 16, 32, 32)
+    objs = find_objects(torch.from_numpy(seg), mode, min_area)
+    expected = []
+    for i in range(len(seg)):
+        comps = [c for c in flood_fill_components(seg[i]) if c["area"] >= min_area]
+        if mode == "largest":
+            comps = comps[:1]
+        expected += [(i, k, c["bbox"], c["area"]) for k, c in enumerate(comps)]
+    got = [(int(i), int(k), tuple(int(v) for v in bb), int(a))
+           for i, k, bb, a in zip(objs.image_index, objs.component, objs.bbox, objs.area, strict=True)]
+    assert got == expected
+    masks = objs.masks().numpy()
+    for (i, k, _, area), mask in zip(expected, masks, strict=True):
+        assert mask.sum() == area and seg[i][mask].all()
+        assert k >= 0
+
+
+def test_bbox_window_rule_examples():
+    # A 2-pixel box at x 5..7 of 32: at stride 8 it is 5/8..7/8 → pixel 0 only; at stride 2, 2..4.
+    bbox = torch.tensor([[5, 0, 7, 32]])
+    assert bbox_windows(bbox, (32, 32), (4, 4)).tolist() == [[0, 0, 1, 4]]
+    assert bbox_windows(bbox, (32, 32), (16, 16)).tolist() == [[2, 0, 4, 16]]
+    assert bbox_windows(torch.tensor([[31, 31, 32, 32]]), (32, 32), (4, 4)).tolist() == [[3, 3, 4, 4]]
+
+
+@pytest.mark.parametrize("region", ["bbox", "mask", "full"])
+@pytest.mark.parametrize("mode", ["all", "largest"])
+def test_object_features_match_reference(region, mode):
+    rng = np.random.default_rng(2024)
+    b, h, w = 10, 32, 48
+    seg = random_segments(rng, b, h, w)
+    objs = find_objects(torch.from_numpy(seg), mode, min_area=2)
+    if mode == "all":
+        assert len(objs) > 2 * b  # many images hold several objects
+    else:  # one object per image, but image 0 is empty
+        assert objs.image_index.tolist() == list(range(1, b)) and objs.component.max() == 0
+    # Random activation maps at the U-Net's strides (some exactly zero, like ReLU outputs).
+    acts = []
+    for stride, ch in [(1, 3), (2, 4), (4, 2), (8, 5), (8, 1), (2, 3)]:
+        a = rng.standard_normal((b, ch, h // stride, w // stride)).astype(np.float32)
+        acts.append(np.maximum(a, 0))
+    got = object_features([torch.from_numpy(a) for a in acts], objs, region).numpy()
+    assert got.shape == (len(objs), sum(a.shape[1] for a in acts))
+    masks = objs.masks().numpy()
+    for row, (i, bb, mask) in enumerate(zip(objs.image_index.tolist(), objs.bbox.tolist(), masks, strict=True)):
+        ref = reference_features([a[i] for a in acts], mask, bb, region)
+        np.testing.assert_allclose(got[row], ref, rtol=0, atol=1e-5)
+
+
+def test_bbox_and_mask_agree_for_a_rectangle():
+    """A filled rectangle aligned to the coarsest grid: its mask is its box at every layer."""
+    seg = np.zeros((1, 32, 32), dtype=bool)
+    seg[0, 8:24, 16:32] = True
+    objs = find_objects(torch.from_numpy(seg))
+    model = SparseUNet(UNetConfig(width=0.25))
+    with torch.inference_mode():
+        _, acts = model(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+        fb = object_features(acts, objs, "bbox")
+        fm = object_features(acts, objs, "mask")
+        ff = object_features(acts, objs, "full")
+    assert fb.shape == (1, model.num_features)
+    torch.testing.assert_close(fb, fm, rtol=0, atol=1e-6)
+    assert not torch.allclose(fb, ff)
+
+
+def test_no_objects():
+    objs = find_objects(torch.zeros(3, 16, 16, dtype=torch.bool))
+    assert len(objs) == 0
+    feats = object_features([torch.rand(3, 4, 16, 16)], objs, "bbox")
+    assert feats.shape == (0, 4)
+
+
+def test_bad_modes():
+    with pytest.raises(ValueError, match="objects must be"):
+        find_objects(torch.zeros(1, 8, 8, dtype=torch.bool), "biggest")
+    objs = find_objects(torch.ones(1, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="region must be"):
+        object_features([torch.rand(1, 2, 8, 8)], objs, "box")
