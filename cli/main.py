@@ -10,6 +10,7 @@ import click
 # name -> "module:attribute" of a click command. One line per command; each lives in cli/<name>.py.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cli.train", "Train the sparse U-Net (the paper's method) on a source of images."),
+    "index": ("cli.index", "Index a source of images into a catalog: one row of features per object."),
 }
 
 

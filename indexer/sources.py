@@ -128,8 +128,12 @@ def _pil_to_array(img, channels: int) -> np.ndarray:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img, mode = Image.alpha_composite(white, rgba).convert("RGB"), "RGB"
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = _to_float(np.asarray(img))  # (H, W), 16-bit / 32-bit / float
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        # 16-bit: full scale is 65535 whatever the values (a dark image stays dark).
+        arr = np.asarray(img).astype(np.float32)[None] / 65535.0  # (1, H, W)
+        return arr if channels == 1 else np.repeat(arr, 3, axis=0)
+    if mode in ("I", "F"):
+        arr = _to_float(np.asarray(img))  # (H, W), 32-bit int / float
         arr = arr[None]
         return arr if channels == 1 else np.repeat(arr, 3, axis=0)
     if mode not in ("L", "RGB"):

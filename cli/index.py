@@ -1,0 +1,141 @@
+"""`simdex index`: parse, call `indexer.runner.index_source`, draw progress, print a summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from indexer.runner import DEFAULT_BATCH_SIZE, DEFAULT_MIN_AREA
+
+
+class _Progress:
+    """A one-line progress display on stderr: done/total, images/s, ETA, objects, skipped.
+
+    On a terminal the line is redrawn in place (at most 10 times a second); otherwise a
+    line is written every 10 % so logs stay short.
+    """
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last_draw = 0.0
+        self.last_decile = -1
+        self.drawn = False
+
+    def __call__(self, p) -> None:
+        now = time.monotonic()
+        done = p.images_done >= p.images_total
+        decile = 10 * p.images_done // max(1, p.images_total)
+        if self.tty and not done and now - self.last_draw < 0.1:
+            return
+        if not self.tty and decile == self.last_decile and not done:
+            return
+        self.last_draw, self.last_decile = now, decile
+        rate = p.images_done / p.elapsed_s if p.elapsed_s > 0 else 0.0
+        eta = (p.images_total - p.images_done) / rate if rate > 0 else float("nan")
+        width = 24
+        filled = int(width * p.images_done / max(1, p.images_total))
+        line = (f"[{'#' * filled}{'-' * (width - filled)}] {p.images_done:,}/{p.images_total:,} images  "
+                f"{rate:,.0f} images/s  ETA {_duration(eta)}  {p.objects:,} objects  {p.errors:,} skipped")
+        if self.tty:
+            click.echo("\r" + line + "\033[K", nl=False, err=True)
+            self.drawn = True
+        else:
+            click.echo(line, err=True)
+
+    def finish(self) -> None:
+        if self.drawn:
+            click.echo("", err=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # nan
+        return "--:--"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+@click.command(name="index")
+@click.argument("source")
+@click.option("--catalog", "-c", "catalog", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Catalog folder; created if missing (it must then be new or empty).")
+@click.option("--model", "-m", "model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Model file from `simdex train`. Default: the model shipped with simdex.")
+@click.option("--objects", type=click.Choice(["largest", "all"]), default=None,
+              help="Objects per image: the largest segment component (the paper) or every component "
+                   "of at least --min-area pixels.  [default: largest]")
+@click.option("--min-area", type=click.IntRange(min=1), default=None,
+              help=f"Smallest object kept, in pixels of the model's input.  [default: {DEFAULT_MIN_AREA}]")
+@click.option("--region", type=click.Choice(["bbox", "mask", "full"]), default=None,
+              help="Where each layer's channel means are taken: the object's bounding box carried to the "
+                   "layer (the paper), its mask (area-weighted), or the whole map. Fixed per catalog.  "
+                   "[default: bbox, or the catalog's]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Images per forward pass.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decoding processes (0: decode in the main process).  "
+                   "[default: 0 for IDX files, else min(4, CPUs - 1)]")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="Index only the first N images of the source; a later run without it continues.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+def index(source: str, catalog: Path, model: Path | None, objects: str | None, min_area: int | None,
+          region: str | None, batch_size: int, workers: int | None, limit: int | None, quiet: bool) -> None:
+    """Index the images of SOURCE into a catalog: one row of features per object.
+
+    SOURCE is a folder of images (sub-folders become labels), a .csv or .parquet list
+    with a `path` column (optional `label`; every other column is kept as metadata), an
+    IDX file, or `fashion-mnist` (both splits, with a `split` column).
+
+    Each image is fitted to the model's input, segmented by the model, and every object
+    found (the largest by default) becomes one row with its label, metadata, bounding box
+    (in the original image's pixels), area and its feature vector: the mean of every
+    channel of every layer of the network inside the object's region.
+
+    \b
+    The job is safe to interrupt: run the same command again and it resumes where the
+    last committed shard ended, with exactly one row per object. Running it after it has
+    finished does nothing; indexing another source appends to the catalog (with the same
+    model only). Images that cannot be read, or hold no object, are listed with their
+    reason in the catalog's errors table; the job goes on.
+
+    \b
+    Examples:
+      simdex index fashion-mnist --catalog cat/
+      simdex index photos/ --catalog cat/ --model boots.pt --objects all --min-area 20
+      simdex index list.csv --catalog cat/ --region mask --workers 4
+    """
+    from engine.catalog import CatalogError
+    from indexer.checkpoint import ModelFileError
+    from indexer.runner import IndexOptions, index_source
+    from indexer.sources import SourceError
+
+    opts = IndexOptions(objects=objects, min_area=min_area, region=region, batch_size=batch_size,
+                        workers=workers, limit=limit)
+    bar = None if quiet else _Progress()
+    try:
+        result = index_source(source, catalog, model, opts, progress=bar)
+    except (SourceError, ModelFileError, CatalogError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.finish()
+    if quiet:
+        return
+    if result.images == 0:
+        click.echo(f"Nothing to do: {result.already_indexed:,} of {result.source_images:,} images of "
+                   f"{result.source} are already in {result.catalog}.")
+    else:
+        if result.resumed:
+            click.echo(f"Resumed at image {result.already_indexed:,} of {result.source_images:,}.")
+        click.echo(f"Indexed {result.images:,} images of {result.source} into {result.catalog} in "
+                   f"{result.elapsed_s:.1f} s ({result.images_per_s:,.0f} images/s): {result.objects:,} objects.")
+        skipped = sum(result.errors.values())
+        if skipped:
+            reasons = ", ".join(f"{reason} {n:,}" for reason, n in result.errors.most_common())
+            click.echo(f"Skipped {skipped:,} images ({reasons}); see the catalog's errors table.")
+        else:
+            click.echo("Skipped 0 images.")
+    click.echo(f"Catalog {result.catalog}: {result.catalog_objects:,} objects.")

@@ -1,0 +1,373 @@
+"""The bulk indexing job (`simdex index`): read → model → extract → write, resumable.
+
+    decode (DataLoader workers) ─► SparseUNet ─► find_objects ─► object_features ─► ShardWriter ─► Catalog.commit
+
+Each source is one job with a journal in the catalog. The job walks the source's
+images in order, in batches; every `shard_images` images the shard is committed
+(renamed, then journalled). A job killed at any moment loses only its uncommitted
+shard, and the same call resumes at the journal's next ordinal with the same ids, so
+the catalog ends with exactly one row per object. A finished job is not redone;
+another source appends to the catalog.
+
+Every image ends as ≥ 1 object row or exactly one errors row (reason `no_object` when
+the segment holds no component of `min_area` pixels, else the decoder's reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.catalog import Catalog, CatalogError
+from indexer.checkpoint import LoadedModel, load_model
+from indexer.extract import OBJECT_MODES, REGION_MODES, find_objects, object_features
+from indexer.shards import ShardWriter, metadata_schema, object_schema
+from indexer.sources import IdxSource, ImageReadError, ImageSource, fit_to_size, open_source
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_SHARD_IMAGES = 16384
+DEFAULT_MIN_AREA = 4
+
+
+@dataclass
+class IndexOptions:
+    """How a source is indexed. `objects` and `min_area` are fixed per job, `region` per catalog."""
+
+    objects: str | None = None  # largest | all; None: the job's (when resuming) or 'largest'
+    min_area: int | None = None  # smallest object kept, in pixels of the model's input; None: job's or 4
+    region: str | None = None  # bbox | mask | full; None: the catalog's, or 'bbox' for a new catalog
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int | None = None  # decode processes; 0 decodes in the main process; None: auto
+    shard_images: int = DEFAULT_SHARD_IMAGES  # images per committed shard (the unit of resume)
+    limit: int | None = None  # index only the first `limit` images of the source (a rerun continues)
+
+    def check(self) -> None:
+        if self.objects not in (None, *OBJECT_MODES):
+            raise ValueError(f"objects must be one of {', '.join(OBJECT_MODES)}, got {self.objects!r}")
+        if self.region not in (None, *REGION_MODES):
+            raise ValueError(f"region must be one of {', '.join(REGION_MODES)}, got {self.region!r}")
+        for name in ("min_area", "batch_size", "shard_images"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must be >= 0, got {self.limit}")
+
+
+@dataclass
+class IndexProgress:
+    """Passed to the progress callback after every batch (counts are of this run)."""
+
+    images_done: int
+    images_total: int
+    objects: int
+    errors: int
+    elapsed_s: float
+
+
+@dataclass
+class IndexResult:
+    job_id: str
+    source: str
+    catalog: Path
+    images: int = 0  # images processed by this run
+    objects: int = 0  # object rows written by this run
+    errors: Counter = field(default_factory=Counter)  # reason -> images skipped by this run
+    already_indexed: int = 0  # images of the source committed by earlier runs
+    source_images: int = 0  # images in the source
+    elapsed_s: float = 0.0
+    catalog_objects: int = 0  # object rows in the whole catalog afterwards
+    resumed: bool = False
+    options: IndexOptions | None = None  # the options after defaults were resolved
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def model_info(loaded: LoadedModel, region: str) -> dict:
+    """What the catalog records about the features' origin (see `Catalog.create`)."""
+    model = loaded.model
+    return {
+        "sha256": loaded.sha256,
+        "config": model.config.to_dict(),
+        "phi": [vars(s) for s in model.phi],
+        "num_features": model.num_features,
+        "region": region,
+        "model_path": str(loaded.path),
+    }
+
+
+def job_id_for(source: ImageSource) -> str:
+    """A stable name for a source's job: its resolved path (or spec) hashed, with a readable stem."""
+    spec = str(source.spec)
+    key = str(Path(spec).resolve()) if os.path.exists(spec) else spec
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in Path(spec).name or spec)[:40] or "source"
+    return f"{stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+class _DecodedBatches(torch.utils.data.Dataset):
+    """Item k: batch k of images [start, end), decoded and fitted to the model's canvas.
+
+    Never raises for one image: failures come back as (ordinal, reason, detail).
+    """
+
+    def __init__(self, source: ImageSource, start: int, end: int, batch_size: int, channels: int, size: int):
+        self.source, self.start, self.end = source, start, end
+        self.batch_size, self.channels, self.size = batch_size, channels, size
+
+    def __len__(self) -> int:
+        return math.ceil((self.end - self.start) / self.batch_size)
+
+    def __getitem__(self, k: int) -> dict:
+        first = self.start + k * self.batch_size
+        ordinals = range(first, min(self.end, first + self.batch_size))
+        canvases, placed, ok, errors = [], [], [], []
+        for i in ordinals:
+            try:
+                image = self.source.read(i, self.channels)  # (C, H, W)
+                if image.ndim != 3 or min(image.shape[1:]) < 1:
+                    raise ImageReadError("decode_error", f"decoded to shape {image.shape}")
+                canvas, scale, top, left = fit_to_size(image, self.size)
+            except ImageReadError as exc:
+                errors.append((i, exc.reason, exc.detail))
+                continue
+            except Exception as exc:  # a broken image must never stop the job
+                errors.append((i, "decode_error", f"{type(exc).__name__}: {exc}"))
+                continue
+            canvases.append(canvas)
+            placed.append((image.shape[1], image.shape[2], scale, top, left))
+            ok.append(i)
+        c, s = self.channels, self.size
+        return {
+            "first": first,
+            "count": len(ordinals),
+            "ordinals": np.asarray(ok, dtype=np.int64),
+            "canvases": np.stack(canvases) if canvases else np.zeros((0, c, s, s), np.float32),  # (n, C, S, S)
+            "placement": np.asarray(placed, dtype=np.float64).reshape(-1, 5),  # h, w, scale, top, left
+            "errors": errors,
+        }
+
+
+def _keep(batch: dict) -> dict:
+    return batch
+
+
+def _to_image_boxes(bbox: np.ndarray, placement: np.ndarray, area: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Canvas boxes (M, 4) → boxes in the original image's pixels, rounded outward and clipped;
+    canvas areas → original-pixel areas (÷ scale²)."""
+    h, w, scale, top, left = (placement[:, k] for k in range(5))
+    x0 = np.floor((bbox[:, 0] - left) / scale)
+    y0 = np.floor((bbox[:, 1] - top) / scale)
+    x1 = np.ceil((bbox[:, 2] - left) / scale)
+    y1 = np.ceil((bbox[:, 3] - top) / scale)
+    x0, y0 = np.clip(x0, 0, w), np.clip(y0, 0, h)
+    x1, y1 = np.maximum(np.clip(x1, 0, w), x0), np.maximum(np.clip(y1, 0, h), y0)
+    boxes = np.stack([x0, y0, x1, y1], axis=1).astype(np.int32)
+    return boxes, np.round(area / scale**2).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def index_source(
+    source: str | os.PathLike | ImageSource,
+    catalog: str | os.PathLike,
+    model: str | os.PathLike | LoadedModel | None = None,
+    options: IndexOptions | None = None,
+    progress: Callable[[IndexProgress], None] | None = None,
+) -> IndexResult:
+    """Index every image of `source` into the catalog folder `catalog` (created if needed).
+
+    Args:
+        source: a spec for `open_source` (folder, .csv/.parquet list, IDX file, 'fashion-mnist')
+            or an opened ImageSource.
+        catalog: the catalog folder.
+        model: a model file, a LoadedModel, or None for the shipped default.
+        options: IndexOptions (objects, min_area, region, batch_size, workers, shard_images, limit).
+        progress: called with an IndexProgress after every batch.
+    Returns:
+        IndexResult with this run's counts (a finished job's rerun processes 0 images).
+    Raises:
+        SourceError, ModelFileError, CatalogError (other model or region than the catalog's,
+        source changed since the job started, another job holds the catalog), ValueError.
+
+    Example:
+        >>> index_source("photos/", "cat/", "model.pt", IndexOptions(objects="all"))  # doctest: +SKIP
+    """
+    options = replace(options or IndexOptions())
+    options.check()
+    src = source if isinstance(source, ImageSource) else open_source(source)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    net = loaded.model.eval()
+    existing = _open_existing(catalog)
+    if options.region is None:
+        options.region = existing.region if existing is not None else "bbox"
+    info = model_info(loaded, options.region)
+    cat = existing if existing is not None else Catalog.create(catalog, info)
+    cat.check_compatible(info)
+    if options.workers is None:  # in-memory sources decode faster than a worker could ship them
+        options.workers = 0 if isinstance(src, IdxSource) else min(4, max(1, (os.cpu_count() or 2) - 1))
+
+    job_id = job_id_for(src)
+    earlier = cat.journal(job_id)
+    if options.objects is None:
+        options.objects = earlier["objects"] if earlier else "largest"
+    if options.min_area is None:
+        options.min_area = earlier["min_area"] if earlier else DEFAULT_MIN_AREA
+    meta = metadata_schema(src.records, src.metadata_columns)
+    schema = object_schema(net.num_features, meta)
+    spec = {"source": str(src.spec), "num_images": len(src), "objects": options.objects,
+            "min_area": options.min_area, "model_sha256": loaded.sha256}
+    result = IndexResult(job_id=job_id, source=str(src.spec), catalog=cat.root, source_images=len(src),
+                         options=options)
+    t0 = time.perf_counter()
+    with cat.lock():
+        journal = cat.begin_job(job_id, spec)
+        _check_same_job(journal, spec, cat)
+        start = journal["next_ordinal"]
+        end = len(src) if options.limit is None else min(len(src), options.limit)
+        result.already_indexed, result.resumed = start, 0 < start < len(src)
+        if start >= end:
+            log.info("nothing to do: images [0, %d) of %s are already in %s", start, src.spec, cat.root)
+        else:
+            log.info("indexing images [%d, %d) of %s into %s (job %s)", start, end, src.spec, cat.root, job_id)
+            _run(src, cat, net, options, job_id, schema, meta, start, end, result, progress, t0)
+    result.elapsed_s = time.perf_counter() - t0
+    result.catalog_objects = cat.num_objects
+    return result
+
+
+def _open_existing(root) -> Catalog | None:
+    try:
+        return Catalog.open(root)
+    except CatalogError:
+        if Path(root, "catalog.json").exists():
+            raise
+        return None
+
+
+def _check_same_job(journal: dict, spec: dict, cat: Catalog) -> None:
+    for key, flag in (("objects", "--objects"), ("min_area", "--min-area")):
+        if journal[key] != spec[key]:
+            raise CatalogError(
+                f"{journal['source']} was indexed into {cat.root} with {flag} {journal[key]}; "
+                f"rerun with {flag} {journal[key]} to resume it, or index into a new catalog folder"
+            )
+    if journal["num_images"] != spec["num_images"]:
+        raise CatalogError(
+            f"{journal['source']} held {journal['num_images']} images when it was indexed into {cat.root}, "
+            f"now {spec['num_images']}: the source changed. Put new images in a new folder or list "
+            f"(indexing it appends), or index into a new catalog folder"
+        )
+
+
+def _run(src, cat, net, options, job_id, schema, meta, start, end, result, progress, t0) -> None:
+    cfg = net.config
+    dataset = _DecodedBatches(src, start, end, options.batch_size, cfg.in_channels, cfg.image_size)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=options.workers, collate_fn=_keep,
+        persistent_workers=False, prefetch_factor=4 if options.workers else None,
+    )
+    records = src.records
+    counters = cat.counters()
+    shard = _ShardState(cat, schema, start, counters)
+    done = 0
+    for batch in loader:
+        first, count = batch["first"], batch["count"]
+        x = torch.from_numpy(batch["canvases"])  # (n, C, S, S)
+        feats = np.zeros((0, net.num_features), np.float32)
+        if len(x):
+            with torch.inference_mode():
+                logits, acts = net(x)
+                objs = find_objects(logits.argmax(dim=1) != 0, options.objects, options.min_area)
+                feats = object_features(acts, objs, options.region).numpy()  # (M, N)
+            img_of = objs.image_index.numpy()
+            boxes, areas = _to_image_boxes(objs.bbox.numpy(), batch["placement"][img_of], objs.area.numpy())
+            ordinals, component = batch["ordinals"][img_of], objs.component.numpy()
+        else:  # every image of the batch failed to decode
+            ordinals = component = np.zeros(0, np.int64)
+            boxes, areas = np.zeros((0, 4), np.int32), np.zeros(0, np.int64)
+        shard.add(records, meta, ordinals, component, boxes, areas, feats)
+        no_object = np.setdiff1d(batch["ordinals"], ordinals)
+        errs = [(int(i), "no_object", "the predicted segment holds no component of at least "
+                 f"{options.min_area} pixels") for i in no_object] + batch["errors"]
+        shard.add_errors(records, sorted(errs))
+        shard.images += count
+        done += count
+        result.images += count
+        result.objects += len(feats)
+        result.errors.update(reason for _, reason, _ in errs)
+        if shard.images >= options.shard_images or first + count >= end:
+            shard.commit(job_id, first + count)
+            shard = _ShardState(cat, schema, first + count, cat.counters())
+        if progress is not None:
+            progress(IndexProgress(done, end - start, result.objects, sum(result.errors.values()),
+                                   time.perf_counter() - t0))
+
+
+class _ShardState:
+    """The shard being written: its writer, first ordinal and the ids it hands out."""
+
+    def __init__(self, cat: Catalog, schema, ordinal_start: int, counters: dict):
+        self.cat = cat
+        self.writer = ShardWriter(cat, schema)
+        self.ordinal_start = ordinal_start
+        self.first_object_id = counters["object_id"]
+        self.first_image_id = counters["image_id"]
+        self.images = 0
+
+    def image_ids(self, ordinals: np.ndarray) -> np.ndarray:
+        return self.first_image_id + (ordinals - self.ordinal_start)
+
+    def add(self, records, meta, ordinals, component, boxes, areas, feats) -> None:
+        n = len(ordinals)
+        if n == 0:
+            return
+        recs = [records[i] for i in ordinals.tolist()]
+        first = self.first_object_id + self.writer.rows
+        columns = {
+            "object_id": np.arange(first, first + n, dtype=np.int64),
+            "image_id": self.image_ids(ordinals),
+            "source": [r.source for r in recs],
+            "ordinal": ordinals,
+            "component": component.astype(np.int32),
+            "label": [r.label for r in recs],
+            "x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2], "y1": boxes[:, 3],
+            "area": areas,
+        }
+        for key, name, _ in meta:
+            columns[name] = [r.metadata.get(key) for r in recs]
+        self.writer.add_objects(columns, feats)
+
+    def add_errors(self, records, errs: list[tuple[int, str, str]]) -> None:
+        self.writer.add_errors([
+            {"image_id": int(self.image_ids(np.int64(i))), "source": records[i].source, "ordinal": i,
+             "label": records[i].label, "reason": reason, "detail": detail}
+            for i, reason, detail in errs
+        ])
+
+    def commit(self, job_id: str, next_ordinal: int) -> None:
+        shard_tmp, errors_tmp = self.writer.close()
+        self.cat.commit(job_id, shard_tmp=shard_tmp, errors_tmp=errors_tmp, ordinal_start=self.ordinal_start,
+                        next_ordinal=next_ordinal, first_object_id=self.first_object_id, rows=self.writer.rows,
+                        first_image_id=self.first_image_id, images=next_ordinal - self.ordinal_start,
+                        error_rows=self.writer.error_rows)
+        log.debug("committed ordinals [%d, %d) of job %s: %d objects, %d errors", self.ordinal_start,
+                  next_ordinal, job_id, self.writer.rows, self.writer.error_rows)
