@@ -1,0 +1,110 @@
+"""Fuzzy search over a normalised catalog matrix: candidates, then the exact rerank.
+
+`search` is the array-level entry point (faiss style: returns (P, hits) of shape (nq, k));
+`Searcher` (engine/searcher.py) wraps it around a published build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from engine.candidates import DEFAULT_CANDIDATES, CandidateIndex, ExactIndex
+from engine.membership import Membership
+from engine.quantized import LutScanner, UniformCodec
+from engine.scoring import check_omega, exact_search, rerank
+
+# the 8-bit scan keeps this many rows per wanted result for the float32 rescoring
+RESCORE_FACTOR = 20
+MIN_RESCORE = 200
+
+
+def quantized_exhaustive_search(
+    Z: np.ndarray,
+    scanner: LutScanner,
+    codec: UniformCodec,
+    memberships: Sequence[Membership],
+    omega: np.ndarray,
+    k: int,
+    allow: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scan every row on its 8-bit codes, rescore the best RESCORE_FACTOR·k rows in float32.
+
+    With a filter that allows under half of the catalog the float32 scan of the
+    allowed rows is cheaper than over-fetching, so it is used instead.
+    """
+    omega = check_omega(omega, Z.shape[1])
+    n = Z.shape[0]
+    frac = 1.0 if allow is None else float(allow.mean())
+    if frac < 0.5:
+        return exact_search(Z, memberships, omega, k, allow=allow)
+    depth = min(n, int(max(MIN_RESCORE, RESCORE_FACTOR * k) / max(frac, 1e-9)))
+    cands = np.full((len(memberships), depth), -1, np.int64)
+    for q, membership in enumerate(memberships):
+        _, ids = scanner.search(codec.table(membership, omega), depth)
+        cands[q, : len(ids)] = ids
+    P, hits = rerank(Z, cands, memberships, omega, k, allow=allow)
+    allowed = n if allow is None else int(allow.sum())
+    if np.any((hits < 0).sum(axis=1) > max(0, k - allowed)):
+        # the filter removed too many of the scanned rows: fall back to the float scan
+        return exact_search(Z, memberships, omega, k, allow=allow)
+    return P, hits
+
+
+def search(
+    Z: np.ndarray,
+    memberships: Sequence[Membership],
+    omega: np.ndarray,
+    k: int = 10,
+    *,
+    index: CandidateIndex | None = None,
+    allow: np.ndarray | None = None,
+    exact: bool = False,
+    n_candidates: int = DEFAULT_CANDIDATES,
+    scanner: LutScanner | None = None,
+    codec: UniformCodec | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank the rows of Z for each membership by P (eq. 4).
+
+    Args:
+        Z: (n, d) float32 normalised features, usually a memory map.
+        memberships: one per query (a set of queries is one trapezoid/max membership).
+        omega: (d,) feature weights (normalised here to sum 1).
+        k: results per query.
+        index: candidate index; None or `ExactIndex` means an exhaustive scan.
+        allow: boolean (n,) mask of rows that may be returned (filters, deletions).
+        exact: scan the whole catalog instead of using the candidate stage.
+        n_candidates: candidates per query centre for the rerank.
+        scanner, codec: the 8-bit codes of Z; when given, exhaustive scans use them
+            (then rescore in float32) instead of the float32 scan.
+
+    Returns:
+        (P, hits): float32 (nq, k) in [0, 1] and int64 row ids (nq, k), −1 / 0 where missing.
+
+    Example:
+        >>> from engine.membership import Gaussian
+        >>> Z = np.eye(3, dtype=np.float32)
+        >>> search(Z, [Gaussian(Z[1])], np.full(3, 1 / 3), k=1)[1].tolist()
+        [[1]]
+    """
+    if k < 1:
+        raise ValueError(f"k must be ≥ 1, got {k}")
+    omega = check_omega(omega, Z.shape[1])
+    if exact or index is None or isinstance(index, ExactIndex):
+        if scanner is not None and codec is not None:
+            return quantized_exhaustive_search(Z, scanner, codec, memberships, omega, k, allow)
+        return exact_search(Z, memberships, omega, k, allow=allow)
+    if allow is not None and allow.mean() < 0.02:
+        # a very selective filter leaves IVF lists nearly empty: scoring the few allowed rows is cheaper
+        return exact_search(Z, memberships, omega, k, allow=allow)
+    width = max(n_candidates, k)
+    cands = []
+    for membership in memberships:
+        ids = index.search(membership.centres(), width, allow=allow)  # (m', width)
+        cands.append(ids.ravel())
+    size = max(len(c) for c in cands)
+    C = np.full((len(cands), size), -1, np.int64)
+    for q, c in enumerate(cands):
+        C[q, : len(c)] = c
+    return rerank(Z, C, memberships, omega, k, allow=allow)
