@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from engine.candidates import faiss_threads
 from engine.membership import Membership
 
 LEVELS = 256
@@ -89,7 +90,8 @@ class LutScanner:
 
         def one(shard):
             start, index = shard
-            D, hits = index.search(x, min(k, index.ntotal))
+            with faiss_threads(1):  # the shards are the parallelism
+                D, hits = index.search(x, min(k, index.ntotal))
             ok = hits[0] >= 0
             return D[0][ok], hits[0][ok] + start
 

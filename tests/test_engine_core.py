@@ -130,9 +130,11 @@ def test_blocked_threaded_scan_equals_single_block():
     np.testing.assert_allclose(a[0], b[0], atol=1e-6)
 
 
-def test_ivf_search_with_enough_candidates_equals_exact():
+@pytest.mark.parametrize("dim", [None, 6])
+def test_ivf_search_with_enough_candidates_equals_exact(dim):
     z, omega = random_catalog(n=2000, d=16, seed=2)
-    index = ClippedL2IVF.build(z, omega, nlist=8, nprobe=8)
+    index = ClippedL2IVF.build(z, omega, nlist=8, nprobe=8, dim=dim)
+    assert index.info()["dim"] == (dim or 16)
     for name, rows in [("gaussian", [5]), ("trapezoid", [5, 6]), ("max", [7, 8])]:
         m = make_membership(name, z[rows], 1.0)
         got = search(z, [m], omega, k=10, index=index, n_candidates=2000)

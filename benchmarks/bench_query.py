@@ -1,0 +1,238 @@
+"""Query benchmark: candidate stage + exact rerank vs the exact fuzzy ranking, at 100k and 1M objects.
+
+How to run (from the repository root; ~15 min on 2 busy cores, ~8 GB of RAM):
+
+    .venv/bin/python benchmarks/bench_query.py                       # 100k and 1M
+    .venv/bin/python benchmarks/bench_query.py --sizes 100000 --queries 50   # quick look
+
+Writes benchmarks/results/bench_query.json and bench_query.md.
+
+Data. Synthetic kept features (n = 450 after pruning) sampled to look like a sparse
+FCN's per-object channel means: objects belong to 10 classes (as Fashion-MNIST)
+split into 500 sub-clusters (styles) in a 32-dimensional latent space; every feature
+is a ReLU of a random linear read-out of the latent plus Gaussian noise, with a
+per-feature bias that makes 33–85 % of the values exact zeros (61 % overall),
+multiplied by log-normal noise (σ = 0.6, heavy right tail: z reaches 9 at the
+99.9th percentile) and by a log-normal per-feature scale — so features are sparse,
+skewed, correlated (shared latent) and clustered. The features are z-scored and Ω is
+eq. 5 from the class labels, as `simdex build` does for a labelled catalog. The heavy
+tails matter: they are what makes an L2 index rank many fuzzy top-10 objects far
+down (without clipping, the exact L2 top-500 hold only ~85 % of the fuzzy top-10).
+
+Measured, per catalog size:
+- build: PCA + IVF training and adding (candidate index), 8-bit codes and their scanner;
+- sizes: candidate index and matrices on disk, resident memory added by loading them;
+- single-query latency (p50, p99) of `engine.search.search` with the defaults
+  (PCA-64 IVF-Flat, nprobe 32, 1000 candidates, exact float32 rerank), plus a sweep of
+  nprobe × candidates;
+- recall@10 against the exact float32 top-10 (mean and worst query) over the queries;
+- exhaustive scans: the float32 reference scan and the 8-bit table scan with float32
+  rescoring (`exact=True`), their latency and the latter's recall.
+
+Queries are catalog objects by id (P(q|q) = 1 is part of the top-10), Gaussian
+membership, τ = 1. Warm-up queries are discarded; medians and percentiles are
+reported because the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.candidates import ClippedL2IVF, load_candidate_index
+from engine.membership import make_membership
+from engine.omega import ClassStats, OmegaInputs, make_omega
+from engine.quantized import LutScanner, UniformCodec
+from engine.scoring import exact_search
+from engine.search import search
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def synthetic_features(n_objects, n_features=450, n_classes=10, latent=32, subclusters=500, seed=0,
+                       noise=0.5, burst=0.6):
+    """Raw sparse ReLU features (n_objects, n_features) float32 and class labels (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    class_centre = rng.normal(0, 1.0, (n_classes, latent)).astype(np.float32)
+    sub_class = rng.integers(0, n_classes, subclusters)
+    sub_centre = class_centre[sub_class] + rng.normal(0, 0.7, (subclusters, latent)).astype(np.float32)
+    readout = (rng.normal(0, 1, (latent, n_features)) / np.sqrt(latent) * 1.5).astype(np.float32)
+    bias = rng.normal(-0.6, 0.6, n_features).astype(np.float32)
+    scale = rng.lognormal(0, 0.7, n_features).astype(np.float32)
+    x = np.empty((n_objects, n_features), np.float32)
+    labels = np.empty(n_objects, np.int64)
+    for a in range(0, n_objects, 100_000):
+        m = min(100_000, n_objects - a)
+        sub = rng.integers(0, subclusters, m)
+        f = sub_centre[sub] + rng.normal(0, 0.6, (m, latent)).astype(np.float32)
+        h = f @ readout + bias + rng.normal(0, noise, (m, n_features)).astype(np.float32)
+        np.maximum(h, 0, out=h)
+        h *= np.exp(rng.normal(0, burst, (m, n_features)).astype(np.float32))
+        x[a : a + m] = h * scale
+        labels[a : a + m] = sub_class[sub]
+    return x, labels
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def recall_at(gt: np.ndarray, got: np.ndarray) -> np.ndarray:
+    return np.array([len(set(g[g >= 0]) & set(h[h >= 0])) / max(1, (g >= 0).sum()) for g, h in zip(gt, got, strict=True)])
+
+
+def timed(fn, *args, **kw):
+    t = time.perf_counter()
+    out = fn(*args, **kw)
+    return out, time.perf_counter() - t
+
+
+def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: float = 1.0, seed: int = 0) -> dict:
+    print(f"== {n_objects:,} objects", flush=True)
+    x, labels = synthetic_features(n_objects, seed=seed)
+    zero_fraction = float((x == 0).mean())
+    z = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    del x
+    stats = ClassStats(z.shape[1])
+    stats.update(z, labels.astype(object))
+    omega = make_omega("clusters").estimate(OmegaInputs(dim=z.shape[1], class_stats=stats)).astype(np.float32)
+    np.save(workdir / "z.npy", z)
+    codec = UniformCodec(z.min(0), z.max(0))
+    del z
+    Z = np.load(workdir / "z.npy", mmap_mode="r")
+
+    t = time.perf_counter()
+    index = ClippedL2IVF.build(Z, omega)
+    build_index_s = time.perf_counter() - t
+    index.save(workdir)
+    t = time.perf_counter()
+    codes = np.empty(Z.shape, np.uint8)
+    for a in range(0, len(Z), 65536):
+        codes[a : a + 65536] = codec.encode(Z[a : a + 65536])
+    np.save(workdir / "codes.npy", codes)
+    encode_s = time.perf_counter() - t
+    del codes, index
+    rss0 = rss_bytes()
+    (index, load_index_s) = timed(load_candidate_index, workdir)
+    rss_index = rss_bytes() - rss0
+    rss0 = rss_bytes()
+    scanner, load_scanner_s = timed(LutScanner, np.load(workdir / "codes.npy", mmap_mode="r"), 2)
+    rss_scanner = rss_bytes() - rss0
+    print(f"index built in {build_index_s:.1f} s, loaded in {load_index_s:.2f} s", flush=True)
+
+    rng = np.random.default_rng(seed + 1)
+    qids = np.sort(rng.choice(len(Z), n_queries, replace=False))
+    memberships = [make_membership("gaussian", np.asarray(Z[q]), tau) for q in qids]
+
+    # ground truth: the float32 reference scan, all queries per pass over the data
+    t = time.perf_counter()
+    gt_p, gt = exact_search(Z, memberships, omega, k)
+    gt_s = time.perf_counter() - t
+    print(f"ground truth: {gt_s:.0f} s for {n_queries} queries", flush=True)
+    exact_float_ms = []
+    for m in memberships[:3]:
+        exact_float_ms.append(1000 * timed(exact_search, Z, [m], omega, k)[1])
+
+    # warm-up (page cache, faiss threads), discarded
+    for m in memberships[:10]:
+        search(Z, [m], omega, k, index=index)
+
+    def run(nprobe, n_candidates):
+        index.nprobe = nprobe
+        lat, hits = [], []
+        for m in memberships:
+            (P, h), s = timed(search, Z, [m], omega, k, index=index, n_candidates=n_candidates)
+            lat.append(1000 * s)
+            hits.append(h[0])
+        rec = recall_at(gt, np.array(hits))
+        return {"nprobe": nprobe, "candidates": n_candidates, "p50_ms": float(np.median(lat)),
+                "p99_ms": float(np.percentile(lat, 99)), "recall_mean": float(rec.mean()), "recall_min": float(rec.min())}
+
+    sweep = [run(p, c) for p in (16, 32, 64) for c in (500, 1000)]
+    for row in sweep:
+        print(row, flush=True)
+    default = run(32, 1000)
+
+    lat8, hits8 = [], []
+    for m in memberships[: min(40, n_queries)]:
+        (P, h), s = timed(search, Z, [m], omega, k, exact=True, scanner=scanner, codec=codec)
+        lat8.append(1000 * s)
+        hits8.append(h[0])
+    rec8 = recall_at(gt[: len(hits8)], np.array(hits8))
+
+    size = {name: (workdir / name).stat().st_size for name in ("candidates.faiss", "z.npy", "codes.npy")}
+    return {
+        "objects": n_objects, "features": int(Z.shape[1]), "queries": n_queries, "k": k, "tau": tau,
+        "zero_fraction": zero_fraction,
+        "candidate_index": index.info(),
+        "build_candidate_index_s": build_index_s, "encode_8bit_s": encode_s,
+        "load_candidate_index_s": load_index_s, "load_8bit_scanner_s": load_scanner_s,
+        "disk_bytes": size, "rss_candidate_index_bytes": rss_index, "rss_8bit_scanner_bytes": rss_scanner,
+        "query": default, "sweep": sweep,
+        "exact_float32_ms_median": float(np.median(exact_float_ms)),
+        "ground_truth_s_per_query": gt_s / n_queries,
+        "exact_8bit_ms_median": float(np.median(lat8)), "exact_8bit_ms_p99": float(np.percentile(lat8, 99)),
+        "exact_8bit_recall_mean": float(rec8.mean()), "exact_8bit_recall_min": float(rec8.min()),
+        "exact_8bit_queries": len(hits8),
+    }
+
+
+def markdown(results: list[dict], machine: dict) -> str:
+    lines = [
+        "# bench_query", "",
+        f"Machine: {machine['cpus']} CPUs, {machine['processor']}, load average at start {machine['loadavg']}; "
+        f"{machine['date']}. Command: `{machine['command']}`.", "",
+        "| objects | p50 ms | p99 ms | recall@10 mean | recall@10 worst | exact 8-bit ms | exact 8-bit recall | "
+        "exact float32 ms | index build s | index disk MB | index RSS MB | 8-bit codes MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        q = r["query"]
+        lines.append(
+            f"| {r['objects']:,} | {q['p50_ms']:.1f} | {q['p99_ms']:.1f} | {q['recall_mean']:.3f} | {q['recall_min']:.1f} | "
+            f"{r['exact_8bit_ms_median']:.0f} | {r['exact_8bit_recall_mean']:.3f} | {r['exact_float32_ms_median']:.0f} | "
+            f"{r['build_candidate_index_s']:.0f} | {r['disk_bytes']['candidates.faiss'] / 1e6:.0f} | "
+            f"{r['rss_candidate_index_bytes'] / 1e6:.0f} | {r['disk_bytes']['codes.npy'] / 1e6:.0f} |")
+    lines += ["", "Sweep (nprobe × candidates):", "", "| objects | nprobe | candidates | p50 ms | p99 ms | recall mean | recall worst |",
+              "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for s in r["sweep"]:
+            lines.append(f"| {r['objects']:,} | {s['nprobe']} | {s['candidates']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
+                         f"{s['recall_mean']:.3f} | {s['recall_min']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+               "loadavg": " ".join(f"{v:.1f}" for v in os.getloadavg()),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "command": "python benchmarks/bench_query.py " + " ".join(
+                   [f"--sizes {' '.join(map(str, args.sizes))}", f"--queries {args.queries}"])}
+    results = []
+    for n in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            results.append(run_size(n, args.queries, Path(tmp)))
+    results_doc = {"machine": machine, "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                   "results": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_query.json").write_text(json.dumps(results_doc, indent=2))
+    (args.out / "bench_query.md").write_text(markdown(results, machine))
+    print(markdown(results, machine))
+
+
+if __name__ == "__main__":
+    main()
