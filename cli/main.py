@@ -11,6 +11,9 @@ import click
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cli.train", "Train the sparse U-Net (the paper's method) on a source of images."),
     "index": ("cli.index", "Index a source of images into a catalog: one row of features per object."),
+    "build": ("cli.build", "Prune, normalise, weigh (Ω) and index a catalog's features for search."),
+    "query": ("cli.query", "Find the objects most similar to objects or images, with their probability P."),
+    "delete": ("cli.delete", "Hide objects from every query result (survives rebuilds)."),
 }
 
 

@@ -1,0 +1,135 @@
+"""`simdex query`: parse, call `engine.searcher.Searcher.search`, print the ranked objects.
+
+A query by object id imports neither torch nor DuckDB (DuckDB only with --where)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+FORMATS = ("table", "json", "csv", "parquet")
+MEMBERSHIPS = ("auto", "gaussian", "trapezoid", "triangle", "max")
+
+
+def _format_table(table) -> str:
+    rows = table.to_pylist()
+    cols = [c for c in ("rank", "object_id", "score", "label", "source") if c in table.column_names]
+    cells = [[f"{r[c]:.4f}" if c == "score" else ("" if r[c] is None else str(r[c])) for c in cols] for r in rows]
+    header = ["P" if c == "score" else c for c in cols]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+@click.command(name="query")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--catalog", "-c", "catalog", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Catalog folder with a build (`simdex build`).")
+@click.option("--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Query with a new image instead of ids (runs the catalog's model); repeat for a set.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of results.")
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Width τ of the membership, in standard deviations.  [default: the build's, 1.0]")
+@click.option("--membership", type=click.Choice(MEMBERSHIPS), default="auto", show_default=True,
+              help="gaussian (eq. 2) for one query; trapezoid (eq. 3), triangle or max for a set; "
+                   "auto = gaussian for one, trapezoid for several.")
+@click.option("--where", default=None, metavar="SQL",
+              help="Only objects whose metadata satisfy this SQL predicate, e.g. \"label = 'Sneaker'\".")
+@click.option("--exact", is_flag=True, help="Scan the whole catalog instead of the candidate index.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="table, json (one object per line), csv, or parquet (needs --output).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the results to this file instead of standard output.")
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw a contact sheet of the query and its results with their P (PNG).")
+@click.option("--candidates", type=click.IntRange(min=1), default=None,
+              help="Candidates reranked exactly per query centre.  [default: 1000]")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited.  [default: the build's]")
+def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int, tau: float | None,
+          membership: str, where: str | None, exact: bool, fmt: str, output: Path | None, sheet: Path | None,
+          candidates: int | None, nprobe: int | None) -> None:
+    """Find the objects most similar to objects IDS (or to --image files), with their P.
+
+    One id is a Gaussian query; several ids (or images) form one set, matched by the
+    trapezoid of eq. 3 (or --membership max / triangle). P(v_i|v_q) ∈ [0, 1] is the
+    Ω-weighted mean of the per-feature memberships; the query object itself has P = 1.
+
+    \b
+    Examples:
+      simdex query --catalog cat/ 42
+      simdex query --catalog cat/ 42 43 44 --membership max -k 20
+      simdex query --catalog cat/ 42 --where "label = 'Sneaker' AND split = 'test'" --format json
+      simdex query --catalog cat/ --image boot.png --sheet boots.png
+    """
+    from engine.catalog import CatalogError
+    from engine.searcher import Searcher, SearchError
+
+    if bool(ids) == bool(images):
+        raise click.UsageError("give object ids or --image files (one of them)")
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("--format parquet needs --output FILE")
+    try:
+        searcher = Searcher.open(catalog)
+        features = None
+        if images:
+            from indexer.query_features import QueryImageError, image_features
+
+            try:
+                features = image_features(searcher.catalog, list(images))
+            except QueryImageError as exc:
+                raise click.ClickException(str(exc)) from None
+        table = searcher.search(ids=list(ids) or None, features=features, k=k, tau=tau, membership=membership,
+                                where=where, exact=exact, n_candidates=candidates, nprobe=nprobe)
+    except (CatalogError, SearchError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, output)
+    else:
+        if fmt == "table":
+            text = _format_table(table)
+        elif fmt == "json":
+            text = "\n".join(json.dumps(row, default=str) for row in table.to_pylist())
+        else:
+            import pyarrow.csv as pacsv
+
+            buf = __import__("io").BytesIO()
+            pacsv.write_csv(table, buf)
+            text = buf.getvalue().decode().rstrip("\n")
+        if output is None:
+            click.echo(text)
+        else:
+            output.write_text(text + "\n")
+    if sheet is not None:
+        _draw_sheet(searcher, table, ids, images, sheet)
+
+
+def _draw_sheet(searcher, table, ids, images, path: Path) -> None:
+    from engine.sheet import SheetError, contact_sheet, read_catalog_image
+
+    try:
+        if ids:
+            meta = searcher.metadata(list(ids), ["source"])
+            queries = [(f"query {i}", read_catalog_image(s)) for i, s in zip(ids, meta.column("source").to_pylist(), strict=True)]
+        else:
+            import numpy as np
+
+            from indexer.sources import decode_image
+
+            queries = [(p.name[:16], (np.clip(decode_image(p, 3), 0, 1).transpose(1, 2, 0) * 255).astype(np.uint8))
+                       for p in images]
+        results = [(f"#{r['rank']} P={r['score']:.3f}", read_catalog_image(r["source"])) for r in table.to_pylist()]
+        contact_sheet(queries, results, path)
+    except SheetError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"contact sheet: {path}", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(query())

@@ -1,0 +1,237 @@
+"""Search a catalog's current build: queries by object id or by raw feature vectors.
+
+`Searcher.open(root)` loads the build that is current at that moment (its matrix is
+memory-mapped; a later build does not disturb it) and the catalog's tombstones.
+Nothing here imports torch; DuckDB is imported only for a `where` filter.
+
+Example:
+    >>> s = Searcher.open("cat/")                                  # doctest: +SKIP
+    >>> s.search(ids=[42], k=10).to_pylist()[0]["score"]            # doctest: +SKIP
+    1.0
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.candidates import load_candidate_index
+from engine.catalog import Catalog
+from engine.membership import MembershipError, make_membership
+from engine.quantized import LutScanner, UniformCodec
+from engine.search import search
+
+log = logging.getLogger(__name__)
+
+# above this many objects an exhaustive query scans the 8-bit codes (then rescores in float32)
+QUANTIZED_SCAN_ABOVE = 200_000
+RESULT_COLUMNS = ("rank", "object_id", "score")
+
+
+class SearchError(Exception):
+    """A query that cannot be answered as asked; the message says how to fix it."""
+
+
+@dataclass
+class Query:
+    z: np.ndarray  # (m, d) normalised query vectors
+    object_ids: list[int]  # query object ids (empty for vectors)
+
+
+class Searcher:
+    """The current build of a catalog, ready to answer queries."""
+
+    def __init__(self, catalog: Catalog, build_dir: Path):
+        self.catalog = catalog
+        self.build_dir = Path(build_dir)
+        self.version = self.build_dir.name
+        try:
+            self.info = json.loads((self.build_dir / "build.json").read_text())
+            with np.load(self.build_dir / "pruning.npz") as f:
+                self.kept, self.mean, self.std = f["kept"], f["mean"], f["std"]
+            with np.load(self.build_dir / "codec.npz") as f:
+                self.codec = UniformCodec(f["lo"], f["lo"] + f["step"] * 255)
+            self.omega = np.load(self.build_dir / "omega.npy")
+            self.Z = np.load(self.build_dir / "z.npy", mmap_mode="r")
+            self.object_ids = np.load(self.build_dir / "object_ids.npy", mmap_mode="r")
+        except (OSError, ValueError, KeyError) as exc:
+            raise SearchError(f"build {self.build_dir} is incomplete or unreadable ({exc}); run `simdex build` again") from None
+        self._index = None
+        self._scanner = None
+        self.deleted = catalog.deleted_ids()
+        self.allowed = np.ones(len(self.object_ids), bool)
+        if len(self.deleted):
+            self.allowed &= ~np.isin(self.object_ids, self.deleted)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> Searcher:
+        """Open the current build of the catalog at `root`.
+
+        Raises:
+            CatalogError: not a catalog.
+            SearchError: the catalog has no build yet.
+        """
+        catalog = Catalog.open(root)
+        build_dir = catalog.current_build_dir()
+        if build_dir is None:
+            raise SearchError(f"catalog {root} has no build yet; run `simdex build --catalog {root}` first")
+        return cls(catalog, build_dir)
+
+    # ------------------------------------------------------------------ parts loaded on demand
+
+    @property
+    def index(self):
+        if self._index is None:
+            self._index = load_candidate_index(self.build_dir)
+        return self._index
+
+    @property
+    def scanner(self) -> LutScanner | None:
+        if self._scanner is None and len(self.object_ids) > QUANTIZED_SCAN_ABOVE:
+            self._scanner = LutScanner(np.load(self.build_dir / "codes.npy", mmap_mode="r"), threads=os.cpu_count() or 1)
+        return self._scanner
+
+    @property
+    def tau(self) -> float:
+        return float(self.info["config"]["tau"])
+
+    # ------------------------------------------------------------------ queries
+
+    def rows_of(self, object_ids) -> np.ndarray:
+        """Rows of the build matrix for object ids; SearchError for ids the build does not hold."""
+        ids = np.asarray(object_ids, dtype=np.int64)
+        pos = np.searchsorted(self.object_ids, ids)
+        ok = (pos < len(self.object_ids)) & (self.object_ids[np.minimum(pos, len(self.object_ids) - 1)] == ids)
+        if not ok.all():
+            missing = ", ".join(map(str, ids[~ok][:5]))
+            newest = int(self.object_ids[-1]) if len(self.object_ids) else -1
+            raise SearchError(f"no object {missing} in build {self.version} (ids 0…{newest}); objects indexed "
+                              f"after the build become searchable with the next `simdex build`")
+        return pos
+
+    def query_from_ids(self, object_ids) -> Query:
+        rows = self.rows_of(object_ids)
+        return Query(np.asarray(self.Z[np.sort(rows)], dtype=np.float32), [int(i) for i in object_ids])
+
+    def query_from_features(self, features: np.ndarray) -> Query:
+        """Raw feature vectors (m, N) of new objects (e.g. from the model) → a query."""
+        x = np.atleast_2d(np.asarray(features, dtype=np.float32))
+        if x.shape[1] != self.catalog.num_features:
+            raise SearchError(f"feature vectors have {x.shape[1]} values, the catalog's model gives {self.catalog.num_features}")
+        z = ((x[:, self.kept] - self.mean) / self.std).astype(np.float32)
+        return Query(z, [])
+
+    def allow_mask(self, where: str | None = None) -> np.ndarray:
+        """Rows that may be returned: not deleted, and matching the SQL predicate `where` on the objects' metadata."""
+        allow = self.allowed.copy()
+        if where:
+            allow &= np.isin(self.object_ids, self.filter_ids(where))
+        return allow
+
+    def filter_ids(self, where: str) -> np.ndarray:
+        """Object ids whose metadata satisfy the SQL predicate `where` (DuckDB)."""
+        if ";" in where:
+            raise SearchError("--where takes one SQL predicate (no ';'), e.g. \"label = 'Sneaker' AND split = 'test'\"")
+        import duckdb
+
+        objects = self.catalog.read_objects()
+        con = duckdb.connect(":memory:")
+        try:
+            con.register("objects", objects)
+            result = con.execute(f"SELECT object_id FROM objects WHERE {where}").fetchnumpy()
+        except duckdb.Error as exc:
+            first = str(exc).splitlines()[0]
+            raise SearchError(f"bad --where predicate {where!r}: {first}; columns are {', '.join(objects.column_names)}") from None
+        finally:
+            con.close()
+        return np.asarray(result["object_id"], dtype=np.int64)
+
+    def search(
+        self,
+        ids=None,
+        features: np.ndarray | None = None,
+        k: int = 10,
+        tau: float | None = None,
+        membership: str = "auto",
+        where: str | None = None,
+        exact: bool = False,
+        n_candidates: int | None = None,
+        nprobe: int | None = None,
+        columns: list[str] | None = None,
+    ) -> pa.Table:
+        """The k objects most similar to the query, best first.
+
+        The query is one object id or raw feature vector (Gaussian membership by
+        default) or several of them taken as one set (trapezoid by default, or `max`).
+
+        Returns:
+            a table with rank, object_id, score (P ∈ [0, 1]) and the objects' metadata
+            (label, source, …, or `columns`); fewer than k rows when fewer objects are allowed.
+
+        Raises:
+            SearchError: no query, unknown id, bad option or bad `where`.
+        """
+        if (ids is None or len(ids) == 0) == (features is None):
+            raise SearchError("give object ids or feature vectors (not both)")
+        if k < 1:
+            raise SearchError(f"k must be ≥ 1, got {k}")
+        query = self.query_from_ids(ids) if features is None else self.query_from_features(features)
+        if membership == "auto":
+            membership = "gaussian" if len(query.z) == 1 else "trapezoid"
+        try:
+            m = make_membership(membership, query.z, self.tau if tau is None else tau)
+        except MembershipError as exc:
+            raise SearchError(str(exc)) from None
+        allow = self.allow_mask(where)
+        index = None if exact else self.index
+        if index is not None and nprobe is not None:
+            index.nprobe = nprobe
+        options = {} if n_candidates is None else {"n_candidates": n_candidates}
+        scanner = self.scanner if (exact or index is None or index.kind == "exact") else None
+        P, rows = search(self.Z, [m], self.omega, k, index=index, allow=allow, exact=exact,
+                         scanner=scanner, codec=self.codec if scanner is not None else None, **options)
+        keep = rows[0] >= 0
+        result_ids = np.asarray(self.object_ids[rows[0][keep]], dtype=np.int64)
+        table = pa.table({"rank": pa.array(np.arange(1, keep.sum() + 1), pa.int32()),
+                          "object_id": pa.array(result_ids, pa.int64()),
+                          "score": pa.array(P[0][keep], pa.float32())})
+        meta = self.metadata(result_ids, columns)
+        for name in meta.column_names:
+            if name != "object_id":
+                table = table.append_column(name, meta.column(name))
+        return table
+
+    def metadata(self, object_ids: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """Metadata rows of `object_ids`, in that order, reading only the row groups that hold them."""
+        object_ids = np.asarray(object_ids, dtype=np.int64)
+        wanted = set(object_ids.tolist())
+        parts = []
+        for path in self.catalog.shard_paths():
+            pf = pq.ParquetFile(path)
+            names = [n for n in pf.schema_arrow.names if n != "features"]
+            if columns is not None:
+                names = ["object_id"] + [c for c in columns if c in names and c != "object_id"]
+            col = pf.schema_arrow.get_field_index("object_id")
+            groups = []
+            for g in range(pf.num_row_groups):
+                st = pf.metadata.row_group(g).column(col).statistics
+                if st is None or not st.has_min_max or any(st.min <= i <= st.max for i in wanted):
+                    groups.append(g)
+            if groups:
+                t = pf.read_row_groups(groups, columns=names)
+                mask = np.isin(t.column("object_id").to_numpy(), object_ids)
+                parts.append(t.filter(pa.array(mask)))
+        if not parts:
+            return pa.table({"object_id": pa.array([], pa.int64())})
+        table = pa.concat_tables(parts, promote_options="default")
+        got = table.column("object_id").to_numpy()
+        order = np.argsort(got)
+        take = order[np.searchsorted(got[order], object_ids)]
+        return table.take(pa.array(take))

@@ -1,0 +1,62 @@
+"""Contact sheet: the query image(s) and the results with their P (the paper's Fig. 5/6)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class SheetError(Exception):
+    """The sheet cannot be drawn (an image of the catalog is gone, Pillow is missing)."""
+
+
+@functools.lru_cache(maxsize=4)
+def _idx_images(path: str) -> np.ndarray:
+    from indexer.sources import read_idx
+
+    return read_idx(path)
+
+
+def read_catalog_image(source: str) -> np.ndarray:
+    """An image as the catalog's `source` column names it (a file, or `file#index` for IDX) → uint8 (H, W, 3)."""
+    from indexer.sources import ImageReadError, decode_image
+
+    try:
+        if "#" in source and not os.path.exists(source):
+            path, index = source.rsplit("#", 1)
+            arr = _idx_images(path)[int(index)].astype(np.float32)[None] / 255.0  # (1, H, W)
+        else:
+            arr = decode_image(source, channels=3)
+    except (ImageReadError, OSError, ValueError, IndexError) as exc:
+        raise SheetError(f"cannot read catalog image {source}: {exc}") from None
+    if arr.shape[0] == 1:
+        arr = np.repeat(arr, 3, axis=0)
+    return (np.clip(arr, 0, 1).transpose(1, 2, 0) * 255).astype(np.uint8)
+
+
+def contact_sheet(queries: list[tuple[str, np.ndarray]], results: list[tuple[str, np.ndarray]],
+                  path: str | os.PathLike, tile: int = 112, columns: int = 6) -> Path:
+    """Draw a row of query tiles, then the results in rows of `columns`, each captioned; save as PNG.
+
+    Args:
+        queries, results: (caption, uint8 (H, W, 3) image) pairs.
+    """
+    from PIL import Image, ImageDraw
+
+    caption_h = 16
+    rows = 1 + -(-len(results) // columns)
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + caption_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    cells = [(0, i, c, im) for i, (c, im) in enumerate(queries[:columns])]
+    cells += [(1 + i // columns, i % columns, c, im) for i, (c, im) in enumerate(results)]
+    for row, col, caption, image in cells:
+        x, y = col * tile, row * (tile + caption_h)
+        im = Image.fromarray(image).resize((tile - 4, tile - 4), Image.NEAREST)
+        sheet.paste(im, (x + 2, y + 2))
+        draw.text((x + 4, y + tile), caption, fill="black" if row else "darkred")
+    path = Path(path)
+    sheet.save(path)
+    return path

@@ -1,0 +1,318 @@
+"""`simdex build`: pruning, normalisation, Ω and the candidate index of a catalog (DESIGN §4).
+
+Two streaming passes over the shards, memory bounded by one batch plus the N×N Gram:
+
+1. statistics (`engine.pruning.FeatureStats`): active flags, XᵀX, Σx, Σx², min, max.
+   The statistics of every shard the current build already covered are stored in
+   that build (`stats.npz`, with the list of shards) and are reused: only shards
+   committed since are read in this pass. Shards are append-only, so the old list
+   is a prefix of the new one; if it is not (e.g. the catalog was re-created), all
+   shards are read again.
+2. normalisation: the kept features of every object are z-scored and written as a
+   memory-mappable `z.npy` (n, d) float32 with `object_ids.npy`, plus their 8-bit
+   codes (`codes.npy`) for the exhaustive table scan; the class statistics for Ω
+   are accumulated in the same pass. This pass always reads every shard: new
+   objects change the kept set, the means and the standard deviations.
+
+Then Ω, the candidate index (chosen by catalog size), and the candidate stage's
+recall@10 against the exact ranking on sampled queries, all recorded in
+`build.json`. The build is written into a temporary folder and published by the
+catalog's atomic pointer swap; readers holding the previous build keep reading it.
+
+Rows of tombstoned objects are kept in the build (and in its statistics) and hidden
+at query time, so `simdex delete` takes effect at once and survives rebuilds.
+
+Ω's default: eq. 5 (`clusters`) from the `label` column when it has two or more
+classes, else `uniform`. When the objects have a `split` column with a `train`
+value, class statistics come from the train rows only, so evaluations on the other
+split do not see their own labels through Ω (`omega_split="all"` uses every row).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from engine.candidates import build_candidate_index
+from engine.catalog import Catalog, CatalogError
+from engine.omega import ClassStats, OmegaError, OmegaInputs, kmeans_labels, make_omega
+from engine.pruning import FeatureStats, Pruning, PruningError, format_table_iii
+from engine.quantized import UniformCodec
+
+log = logging.getLogger(__name__)
+
+BUILD_FORMAT = "simdex-build/1"
+OMEGA_CHOICES = ("auto", "uniform", "svd", "clusters", "welch")
+
+
+class BuildError(Exception):
+    """A build that cannot be made as asked; the message says what to change."""
+
+
+@dataclass
+class BuildConfig:
+    retain: float = 0.99
+    omega: str = "auto"  # auto | uniform | svd | clusters | welch
+    clusters_from: str | None = None  # column of classes for clusters/welch (default: label)
+    n_clusters: int = 10  # k-means clusters when there is no class column
+    omega_split: str = "auto"  # auto (train rows if a split column has them) | all | a split value
+    tau: float = 1.0  # τ used for the recorded recall (queries may choose another)
+    index: str = "auto"  # auto | exact | ivf
+    recall_queries: int = 50
+    batch_rows: int = 65536
+    seed: int = 0
+    index_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class BuildResult:
+    version: str
+    path: Path
+    info: dict
+
+
+def _shard_batches(path: Path, num_features: int, batch_rows: int):
+    """(object_ids, features) of one shard file, as `Catalog.iter_features` reads them."""
+    pf = pq.ParquetFile(path)
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=["object_id", "features"]):
+        ids = batch.column(0).to_numpy().astype(np.int64, copy=False)
+        feats = batch.column(1)
+        values = feats.values.to_numpy(zero_copy_only=False)[feats.offset * num_features:(feats.offset + len(feats)) * num_features]
+        yield ids, values.reshape(len(ids), num_features).astype(np.float32, copy=False)
+
+
+def _previous_stats(catalog: Catalog, shards: list[str]) -> tuple[FeatureStats | None, list[str]]:
+    """Statistics of the current build when its shards are a prefix of `shards`."""
+    current = catalog.current_build_dir()
+    if current is None or not (current / "stats.npz").is_file():
+        return None, []
+    try:
+        covered = json.loads((current / "stats_shards.json").read_text())
+        stats = FeatureStats.load(current / "stats.npz")
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("cannot reuse the statistics of %s (%s); reading every shard", current, exc)
+        return None, []
+    if covered != shards[: len(covered)] or stats.num_features != catalog.num_features:
+        return None, []
+    return stats, covered
+
+
+def _class_column(catalog: Catalog, config: BuildConfig, object_ids: np.ndarray) -> tuple[np.ndarray | None, str | None, str]:
+    """Class of each row (object dtype, None where unknown) for Ω, the column used and the rows used."""
+    columns = sorted({c for p in catalog.shard_paths() for c in pq.read_schema(p).names} - {"features"})
+    name = config.clusters_from or "label"
+    if name not in columns:
+        if config.clusters_from:
+            raise BuildError(f"--clusters-from {name}: no such column; the objects have {', '.join(columns)}")
+        return None, None, "none"
+    want = ["object_id", name] + (["split"] if "split" in columns and name != "split" else [])
+    table = catalog.read_objects(want)
+    ids = table.column("object_id").to_numpy()
+    values = np.array(table.column(name).to_pylist(), dtype=object)
+    rows_used = "all"
+    if "split" in want and config.omega_split != "all":
+        split = np.array(table.column("split").to_pylist(), dtype=object)
+        chosen = "train" if config.omega_split == "auto" else config.omega_split
+        if np.any(split == chosen):
+            values = np.where(split == chosen, values, None)
+            rows_used = f"split = {chosen}"
+        elif config.omega_split != "auto":
+            raise BuildError(f"--omega-split {chosen}: no object has split = {chosen}")
+    order = np.argsort(ids)
+    pos = np.searchsorted(ids[order], object_ids)
+    pos = np.minimum(pos, len(ids) - 1)
+    found = ids[order][pos] == object_ids
+    out = np.full(len(object_ids), None, dtype=object)
+    out[found] = values[order][pos[found]]
+    if len({v for v in out if v is not None}) < 2:
+        return None, name, rows_used
+    return out, name, rows_used
+
+
+def build(catalog: Catalog, config: BuildConfig | None = None,
+          progress: Callable[[str, int, int], None] | None = None) -> BuildResult:
+    """Build and publish a new version of `catalog`'s search structures.
+
+    Args:
+        catalog: an open catalog with at least one object.
+        config: options (defaults: retain 0.99, Ω auto, τ 1, index by size).
+        progress: optional callback (stage, done, total) for a progress bar.
+
+    Returns:
+        the published version, its folder and the contents of its build.json.
+
+    Raises:
+        BuildError: empty catalog, bad option, Ω that cannot be estimated.
+
+    Example:
+        >>> result = build(Catalog.open("cat/"))   # doctest: +SKIP
+        >>> result.info["table_iii"][-1]            # doctest: +SKIP
+        {'layer': 'total', 'initial': 1600, 'active': 700, 'kept': 451}
+    """
+    config = config or BuildConfig()
+    if config.omega not in OMEGA_CHOICES:
+        raise BuildError(f"unknown omega {config.omega!r}; choose one of {', '.join(OMEGA_CHOICES)}")
+    if not 0 < config.retain <= 1:
+        raise BuildError(f"retain must be in (0, 1], got {config.retain}")
+    if not config.tau > 0:
+        raise BuildError(f"tau must be positive, got {config.tau}")
+    started = time.perf_counter()
+    report = progress or (lambda stage, done, total: None)
+    num_features = catalog.num_features
+    paths = catalog.shard_paths()
+    shards = [p.name for p in paths]
+    n_objects = catalog.num_objects
+    if n_objects == 0:
+        raise BuildError(f"catalog {catalog.root} has no objects; index images first with `simdex index`")
+
+    # ---- pass 1: statistics, reusing those of the shards the current build covered
+    stats, covered = _previous_stats(catalog, shards)
+    reused = len(covered)
+    stats = stats or FeatureStats(num_features)
+    done = stats.count
+    for path in paths[reused:]:
+        for _, x in _shard_batches(path, num_features, config.batch_rows):
+            stats.update(x)
+            done += len(x)
+            report("statistics", done, n_objects)
+    if stats.count != n_objects:
+        raise CatalogError(f"statistics cover {stats.count} objects, the catalog has {n_objects}: "
+                           "was the catalog modified during the build?")
+    try:
+        pruning = Pruning.from_stats(stats, config.retain)
+    except PruningError as exc:
+        raise BuildError(str(exc)) from None
+    d = len(pruning.kept)
+    table_iii = pruning.table_iii(catalog.phi)
+    log.info("Table III\n%s", format_table_iii(table_iii))
+    t_stats = time.perf_counter() - started
+
+    tmp = catalog.new_build_dir()
+    stats.save(tmp / "stats.npz")
+    (tmp / "stats_shards.json").write_text(json.dumps(shards))
+    np.savez(tmp / "pruning.npz", active=pruning.active, v1=pruning.v1, kept=pruning.kept, mean=pruning.mean,
+             std=pruning.std, z_min=pruning.z_min, z_max=pruning.z_max)
+    codec = UniformCodec(pruning.z_min, pruning.z_max)
+    np.savez(tmp / "codec.npz", lo=codec.lo, step=codec.step)
+
+    # ---- pass 2: normalised kept features, their codes, their ids
+    z_out = np.lib.format.open_memmap(tmp / "z.npy", mode="w+", dtype=np.float32, shape=(n_objects, d))
+    codes_out = np.lib.format.open_memmap(tmp / "codes.npy", mode="w+", dtype=np.uint8, shape=(n_objects, d))
+    ids_out = np.lib.format.open_memmap(tmp / "object_ids.npy", mode="w+", dtype=np.int64, shape=(n_objects,))
+    row = 0
+    for path in paths:
+        for ids, x in _shard_batches(path, num_features, config.batch_rows):
+            z = pruning.normalise(x)
+            z_out[row : row + len(ids)] = z
+            codes_out[row : row + len(ids)] = codec.encode(z)
+            ids_out[row : row + len(ids)] = ids
+            row += len(ids)
+            report("normalise", row, n_objects)
+    z_out.flush(), codes_out.flush(), ids_out.flush()
+    del z_out, codes_out
+    object_ids = np.load(tmp / "object_ids.npy")
+    if np.any(np.diff(object_ids) <= 0):
+        raise CatalogError("object ids in the shards are not strictly increasing; the catalog is inconsistent")
+    Z = np.load(tmp / "z.npy", mmap_mode="r")
+    t_normalise = time.perf_counter() - started - t_stats
+
+    # ---- Ω
+    omega_name = config.omega
+    classes, class_column, rows_used = (None, None, "none")
+    if omega_name in ("auto", "clusters", "welch"):
+        classes, class_column, rows_used = _class_column(catalog, config, object_ids)
+    if omega_name == "auto":
+        omega_name = "clusters" if classes is not None else "uniform"
+    class_stats = None
+    if omega_name in ("clusters", "welch"):
+        if classes is None:
+            if omega_name == "welch":
+                raise BuildError("omega 'welch' needs a column of classes with 2 or more values (--clusters-from)")
+            classes = kmeans_labels(Z, config.n_clusters, seed=config.seed).astype(object)
+            class_column, rows_used = f"k-means ({config.n_clusters} clusters)", "all"
+        class_stats = ClassStats(d)
+        for a in range(0, n_objects, config.batch_rows):
+            class_stats.update(np.asarray(Z[a : a + config.batch_rows]), classes[a : a + config.batch_rows])
+    try:
+        omega = make_omega(omega_name).estimate(OmegaInputs(dim=d, v1=pruning.v1[pruning.kept], class_stats=class_stats))
+    except OmegaError as exc:
+        raise BuildError(str(exc)) from None
+    omega = omega.astype(np.float32)
+    np.save(tmp / "omega.npy", omega)
+
+    # ---- candidate index and its measured recall
+    t0 = time.perf_counter()
+    index = build_candidate_index(Z, omega, config.index, **config.index_options)
+    index.save(tmp)
+    t_index = time.perf_counter() - t0
+    deleted = catalog.deleted_ids()
+    recall = measure_recall(Z, object_ids, omega, index, deleted, config)
+
+    info = {
+        "format": BUILD_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": {k: v for k, v in asdict(config).items() if k != "index_options"},
+        "objects": n_objects, "num_features": num_features, "active": int(pruning.active.sum()), "kept": d,
+        "retained": pruning.retained, "table_iii": table_iii,
+        "omega": {"estimator": omega_name, "classes_from": class_column, "rows": rows_used},
+        "candidates": index.info(), "recall": recall,
+        "shards": shards, "shards_reused_for_statistics": reused,
+        "model_sha256": catalog.model_sha256,
+        "timings_s": {"statistics": t_stats, "normalise": t_normalise, "candidate_index": t_index,
+                      "total": time.perf_counter() - started},
+    }
+    (tmp / "build.json").write_text(json.dumps(info, indent=1))
+    version = catalog.publish_build(tmp)
+    return BuildResult(version, catalog.current_build_dir(), info)
+
+
+def measure_recall(Z, object_ids, omega, index, deleted, config: BuildConfig) -> dict:
+    """recall@10 of the candidate stage against the exact float32 ranking on sampled catalog objects."""
+    from engine.candidates import ExactIndex
+    from engine.membership import make_membership
+    from engine.scoring import exact_search
+    from engine.search import search
+
+    if isinstance(index, ExactIndex):
+        return {"recall_at_10_mean": 1.0, "recall_at_10_min": 1.0, "queries": 0,
+                "note": "exact index: every query scans the whole catalog"}
+    allow = ~np.isin(object_ids, deleted)
+    rows = np.flatnonzero(allow)
+    rng = np.random.default_rng(config.seed)
+    sample = np.sort(rng.choice(rows, min(config.recall_queries, len(rows)), replace=False))
+    memberships = [make_membership("gaussian", np.asarray(Z[r]), config.tau) for r in sample]
+    _, truth = exact_search(Z, memberships, omega, 10, allow=allow)
+    recalls, latencies = [], []
+    for q, m in enumerate(memberships):
+        t = time.perf_counter()
+        _, hits = search(Z, [m], omega, 10, index=index, allow=allow)
+        latencies.append(time.perf_counter() - t)
+        want = set(truth[q][truth[q] >= 0])
+        recalls.append(len(want & set(hits[0])) / max(1, len(want)))
+    return {"recall_at_10_mean": float(np.mean(recalls)), "recall_at_10_min": float(np.min(recalls)),
+            "queries": len(sample), "tau": config.tau, "p50_ms": 1000 * float(np.median(latencies))}
+
+
+def format_build_summary(info: dict, version: str) -> str:
+    """What `simdex build` prints: Table III, Ω and the candidate stage."""
+    r = info["recall"]
+    lines = [
+        f"build {version}: {info['objects']:,} objects, {info['num_features']} features, "
+        f"{info['active']} active, {info['kept']} kept (Σ v1² = {info['retained']:.4f})",
+        "", "Table III", format_table_iii(info["table_iii"]), "",
+        f"Ω: {info['omega']['estimator']}" + (f" from {info['omega']['classes_from']} ({info['omega']['rows']})"
+                                             if info["omega"]["classes_from"] else ""),
+        f"candidates: {json.dumps(info['candidates'])}",
+        f"recall@10 vs exact: mean {r['recall_at_10_mean']:.3f}, worst {r['recall_at_10_min']:.2f} "
+        f"over {r['queries']} sampled queries",
+        f"time: {info['timings_s']['total']:.1f} s (statistics reused for {info['shards_reused_for_statistics']} "
+        f"of {len(info['shards'])} shards)",
+    ]
+    return "\n".join(lines)

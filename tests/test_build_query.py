@@ -1,0 +1,227 @@
+"""`simdex build` / `query` / `delete` on small synthetic catalogs written through the Catalog API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main as cli_main
+from engine.catalog import Catalog
+from engine.membership import make_membership
+from engine.pruning import FeatureStats
+from engine.scoring import exact_search
+from engine.searcher import Searcher, SearchError
+from indexer.build import BuildConfig, BuildError, build
+from indexer.shards import ShardWriter, object_schema
+
+PHI = [{"name": "C11", "channels": 6, "stride": 1, "offset": 0},
+       {"name": "C12", "channels": 6, "stride": 1, "offset": 6},
+       {"name": "C21", "channels": 8, "stride": 2, "offset": 12}]
+N = 20
+CLASSES = ["boot", "sandal", "bag"]
+
+
+def synthetic_objects(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Sparse ReLU features with class structure; features 12-13 are never active."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(CLASSES), n)
+    centres = np.random.default_rng(99).normal(0, 1.5, (len(CLASSES), N))
+    x = np.maximum(centres[labels] + rng.normal(0, 0.7, (n, N)) - 0.3, 0).astype(np.float32)
+    x[:, 12:14] = 0
+    return x, [CLASSES[i] for i in labels]
+
+
+def append_shard(cat: Catalog, x: np.ndarray, labels: list[str], job: str, split: str = "train") -> None:
+    """Commit one shard of objects as the indexer does (temporary file, then journal)."""
+    meta = [("split", "split", __import__("pyarrow").string())]
+    schema = object_schema(N, meta)
+    with cat.lock():
+        journal = cat.begin_job(job, {"source": job, "num_images": len(x)})
+        start = journal["next_ordinal"]
+        nxt = cat.counters()
+        n = len(x)
+        writer = ShardWriter(cat, schema)
+        ids = np.arange(nxt["object_id"], nxt["object_id"] + n)
+        writer.add_objects({
+            "object_id": ids, "image_id": np.arange(nxt["image_id"], nxt["image_id"] + n),
+            "source": [f"{job}/{i}.png" for i in range(start, start + n)], "ordinal": np.arange(start, start + n),
+            "component": np.zeros(n, np.int32), "label": labels, "split": [split] * n,
+            "x0": np.zeros(n, np.int32), "y0": np.zeros(n, np.int32), "x1": np.ones(n, np.int32) * 8,
+            "y1": np.ones(n, np.int32) * 8, "area": np.full(n, 64)}, x)
+        shard_tmp, errors_tmp = writer.close()
+        cat.commit(job, shard_tmp=shard_tmp, errors_tmp=errors_tmp, ordinal_start=start, next_ordinal=start + n,
+                   first_object_id=nxt["object_id"], rows=n, first_image_id=nxt["image_id"], images=n, error_rows=0)
+
+
+@pytest.fixture
+def catalog(tmp_path) -> Catalog:
+    cat = Catalog.create(tmp_path / "cat", {"sha256": "0" * 64, "config": {}, "phi": PHI, "num_features": N,
+                                            "region": "bbox"})
+    x, labels = synthetic_objects(300, seed=1)
+    append_shard(cat, x[:200], labels[:200], "a")
+    append_shard(cat, x[200:], labels[200:], "b", split="test")
+    return cat
+
+
+def all_features(cat: Catalog) -> tuple[np.ndarray, np.ndarray]:
+    parts = list(cat.iter_features())
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def test_build_writes_normalised_matrix_table_iii_and_omega(catalog):
+    result = build(catalog, BuildConfig(retain=0.99))
+    info = result.info
+    ids, x = all_features(catalog)
+    kept = np.load(result.path / "pruning.npz")["kept"]
+    assert not set(kept) & {12, 13}
+    z = np.load(result.path / "z.npy", mmap_mode="r")
+    np.testing.assert_allclose(z, (x[:, kept] - x[:, kept].mean(0)) / x[:, kept].std(0), atol=1e-4)
+    np.testing.assert_array_equal(np.load(result.path / "object_ids.npy"), ids)
+    table = {r["layer"]: r for r in info["table_iii"]}
+    assert table["C21"] == {"layer": "C21", "initial": 8, "active": 6, "kept": int(np.sum(kept >= 12))}
+    assert table["total"]["kept"] == len(kept) == info["kept"]
+    # Ω defaults to eq. 5 from the label column, on the train split only
+    assert info["omega"] == {"estimator": "clusters", "classes_from": "label", "rows": "split = train"}
+    omega = np.load(result.path / "omega.npy")
+    zt = z[:200]
+    labels = np.array(catalog.read_objects(["label"]).column("label").to_pylist())[:200]
+    means = np.stack([zt[labels == c].mean(0) for c in CLASSES])
+    want = sum(np.abs(means[i] - means[j]) for i in range(3) for j in range(i + 1, 3))
+    np.testing.assert_allclose(omega, want / want.sum(), rtol=1e-4)
+    assert info["recall"]["queries"] == 0  # 300 objects: the exact index
+
+
+def test_query_by_id_matches_exact_ranking_and_carries_metadata(catalog):
+    build(catalog)
+    s = Searcher.open(catalog.root)
+    table = s.search(ids=[5], k=5)
+    assert table.column("object_id")[0].as_py() == 5 and table.column("score")[0].as_py() == pytest.approx(1.0)
+    m = make_membership("gaussian", s.Z[5], 1.0)
+    P, rows = exact_search(s.Z, [m], s.omega, 5)
+    assert table.column("object_id").to_pylist() == s.object_ids[rows[0]].tolist()
+    np.testing.assert_allclose(table.column("score").to_numpy(), P[0], atol=1e-6)
+    labels = catalog.read_objects(["object_id", "label"]).to_pydict()
+    assert table.column("label").to_pylist() == [labels["label"][i] for i in table.column("object_id").to_pylist()]
+    # a set of ids: trapezoid by default, every query object on the plateau
+    two = s.search(ids=[5, 6], k=10).to_pylist()
+    assert {5, 6} <= {r["object_id"] for r in two if r["score"] >= 1 - 1e-6}
+    # raw feature vectors (what --image produces) give the same answer as their id
+    _, x = all_features(catalog)
+    by_vec = s.search(features=x[5:6], k=5)
+    assert by_vec.column("object_id").to_pylist() == table.column("object_id").to_pylist()
+    with pytest.raises(SearchError, match="no object 999"):
+        s.search(ids=[999])
+
+
+def test_where_filter(catalog):
+    build(catalog)
+    s = Searcher.open(catalog.root)
+    t = s.search(ids=[5], k=50, where="label = 'bag' AND split = 'test'")
+    assert t.num_rows > 0 and set(t.column("label").to_pylist()) == {"bag"}
+    assert set(t.column("split").to_pylist()) == {"test"}
+    with pytest.raises(SearchError, match="bad --where"):
+        s.search(ids=[5], where="no_such_column = 1")
+
+
+def test_delete_hides_at_once_and_survives_rebuild(catalog):
+    build(catalog)
+    before = Searcher.open(catalog.root).search(ids=[5], k=4).column("object_id").to_pylist()
+    victim = before[1]
+    catalog.add_deleted([victim])
+    after = Searcher.open(catalog.root).search(ids=[5], k=4).column("object_id").to_pylist()
+    assert victim not in after and after[:2] == [before[0], before[2]]
+    build(catalog)
+    assert victim not in Searcher.open(catalog.root).search(ids=[5], k=4).column("object_id").to_pylist()
+
+
+def test_append_then_rebuild_reuses_statistics_and_finds_new_objects(catalog):
+    first = build(catalog)
+    old = Searcher.open(catalog.root)
+    x, labels = synthetic_objects(50, seed=7)
+    append_shard(catalog, x, labels, "c")
+    with pytest.raises(SearchError, match="next `simdex build`"):
+        old.search(ids=[320])
+    second = build(catalog)
+    assert second.info["shards_reused_for_statistics"] == 2 and second.version != first.version
+    # the reused statistics equal a fresh pass over every shard
+    stats = FeatureStats(N)
+    for _, xb in catalog.iter_features():
+        stats.update(xb)
+    np.testing.assert_allclose(FeatureStats.load(second.path / "stats.npz").gram, stats.gram, rtol=1e-10)
+    new = Searcher.open(catalog.root)
+    assert new.search(ids=[320], k=1).column("object_id").to_pylist() == [320]
+    # the reader that opened the old build keeps working on it
+    assert old.search(ids=[5], k=3).num_rows == 3 and old.version == first.version
+
+
+def test_ivf_build_records_recall_and_equals_exact_with_all_candidates(tmp_path):
+    cat = Catalog.create(tmp_path / "cat", {"sha256": "0" * 64, "config": {}, "phi": PHI, "num_features": N,
+                                            "region": "bbox"})
+    x, labels = synthetic_objects(3000, seed=3)
+    append_shard(cat, x, labels, "a")
+    result = build(cat, BuildConfig(index="ivf", recall_queries=20, index_options={"nlist": 16, "nprobe": 4}))
+    r = result.info["recall"]
+    assert result.info["candidates"]["kind"] == "ivf" and r["queries"] == 20
+    assert 0.5 <= r["recall_at_10_mean"] <= 1.0
+    s = Searcher.open(cat.root)
+    exact = s.search(ids=[11], k=10, exact=True)
+    full = s.search(ids=[11], k=10, n_candidates=3000, nprobe=16)
+    assert full.column("object_id").to_pylist() == exact.column("object_id").to_pylist()
+
+
+def test_build_errors(tmp_path, catalog):
+    empty = Catalog.create(tmp_path / "empty", {"sha256": "0" * 64, "config": {}, "phi": PHI, "num_features": N,
+                                                "region": "bbox"})
+    with pytest.raises(BuildError, match="no objects"):
+        build(empty)
+    with pytest.raises(BuildError, match="no such column"):
+        build(catalog, BuildConfig(clusters_from="colour"))
+    with pytest.raises(SearchError, match="no build yet"):
+        Searcher.open(catalog.root)
+
+
+def test_cli_build_query_delete(catalog):
+    runner = CliRunner()
+    root = str(catalog.root)
+    out = runner.invoke(cli_main, ["build", "--catalog", root, "-q"])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(cli_main, ["query", "--catalog", root, "5", "-k", "3"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.strip().splitlines()
+    assert lines[0].split()[:3] == ["rank", "object_id", "P"] and lines[1].split()[:3] == ["1", "5", "1.0000"]
+    out = runner.invoke(cli_main, ["query", "--catalog", root, "5", "-k", "3", "--format", "json"])
+    rows = [json.loads(line) for line in out.output.strip().splitlines()]
+    assert len(rows) == 3 and rows[0]["object_id"] == 5 and rows[0]["score"] == pytest.approx(1.0)
+    out = runner.invoke(cli_main, ["query", "--catalog", root, "5", "--format", "csv", "-k", "2"])
+    assert out.output.splitlines()[0].startswith('"rank","object_id","score"')
+    pq_path = Path(root).parent / "r.parquet"
+    out = runner.invoke(cli_main, ["query", "--catalog", root, "5", "--format", "parquet", "-o", str(pq_path)])
+    assert out.exit_code == 0 and pq.read_table(pq_path).num_rows == 10
+    out = runner.invoke(cli_main, ["delete", "--catalog", root, str(rows[1]["object_id"])])
+    assert out.exit_code == 0 and "deleted 1" in out.output
+    out = runner.invoke(cli_main, ["query", "--catalog", root, "5", "-k", "3", "--format", "json"])
+    assert rows[1]["object_id"] not in [json.loads(line)["object_id"] for line in out.output.strip().splitlines()]
+    # user mistakes: a message, never a traceback
+    for args in (["query", "--catalog", root, "99999"], ["query", "--catalog", root, "5", "--where", "nope = 1"],
+                 ["query", "--catalog", root], ["delete", "--catalog", root, "99999"],
+                 ["query", "--catalog", root, "5", "6", "--membership", "gaussian"],
+                 ["build", "--catalog", str(Path(root).parent / "missing")]):
+        out = runner.invoke(cli_main, args)
+        assert out.exit_code != 0 and (out.exception is None or isinstance(out.exception, SystemExit)), args
+        assert "Traceback" not in out.output
+
+
+def test_query_by_id_does_not_import_torch_or_duckdb(catalog):
+    build(catalog)
+    code = ("import sys; from cli.main import main; "
+            f"main(['query', '--catalog', {str(catalog.root)!r}, '5', '-k', '2'], standalone_mode=False); "
+            "print('LOADED', 'torch' in sys.modules, 'duckdb' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "LOADED False False" in out.stdout, out.stdout + out.stderr
