@@ -71,7 +71,7 @@ class UNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
+    def from_dict(cls, d: dict) -> UNetConfig:
         known = {k: d[k] for k in ("width", "in_channels", "num_classes", "image_size", "arch") if k in d}
         return cls(**known)
 

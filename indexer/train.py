@@ -1,0 +1,344 @@
+"""Training of the sparse U-Net (paper, Appendix A).
+
+Adam at 1e-3, shift/rotation/scale augmentation, pixel-wise softmax cross-entropy
+and the channel-sparsity objective of `indexer.sparsity`. Each epoch reports the
+task loss, the validation Dice and R_sp^0 = 1 − R_sp (the paper's Table II).
+
+A run writes into one folder:
+    model.pt      best model by validation (safe format, see indexer.checkpoint)
+    last.pt       model + optimizer + epoch, for `--resume`; written every epoch and on Ctrl-C
+    metrics.csv   one row per epoch
+    curves.png    the curves of metrics.csv
+
+"Best" is the highest validation Dice among the epochs whose R_sp^0 is within
+`sparsity_tolerance` of the target, or the highest Dice if none is yet: a model that
+segments well but has not reached its sparsity is not what was asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from indexer.checkpoint import save_model
+from indexer.model import SparseUNet, UNetConfig, build_model
+from indexer.sources import IdxSource, ImageReadError, ImageSource, border_background, fit_to_size, mask_from_background
+from indexer.sparsity import active_ratio, channel_activity, sparsity_gamma, weight_sparsity_loss
+
+log = logging.getLogger(__name__)
+
+METRIC_FIELDS = ["epoch", "train_loss", "train_task_loss", "train_r_sp0", "val_task_loss", "val_dice",
+                 "val_r_sp0", "seconds"]
+
+
+@dataclass
+class TrainConfig:
+    """Options of a training run; saved in last.pt and model.pt."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    beta: float = 0.3  # target ratio of active channels (target sparsity 1 − β)
+    alpha: float = 1.0  # γ's exponent: the learning speed of the sparsity
+    lam: float = 1.0  # λ, weight of the sparsity term
+    val_fraction: float = 0.1
+    max_train_images: int = 0  # 0 = all
+    augment: bool = True
+    max_shift: float = 0.1  # fraction of the image size
+    max_rotation_deg: float = 15.0
+    min_scale: float = 0.9
+    max_scale: float = 1.1
+    mask_threshold: float = 0.05
+    sparsity_tolerance: float = 0.05
+    seed: int = 0
+    workers: int = 0
+    width: float = 0.5
+    in_channels: int = 1
+    image_size: int = 32
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_task_loss: float
+    train_r_sp0: float
+    val_task_loss: float
+    val_dice: float
+    val_r_sp0: float
+    seconds: float
+
+
+class SegmentationDataset(Dataset):
+    """Images of a source fitted to the model's size, with their masks.
+
+    Returns (image (C, S, S) float32, mask (S, S) uint8, background (C,) float32, ok);
+    an unreadable image gives ok = False and is dropped by `collate`.
+    """
+
+    def __init__(self, source: ImageSource, indices: np.ndarray, size: int, channels: int, mask_threshold: float):
+        self.source, self.indices = source, indices
+        self.size, self.channels, self.mask_threshold = size, channels, mask_threshold
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int):
+        i = int(self.indices[j])
+        try:
+            image = self.source.read(i, self.channels)
+            if self.source.records[i].mask:
+                mask = self.source.read_mask(i, image)
+            else:
+                mask = mask_from_background(image, self.mask_threshold)
+        except ImageReadError:
+            empty = np.zeros((self.channels, self.size, self.size), np.float32)
+            return empty, np.zeros((self.size, self.size), np.uint8), np.zeros(self.channels, np.float32), False
+        bg = border_background(image)
+        canvas, _, _, _ = fit_to_size(image, self.size, bg)
+        mcanvas, _, _, _ = fit_to_size(mask[None].astype(np.float32), self.size, np.zeros(1, np.float32))
+        return canvas, (mcanvas[0] > 0.5).astype(np.uint8), bg, True
+
+
+def collate(batch):
+    kept = [b for b in batch if b[3]]
+    if not kept:
+        return None
+    images, masks, bgs, _ = zip(*kept)
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks)), torch.from_numpy(np.stack(bgs))
+
+
+def augment_batch(x: torch.Tensor, mask: torch.Tensor, bg: torch.Tensor, cfg: TrainConfig,
+                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random shift, rotation and scale applied to images and masks together.
+
+    x (B, C, H, W), mask (B, H, W), bg (B, C). The image is warped as (x − bg) with zero
+    padding, so uncovered pixels get the image's own background colour.
+    """
+    b = x.shape[0]
+    angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(cfg.max_rotation_deg)
+    scale = cfg.min_scale + torch.rand(b, generator=gen) * (cfg.max_scale - cfg.min_scale)
+    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * cfg.max_shift * 2  # grid units span 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
+    bgv = bg[:, :, None, None]
+    xw = F.grid_sample(x - bgv, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + bgv
+    mw = F.grid_sample(mask[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return xw.clamp(0, 1), mw[:, 0].round().to(mask.dtype)
+
+
+def dice_counts(logits: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """(2·|pred ∩ target|, |pred| + |target|) for the object class, summed over the batch."""
+    pred = logits.argmax(1) == 1
+    target = mask == 1
+    inter = (pred & target).sum().item()
+    return 2.0 * inter, float(pred.sum().item() + target.sum().item())
+
+
+@torch.inference_mode()
+def evaluate(model: SparseUNet, loader: DataLoader) -> dict:
+    """Task loss, Dice (over all pixels of the set) and R_sp^0 (channels never active on the set)."""
+    model.eval()
+    loss_sum, n, num, den = 0.0, 0, 0.0, 0.0
+    activity = None
+    for batch in loader:
+        if batch is None:
+            continue
+        x, mask, _ = batch
+        logits, acts = model(x)
+        loss_sum += F.cross_entropy(logits, mask.long(), reduction="sum").item() / mask[0].numel()
+        n += x.shape[0]
+        a, b = dice_counts(logits, mask)
+        num, den = num + a, den + b
+        act = channel_activity(acts)
+        activity = act if activity is None else activity + act
+    if n == 0:
+        raise ValueError("no readable images to evaluate on")
+    r_sp = (activity > 0).float().mean().item()
+    return {"task_loss": loss_sum / n, "dice": num / den if den else 1.0, "r_sp0": 1.0 - r_sp, "images": n}
+
+
+def split_indices(n: int, val_fraction: float, seed: int, max_train: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded train/validation split of range(n)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction))) if n > 1 else 0
+    val, train = perm[:n_val], perm[n_val:]
+    if max_train:
+        train = train[:max_train]
+    if len(train) == 0:
+        raise ValueError(f"not enough images to train on ({n}); need at least 2")
+    return np.sort(train), np.sort(val)
+
+
+def _loader(source, idx, cfg: TrainConfig, shuffle: bool, gen: torch.Generator | None) -> DataLoader:
+    ds = SegmentationDataset(source, idx, cfg.image_size, cfg.in_channels, cfg.mask_threshold)
+    # In-memory IDX images decode in microseconds: worker processes would only add overhead.
+    workers = 0 if isinstance(source, IdxSource) else cfg.workers
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, generator=gen, num_workers=workers,
+                      collate_fn=collate, drop_last=False, persistent_workers=workers > 0)
+
+
+def write_metrics(out: Path, history: list[EpochMetrics]) -> None:
+    tmp = out / "metrics.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        w.writeheader()
+        for m in history:
+            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(m).items()})
+    os.replace(tmp, out / "metrics.csv")
+    plot_curves(out / "curves.png", history)
+
+
+def plot_curves(path: Path, history: list[EpochMetrics]) -> None:
+    from indexer.plots import save_panels
+
+    ep = [m.epoch for m in history]
+    save_panels(path, [
+        {"x": ep, "series": {"train": [m.train_task_loss for m in history],
+                             "validation": [m.val_task_loss for m in history]},
+         "title": "task loss (cross-entropy)", "xlabel": "epoch"},
+        {"x": ep, "series": {"validation": [m.val_dice for m in history]}, "title": "Dice", "xlabel": "epoch"},
+        {"x": ep, "series": {"train": [m.train_r_sp0 for m in history],
+                             "validation": [m.val_r_sp0 for m in history]},
+         "title": "R_sp^0 (ratio of inactive channels)", "xlabel": "epoch"},
+    ])
+
+
+def _selection_score(m: EpochMetrics, cfg: TrainConfig) -> float:
+    reached = abs(m.val_r_sp0 - (1.0 - cfg.beta)) <= cfg.sparsity_tolerance
+    return m.val_dice + (1.0 if reached else 0.0)
+
+
+def _save_last(out: Path, model, opt, cfg: TrainConfig, epoch_done: int, history, best_score: float) -> None:
+    state = {
+        "header": json.dumps({"config": asdict(cfg), "model_config": model.config.to_dict(),
+                              "epoch_done": epoch_done, "best_score": best_score,
+                              "history": [asdict(m) for m in history]}),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+    }
+    tmp = out / "last.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, out / "last.pt")
+
+
+ProgressFn = Callable[[dict], None]
+
+
+def train(source: ImageSource, out: str | Path, cfg: TrainConfig, resume: bool = False,
+          progress: ProgressFn | None = None) -> list[EpochMetrics]:
+    """Train a sparse U-Net on `source` and write model.pt, last.pt, metrics.csv, curves.png into `out`.
+
+    Args:
+        source: images (and optional masks) to learn the object/background segmentation from.
+        out: the run folder.
+        cfg: options; with `resume`, the saved options of the run win except `epochs`.
+        resume: continue from out/last.pt (the epoch that was interrupted is run again).
+        progress: called after every step with {"epoch", "step", "steps", "loss", "r_sp0"}
+            and after every epoch with {"epoch_done": EpochMetrics}.
+
+    Returns the metrics of every epoch of the run. Ctrl-C stops after saving last.pt
+    (and metrics) and re-raises KeyboardInterrupt; model.pt is the best epoch so far.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    history: list[EpochMetrics] = []
+    start_epoch, best_score = 1, -math.inf
+    saved = None
+    if resume:
+        last = out / "last.pt"
+        if not last.is_file():
+            raise FileNotFoundError(f"nothing to resume: {last} does not exist (start without --resume)")
+        saved = torch.load(last, map_location="cpu", weights_only=True)
+        header = json.loads(saved["header"])
+        epochs = cfg.epochs
+        cfg = TrainConfig.from_dict(header["config"])
+        cfg.epochs = epochs
+        history = [EpochMetrics(**m) for m in header["history"]]
+        start_epoch, best_score = header["epoch_done"] + 1, header["best_score"]
+
+    torch.manual_seed(cfg.seed + start_epoch)
+    model = build_model(UNetConfig(width=cfg.width, in_channels=cfg.in_channels, image_size=cfg.image_size))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+
+    train_idx, val_idx = split_indices(len(source), cfg.val_fraction, cfg.seed, cfg.max_train_images)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + start_epoch)
+    train_loader = _loader(source, train_idx, cfg, True, gen)
+    val_loader = _loader(source, val_idx, cfg, False, None)
+    convs = model.phi_convs()
+    log.info("training on %d images, validating on %d; %d features in φ", len(train_idx), len(val_idx),
+             model.num_features)
+
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            sums = {"loss": 0.0, "task": 0.0, "r": 0.0}
+            steps = 0
+            for batch in train_loader:
+                if batch is None:
+                    continue
+                x, mask, bg = batch
+                if cfg.augment:
+                    x, mask = augment_batch(x, mask, bg, cfg, gen)
+                logits, acts = model(x)
+                task = F.cross_entropy(logits, mask.long())
+                r_sp = active_ratio(acts)
+                gamma = sparsity_gamma(r_sp, cfg.beta, cfg.alpha)
+                loss = task + cfg.lam * gamma * weight_sparsity_loss(convs) if gamma > 0 else task
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+                sums["loss"] += loss.item()
+                sums["task"] += task.item()
+                sums["r"] += 1.0 - r_sp
+                if progress:
+                    progress({"epoch": epoch, "step": steps, "steps": len(train_loader), "loss": loss.item(),
+                              "task_loss": task.item(), "r_sp0": 1.0 - r_sp})
+            val = evaluate(model, val_loader)
+            m = EpochMetrics(epoch, sums["loss"] / max(steps, 1), sums["task"] / max(steps, 1),
+                             sums["r"] / max(steps, 1), val["task_loss"], val["dice"], val["r_sp0"],
+                             time.perf_counter() - t0)
+            history.append(m)
+            score = _selection_score(m, cfg)
+            if score > best_score:
+                best_score = score
+                save_model(model, out / "model.pt", meta={"train": asdict(cfg), "epoch": epoch,
+                                                           "validation": asdict(m)})
+            _save_last(out, model, opt, cfg, epoch, history, best_score)
+            write_metrics(out, history)
+            log.info("epoch %d: task %.4f dice %.4f r_sp0 %.3f", epoch, m.val_task_loss, m.val_dice, m.val_r_sp0)
+            if progress:
+                progress({"epoch_done": m})
+    except KeyboardInterrupt:
+        # Keep the weights of the interrupted epoch; resuming runs that epoch again.
+        _save_last(out, model, opt, cfg, epoch - 1, history, best_score)
+        if history:
+            write_metrics(out, history)
+        if not (out / "model.pt").exists():
+            save_model(model, out / "model.pt", meta={"train": asdict(cfg), "epoch": epoch - 1, "interrupted": True})
+        raise
+    return history

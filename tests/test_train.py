@@ -1,0 +1,115 @@
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from cli.main import main
+from indexer.checkpoint import load_model
+from indexer.sources import IdxSource, ImageRecord
+from indexer.train import TrainConfig, augment_batch, evaluate, train
+from synth import blob_images
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _source(n=96, size=16, seed=1):
+    imgs = (blob_images(n, size, seed)[:, 0] * 255).astype(np.uint8)
+    return IdxSource("blobs", imgs, [ImageRecord(f"blobs#{i}", i) for i in range(n)])
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=3e-3, width=0.25, image_size=16, lam=0.0, val_fraction=0.25)
+    history = train(_source(), tmp_path, cfg)
+    assert [m.epoch for m in history] == [1, 2, 3]
+    assert history[-1].val_task_loss < 0.5 * history[0].val_task_loss
+    loaded = load_model(tmp_path / "model.pt")
+    assert loaded.model.config.width == 0.25 and loaded.meta["epoch"] in (1, 2, 3)
+    rows = _rows(tmp_path / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    with Image.open(tmp_path / "curves.png") as im:
+        assert im.size[0] > 300
+
+    # --resume goes on from last.pt with the saved options and history.
+    more = train(_source(), tmp_path, TrainConfig(epochs=4), resume=True)
+    assert [m.epoch for m in more] == [1, 2, 3, 4]
+    assert len(_rows(tmp_path / "metrics.csv")) == 4
+
+
+def test_interrupt_leaves_a_usable_checkpoint_and_resume_continues(tmp_path):
+    calls = {"n": 0}
+
+    def stop_in_second_epoch(p):
+        if p.get("epoch") == 2 and p.get("step") == 2:
+            raise KeyboardInterrupt
+
+    cfg = TrainConfig(epochs=3, batch_size=16, width=0.25, image_size=16, val_fraction=0.25)
+    with pytest.raises(KeyboardInterrupt):
+        train(_source(), tmp_path, cfg, progress=stop_in_second_epoch)
+    assert load_model(tmp_path / "model.pt").meta["epoch"] == 1
+    history = train(_source(), tmp_path, TrainConfig(epochs=3), resume=True,
+                    progress=lambda p: calls.__setitem__("n", calls["n"] + 1))
+    assert [m.epoch for m in history] == [1, 2, 3] and calls["n"] > 0
+
+
+def test_augmentation_moves_image_and_mask_together():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.from_numpy(blob_images(8, 32, seed=3))
+    mask = (x[:, 0] > 0.05).to(torch.uint8)
+    xa, ma = augment_batch(x, mask, torch.zeros(8, 1), TrainConfig(), gen)
+    assert not torch.equal(xa, x)
+    agreement = ((xa[:, 0] > 0.05) == (ma == 1)).float().mean().item()
+    assert agreement > 0.97  # warped mask still matches the warped object
+
+
+def test_evaluate_reports_perfect_dice_for_a_perfect_model():
+    class Oracle(torch.nn.Module):
+        def forward(self, x):
+            obj = (x[:, 0] > 0.05).float()
+            return torch.stack([1 - obj, obj], 1) * 10, [torch.ones(x.shape[0], 2, 4, 4), torch.zeros(
+                x.shape[0], 2, 4, 4)]
+
+    from indexer.train import _loader
+
+    src = _source(32)
+    res = evaluate(Oracle(), _loader(src, np.arange(32), TrainConfig(batch_size=8, image_size=16), False, None))
+    assert res["dice"] == pytest.approx(1.0)
+    assert res["r_sp0"] == pytest.approx(0.5)
+    assert res["images"] == 32
+
+
+def test_cli_train_on_a_folder_then_model_info(tmp_path):
+    folder = tmp_path / "imgs"
+    for i, img in enumerate(blob_images(40, 24, seed=5)):
+        sub = folder / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img[0] * 255).astype(np.uint8)).save(sub / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")  # skipped, training goes on
+    runner = CliRunner()
+    out = tmp_path / "run"
+    res = runner.invoke(main, ["train", str(folder), "--out", str(out), "--epochs", "1", "--width", "0.25",
+                               "--image-size", "16", "--batch-size", "8", "--workers", "0", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "val Dice" in res.output and (out / "model.pt").exists()
+    res = runner.invoke(main, ["model-info", "--model", str(out / "model.pt"), "--evaluate", str(folder)])
+    assert res.exit_code == 0, res.output
+    assert "Dice" in res.output and "sha256" in res.output
+
+
+def test_cli_reports_user_mistakes_without_traceback(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "source not found" in res.output and "Traceback" not in res.output
+    res = runner.invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "o"), "--image-size", "28"])
+    assert res.exit_code != 0 and "divisible by 8" in res.output
+    res = runner.invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "o"), "--resume"])
+    assert res.exit_code != 0
+    res = runner.invoke(main, ["model-info", "--model", str(tmp_path / "nope.pt")])
+    assert res.exit_code != 0 and "not found" in res.output
