@@ -416,3 +416,19 @@ def test_cli_index(tmp_path, model_file):
     helptext = runner.invoke(cli_main, ["index", "--help"]).output
     for word in ("--objects", "--min-area", "--region", "--quiet", "resumes", "errors table"):
         assert word in helptext
+
+
+def test_idx_block_decoding_equals_per_image_fit(tmp_path):
+    from indexer.runner import _DecodedBatches
+    from indexer.sources import fit_to_size, open_source
+
+    rng = np.random.default_rng(6)
+    images = rng.integers(0, 256, (9, 28, 28)).astype(np.uint8)  # noisy borders: a real median
+    src = open_source(write_idx(tmp_path, images, np.zeros(9)))
+    for channels in (1, 3):
+        block = _DecodedBatches(src, 2, 9, 4, channels, 32)[1]  # images 6, 7, 8
+        assert block["ordinals"].tolist() == [6, 7, 8] and block["count"] == 3
+        for row, i in enumerate(block["ordinals"]):
+            canvas, scale, top, left = fit_to_size(src.read(int(i), channels), 32)
+            np.testing.assert_array_equal(block["canvases"][row], canvas)
+            assert block["placement"][row].tolist() == [28, 28, scale, top, left]

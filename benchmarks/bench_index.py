@@ -1,0 +1,196 @@
+"""Benchmark of `simdex index` on Fashion-MNIST: throughput against the bare forward pass,
+and peak memory at two catalog sizes.
+
+For each size N (default 10,000 and 70,000 images, the first N of `fashion-mnist`,
+train then test) a fresh subprocess:
+
+1. runs the bare model forward pass over the same N images (already fitted to the
+   model's canvas, converted per batch outside the timed region), in the same batch
+   size and `torch.inference_mode`; a warm-up batch is discarded;
+2. runs the whole index job (`indexer.runner.index_source`: decode, forward, objects,
+   features, Parquet shards, journal) into a new catalog, timed end to end;
+3. runs the bare forward pass again; the forward rate is the mean of both passes,
+   so load changes during the run hit both sides alike;
+4. reads its peak resident memory (`resource.getrusage(RUSAGE_SELF).ru_maxrss` and
+   /proc's VmHWM) after the index job and before the second forward pass.
+
+Both sizes read the same source (all 70,000 images are held in memory by the IDX
+source either way), so the two peaks differ only by what grows with the catalog.
+
+Run (from the repository root; uses the shipped model, or --model FILE):
+
+    .venv/bin/python benchmarks/bench_index.py                  # 10k and 70k
+    .venv/bin/python benchmarks/bench_index.py --sizes 2000 --untrained   # quick dry run
+
+Writes benchmarks/results/bench_index.json and bench_index.md (a Markdown table).
+Targets (issue 3): index images/s >= 0.8 x bare forward images/s; peak RSS at 70k within
+10 % of that at 10k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _vm_hwm_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def child(args: argparse.Namespace) -> dict:
+    """One size, in this process: forward, index, forward; returns the measurements."""
+    import numpy as np
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from indexer.checkpoint import load_model
+    from indexer.runner import IndexOptions, index_source
+    from indexer.sources import fit_to_size, open_source
+
+    loaded = load_model(args.model)
+    net = loaded.model.eval()
+    size, channels = net.config.image_size, net.config.in_channels
+    src = open_source("fashion-mnist")
+    n = min(args.size, len(src))
+
+    def forward_pass() -> float:
+        with torch.inference_mode():
+            warm = np.stack([fit_to_size(src.read(i, channels), size)[0] for i in range(args.batch_size)])
+            net(torch.from_numpy(warm))  # warm-up, discarded
+            seconds = 0.0
+            for start in range(0, n, args.batch_size):
+                x = torch.from_numpy(np.stack([fit_to_size(src.read(i, channels), size)[0]
+                                               for i in range(start, min(n, start + args.batch_size))]))
+                t0 = time.perf_counter()
+                net(x)
+                seconds += time.perf_counter() - t0
+        return n / seconds
+
+    fwd_before = forward_pass()
+    with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
+        t0 = time.perf_counter()
+        result = index_source(src, Path(tmp) / "catalog", loaded,
+                              IndexOptions(batch_size=args.batch_size, workers=args.workers, limit=n))
+        index_s = time.perf_counter() - t0
+        peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        hwm_mib = _vm_hwm_mib()
+        catalog_bytes = sum(p.stat().st_size for p in (Path(tmp) / "catalog").rglob("*") if p.is_file())
+    fwd_after = forward_pass()
+    forward_ips = (fwd_before + fwd_after) / 2
+    index_ips = n / index_s
+    return {
+        "images": n, "objects": result.objects, "skipped": dict(result.errors),
+        "index_s": round(index_s, 2), "index_images_per_s": round(index_ips, 1),
+        "forward_images_per_s": round(forward_ips, 1),
+        "forward_images_per_s_before_after": [round(fwd_before, 1), round(fwd_after, 1)],
+        "ratio": round(index_ips / forward_ips, 3),
+        "peak_rss_mib": round(peak_rss_mib, 1), "vm_hwm_mib": None if hwm_mib is None else round(hwm_mib, 1),
+        "catalog_mib": round(catalog_bytes / 2**20, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 70_000], help="catalog sizes (images)")
+    ap.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    ap.add_argument("--untrained", action="store_true",
+                    help="use an untrained width-0.5 model (a dry run before the shipped model exists)")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=None, help="decode workers (default: the indexer's choice)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+
+    model_label = args.model or "shipped default (indexer/models/default.pt)"
+    if args.untrained:
+        import torch
+
+        from indexer.checkpoint import save_model
+        from indexer.model import SparseUNet, UNetConfig
+
+        torch.manual_seed(0)
+        args.model = str(Path(tempfile.mkdtemp(prefix="bench-index-")) / "untrained.pt")
+        save_model(SparseUNet(UNetConfig(width=0.5)), args.model)
+        model_label = "untrained width-0.5 U-Net (dry run)"
+    from indexer.checkpoint import load_model
+
+    loaded = load_model(args.model)
+    runs = []
+    for size in args.sizes:
+        cmd = [sys.executable, __file__, "--child", "--size", str(size), "--batch-size", str(args.batch_size),
+               "--threads", str(args.threads)]
+        if args.model:
+            cmd += ["--model", str(args.model)]
+        if args.workers is not None:
+            cmd += ["--workers", str(args.workers)]
+        print(f"size {size:,}: running…", file=sys.stderr, flush=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        if out.returncode:
+            sys.exit(f"child for size {size} failed:\n{out.stderr}")
+        run = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"size {size:,}: {run}", file=sys.stderr, flush=True)
+        runs.append(run)
+
+    rss = [r["peak_rss_mib"] for r in runs]
+    report = {
+        "benchmark": "bench_index",
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_at_end": list(os.getloadavg())},
+        "model": {"label": model_label, "sha256": loaded.sha256, "config": loaded.model.config.to_dict(),
+                  "num_features": loaded.model.num_features},
+        "batch_size": args.batch_size, "runs": runs,
+        "rss_growth": round(max(rss) / min(rss) - 1, 4) if len(rss) > 1 else None,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_index.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        f"# bench_index ({report['date_utc']})", "",
+        f"Model: {model_label}, {loaded.model.num_features} features, sha256 {loaded.sha256[:12]}. "
+        f"Machine: {os.cpu_count()} CPUs, {platform.platform()}; load average at the end "
+        f"{report['machine']['load_average_at_end'][0]:.1f}. Batch {args.batch_size}, "
+        f"torch threads {runs[0]['torch_threads']}.", "",
+        "| images | objects | skipped | index images/s | bare forward images/s | ratio | peak RSS MiB | catalog MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        lines.append(f"| {r['images']:,} | {r['objects']:,} | {sum(r['skipped'].values()):,} | "
+                     f"{r['index_images_per_s']:,.0f} | {r['forward_images_per_s']:,.0f} | {r['ratio']:.2f} | "
+                     f"{r['peak_rss_mib']:,.0f} | {r['catalog_mib']:,.1f} |")
+    if report["rss_growth"] is not None:
+        lines += ["", f"Peak RSS growth from {min(rss):,.0f} to {max(rss):,.0f} MiB: {100 * report['rss_growth']:.1f} %."]
+    lines += ["", "Reproduce: `.venv/bin/python benchmarks/bench_index.py"
+              + (" --untrained" if args.untrained else "")
+              + (f" --threads {args.threads}" if args.threads else "")
+              + f" --sizes {' '.join(map(str, args.sizes))}`", ""]
+    (args.out / "bench_index.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
