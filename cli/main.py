@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("cli.build", "Prune, normalise, weigh (Ω) and index a catalog's features for search."),
     "query": ("cli.query", "Find the objects most similar to objects or images, with their probability P."),
     "delete": ("cli.delete", "Hide objects from every query result (survives rebuilds)."),
+    "eval": ("cli.eval", "Retrieval quality (precision@k, mAP): fuzzy P against other rankings."),
     "model-info": ("cli.train", "Show a model's config, layers, checksum; measure its Dice and sparsity."),
 }
 

@@ -1,0 +1,269 @@
+"""Retrieval quality with labels: precision@k and mAP of several rankings, side by side.
+
+Queries come from one split (default `test`) and are ranked against the other
+(default `train`, the gallery); an answer is relevant when it has the query's label.
+Rankings compared in one run, on the same queries and gallery:
+
+- fuzzy P (eq. 4, Gaussian memberships) with Ω from eq. 5, uniform, Welch and SVD
+  (every Ω estimated on the gallery's labels, never on the queries');
+- cosine similarity of the raw object vectors (the measure of Stylianou et al. and Park);
+- L2 distance of the z-scored kept features (the space of the build);
+- L2 distance of the raw pixels (no network at all: the floor to beat).
+
+AP is computed over the whole ranked gallery (mean of the precision at each relevant
+item's rank); mAP is its mean over queries. Catalogs without a split column are split
+at random (seeded): `num_queries` objects become queries, the rest the gallery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.omega import ClassStats, OmegaInputs, make_omega
+
+log = logging.getLogger(__name__)
+
+FUZZY_METHODS = {"fuzzy P, Ω eq. 5": "clusters", "fuzzy P, Ω uniform": "uniform",
+                 "fuzzy P, Ω Welch": "welch", "fuzzy P, Ω SVD": "svd"}
+OTHER_METHODS = ("cosine, raw vectors", "L2, z-scored kept features", "L2, raw pixels")
+METHODS = tuple(FUZZY_METHODS) + OTHER_METHODS
+
+
+class EvaluationError(ValueError):
+    """The catalog cannot be evaluated as asked (no labels, empty split, no build)."""
+
+
+@dataclass
+class EvalConfig:
+    query_split: str = "test"
+    gallery_split: str = "train"
+    num_queries: int = 1000  # 0 = every object of the query split
+    ks: tuple[int, ...] = (1, 10, 100)
+    tau: float | None = None  # None: the build's τ
+    label_column: str = "label"
+    seed: int = 0
+    methods: tuple[str, ...] = METHODS
+    threads: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
+
+
+def rank_metrics(scores: np.ndarray, relevant: np.ndarray, ks=(1, 10, 100)) -> dict:
+    """AP and precision@k of one ranking: scores (n,), higher first; relevant (n,) bool.
+
+    AP is the mean of the precision at the rank of each relevant item; ties keep gallery order.
+    """
+    order = np.argsort(-scores, kind="stable")
+    rel = relevant[order]
+    hits = np.flatnonzero(rel)
+    ap = float(np.mean(np.arange(1, len(hits) + 1) / (hits + 1))) if len(hits) else 0.0
+    return {"ap": ap, **{f"p@{k}": float(rel[:k].mean()) for k in ks}}
+
+
+def gaussian_memberships(zg: np.ndarray, zq: np.ndarray, tau: float) -> np.ndarray:
+    """g_ij = exp(−((z_ij − z_qj)/τ)²) for every gallery row: (n, d) float32."""
+    g = np.subtract(zg, zq, dtype=np.float32)
+    g *= np.float32(1.0 / tau)
+    np.square(g, out=g)
+    np.negative(g, out=g)
+    return np.exp(g, out=g)
+
+
+def evaluate_arrays(
+    zq: np.ndarray, zg: np.ndarray, labels_q: np.ndarray, labels_g: np.ndarray, omegas: dict[str, np.ndarray],
+    tau: float, raw_q: np.ndarray | None = None, raw_g: np.ndarray | None = None,
+    pix_q: np.ndarray | None = None, pix_g: np.ndarray | None = None, ks=(1, 10, 100),
+    threads: int = 1, progress: Callable[[int, int], None] | None = None,
+) -> dict[str, dict]:
+    """The metrics of every ranking, from arrays (the pure core of `evaluate`).
+
+    Args:
+        zq, zg: z-scored kept features of queries (q, d) and gallery (n, d).
+        labels_q, labels_g: their labels (object arrays).
+        omegas: name → Ω (d,) for the fuzzy rankings.
+        raw_q, raw_g: raw object vectors for the cosine ranking (optional).
+        pix_q, pix_g: flattened pixels for the pixel L2 ranking (optional).
+
+    Returns: method → {"map", "p@k"…, "queries"}.
+    """
+    names = list(omegas)
+    W = np.stack([omegas[n] for n in names], axis=1).astype(np.float32) if names else None  # (d, m)
+    zg = np.ascontiguousarray(zg, dtype=np.float32)
+    zg_sq = np.einsum("ij,ij->i", zg, zg)
+    if raw_g is not None:
+        rg = raw_g / np.maximum(np.linalg.norm(raw_g, axis=1, keepdims=True), 1e-12)
+        rq = raw_q / np.maximum(np.linalg.norm(raw_q, axis=1, keepdims=True), 1e-12)
+    if pix_g is not None:
+        pg_sq = np.einsum("ij,ij->i", pix_g, pix_g)
+
+    def one(q: int) -> dict[str, dict]:
+        relevant = labels_g == labels_q[q]
+        out = {}
+        if W is not None:
+            P = gaussian_memberships(zg, zq[q], tau) @ W  # (n, m): every Ω from one pass
+            for j, name in enumerate(names):
+                out[name] = rank_metrics(P[:, j], relevant, ks)
+        # L2: rank by −‖a − b‖² = 2 a·b − ‖b‖² (the query's own norm does not change the order)
+        out["L2, z-scored kept features"] = rank_metrics(2 * (zg @ zq[q]) - zg_sq, relevant, ks)
+        if raw_g is not None:
+            out["cosine, raw vectors"] = rank_metrics(rg @ rq[q], relevant, ks)
+        if pix_g is not None:
+            out["L2, raw pixels"] = rank_metrics(2 * (pix_g @ pix_q[q]) - pg_sq, relevant, ks)
+        return out
+
+    per_query: list[dict] = []
+    done = 0
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for res in pool.map(one, range(len(zq))):
+            per_query.append(res)
+            done += 1
+            if progress:
+                progress(done, len(zq))
+    summary = {}
+    for name in per_query[0] if per_query else []:
+        rows = [r[name] for r in per_query]
+        summary[name] = {"map": float(np.mean([r["ap"] for r in rows])),
+                         **{f"p@{k}": float(np.mean([r[f"p@{k}"] for r in rows])) for k in ks},
+                         "queries": len(rows)}
+    return summary
+
+
+def _pixels(sources: list[str], size: int = 32) -> np.ndarray:
+    """Grey pixels of catalog images, resized to size×size when they differ: (n, size²) float32."""
+    from PIL import Image
+
+    from engine.sheet import read_catalog_image
+
+    out = None
+    for i, src in enumerate(sources):
+        img = read_catalog_image(src).mean(axis=2).astype(np.float32) / 255.0  # (H, W)
+        if out is None:
+            shape = img.shape if img.shape[0] * img.shape[1] <= 4096 else (size, size)
+            out = np.empty((len(sources), shape[0] * shape[1]), np.float32)
+        if img.shape != shape:
+            img = np.asarray(Image.fromarray(img).resize(shape[::-1], Image.BILINEAR), np.float32)
+        out[i] = img.ravel()
+    return out if out is not None else np.zeros((0, size * size), np.float32)
+
+
+def evaluate(root, config: EvalConfig | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Evaluate the current build of the catalog at `root` (see the module docstring).
+
+    Returns a dict with the settings ("queries", "gallery", "tau", splits) and
+    "results": method → {"map", "p@1", "p@10", "p@100", "queries"}.
+
+    Raises:
+        EvaluationError: no build, no label column, an empty split.
+    """
+    from engine.catalog import Catalog
+    from engine.searcher import Searcher, SearchError
+
+    config = config or EvalConfig()
+    unknown = set(config.methods) - set(METHODS)
+    if unknown:
+        raise EvaluationError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(METHODS)}")
+    report = progress or (lambda stage, done, total: None)
+    try:
+        searcher = Searcher.open(root)
+    except SearchError as exc:
+        raise EvaluationError(str(exc)) from None
+    catalog: Catalog = searcher.catalog
+    columns = catalog.read_objects().column_names
+    if config.label_column not in columns:
+        raise EvaluationError(f"no '{config.label_column}' column to judge relevance; columns: {', '.join(columns)}")
+    want = ["object_id", config.label_column, "source"] + (["split"] if "split" in columns else [])
+    table = catalog.read_objects(want)
+    ids = table.column("object_id").to_numpy()
+    order = np.argsort(ids)
+    pos = order[np.searchsorted(ids[order], np.asarray(searcher.object_ids))]  # table row of each build row
+    labels = np.array(table.column(config.label_column).to_pylist(), dtype=object)[pos]
+    sources = np.array(table.column("source").to_pylist(), dtype=object)[pos]
+    usable = searcher.allowed & np.array([lab is not None for lab in labels])
+    rng = np.random.default_rng(config.seed)
+    if "split" in columns:
+        split = np.array(table.column("split").to_pylist(), dtype=object)[pos]
+        q_rows = np.flatnonzero(usable & (split == config.query_split))
+        g_rows = np.flatnonzero(usable & (split == config.gallery_split))
+        splits = {"query_split": config.query_split, "gallery_split": config.gallery_split}
+    else:
+        rows = np.flatnonzero(usable)
+        n_q = min(config.num_queries or len(rows) // 5, len(rows) // 2)
+        chosen = np.zeros(len(searcher.object_ids), bool)
+        chosen[rng.choice(rows, n_q, replace=False)] = True
+        q_rows, g_rows = np.flatnonzero(chosen), np.flatnonzero(usable & ~chosen)
+        splits = {"query_split": "random", "gallery_split": "rest"}
+    if len(q_rows) == 0 or len(g_rows) == 0:
+        raise EvaluationError(f"no labelled objects in split {config.query_split!r} (queries: {len(q_rows)}) or "
+                              f"{config.gallery_split!r} (gallery: {len(g_rows)})")
+    if config.num_queries and len(q_rows) > config.num_queries:
+        q_rows = np.sort(rng.choice(q_rows, config.num_queries, replace=False))
+
+    Z = searcher.Z
+    zq, zg = np.asarray(Z[q_rows]), np.asarray(Z[g_rows])
+    labels_q, labels_g = labels[q_rows], labels[g_rows]
+    d = Z.shape[1]
+    omegas = {}
+    fuzzy = [m for m in config.methods if m in FUZZY_METHODS]
+    if fuzzy:
+        stats = ClassStats(d)
+        stats.update(zg, labels_g)
+        v1 = searcher_v1(searcher)
+        for name in fuzzy:
+            omegas[name] = make_omega(FUZZY_METHODS[name]).estimate(
+                OmegaInputs(dim=d, v1=v1, class_stats=stats)).astype(np.float32)
+    raw_q = raw_g = pix_q = pix_g = None
+    if "cosine, raw vectors" in config.methods:
+        raw_q, raw_g = _raw_vectors(catalog, np.asarray(searcher.object_ids), q_rows, g_rows, report)
+    if "L2, raw pixels" in config.methods:
+        report("pixels", 0, 1)
+        pix_q, pix_g = _pixels(list(sources[q_rows])), _pixels(list(sources[g_rows]))
+    tau = searcher.tau if config.tau is None else config.tau
+    results = evaluate_arrays(zq, zg, labels_q, labels_g, omegas, tau, raw_q, raw_g, pix_q, pix_g, config.ks,
+                              config.threads, progress=lambda a, b: report("queries", a, b))
+    results = {m: results[m] for m in config.methods if m in results}
+    return {"catalog": str(root), "build": searcher.version, "queries": int(len(q_rows)),
+            "gallery": int(len(g_rows)), "tau": tau, "kept_features": d, **splits, "ks": list(config.ks),
+            "results": results}
+
+
+def searcher_v1(searcher) -> np.ndarray:
+    """v_1² loadings of the kept features (for Ω = SVD), from the build's pruning file."""
+    with np.load(searcher.build_dir / "pruning.npz") as f:
+        return f["v1"][f["kept"]]
+
+
+def _raw_vectors(catalog, object_ids: np.ndarray, q_rows, g_rows, report) -> tuple[np.ndarray, np.ndarray]:
+    """Raw object vectors of the query and gallery rows, streamed from the shards."""
+    raw_q = np.empty((len(q_rows), catalog.num_features), np.float32)
+    raw_g = np.empty((len(g_rows), catalog.num_features), np.float32)
+    slot = np.full((2, len(object_ids)), -1, np.int64)  # build row -> position among queries / gallery
+    slot[0, q_rows], slot[1, g_rows] = np.arange(len(q_rows)), np.arange(len(g_rows))
+    done = 0
+    for ids, x in catalog.iter_features():
+        rows = np.searchsorted(object_ids, ids)
+        ok = (rows < len(object_ids)) & (object_ids[np.minimum(rows, len(object_ids) - 1)] == ids)
+        rows, x = rows[ok], x[ok]
+        for out, where in ((raw_q, slot[0, rows]), (raw_g, slot[1, rows])):
+            out[where[where >= 0]] = x[where >= 0]
+        done += len(ids)
+        report("raw vectors", done, catalog.num_objects)
+    return raw_q, raw_g
+
+
+def format_table(result: dict) -> str:
+    """The evaluation as an aligned text table, best mAP marked."""
+    ks = result["ks"]
+    head = ["ranking"] + [f"P@{k}" for k in ks] + ["mAP"]
+    rows = []
+    for name, m in result["results"].items():
+        rows.append([name] + [f"{m[f'p@{k}']:.4f}" for k in ks] + [f"{m['map']:.4f}"])
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
