@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "query": ("cli.query", "Find the objects most similar to objects or images, with their probability P."),
     "delete": ("cli.delete", "Hide objects from every query result (survives rebuilds)."),
     "eval": ("cli.eval", "Retrieval quality (precision@k, mAP): fuzzy P against other rankings."),
+    "sql": ("cli.sql", "Run SQL over a catalog's objects, features, build and search results (read-only)."),
+    "labels": ("cli.labels", "Rank the labels most similar to a label (Park: Welch t-tests per channel)."),
     "model-info": ("cli.train", "Show a model's config, layers, checksum; measure its Dice and sparsity."),
 }
 

@@ -1,0 +1,357 @@
+"""SQL over a catalog (DESIGN §6): a locked-down, in-process DuckDB with views over the
+shards, the current build, the errors and search results.
+
+Views (all read-only; tombstoned objects are hidden, as in every query result):
+
+    objects         one row per object: object_id, image_id, source, ordinal, component, label,
+                    the source's metadata columns (e.g. split), x0, y0, x1, y1, area
+    features        object_id, features FLOAT[N] (the raw vector; SQL lists are 1-based)
+    errors          inputs that gave no object: image_id, source, ordinal, label, reason, detail
+    deleted         object_id of every tombstoned object
+    layers          φ: layer, channels, stride, first_feature (0-based offset into features)
+    build           one row about the current build (version, objects, kept, Ω estimator, τ, …)
+    kept_features   one row per kept feature: j (0-based position in z and Ω), feature (0-based
+                    index into the raw vector: `features[feature + 1]` in SQL), layer, channel,
+                    mean, std (the z-score), omega, v1 (loading on v_1), z_min, z_max
+    table_iii       the paper's Table III: layer, initial, active, kept (and a `total` row)
+    results         search, query, rank, object_id, score: the answers to `searches`
+
+Macros:
+
+    simdex_p(a, b [, tau := τ])   P(v_a|v_b) of eq. 4 with the Gaussian membership (eq. 2) for two
+                                  raw feature vectors, with the build's kept features, z-score and Ω;
+                                  agrees with `Searcher.search` to float32 round-off
+    simdex_z(a)                   the z-scored kept features of a raw vector (DOUBLE[d])
+
+Safety: everything is registered from Python (Arrow datasets over the catalog's shard files
+and in-memory tables), then the connection is locked: `enable_external_access = false`
+(no file, extension or network access from SQL: COPY, ATTACH, read_csv/read_parquet, INSTALL,
+LOAD of anything not built in, EXPORT all fail), Python replacement scans off, spilling to a
+temporary folder off (`temp_directory = ''`), and `lock_configuration = true` so no SET, RESET
+or PRAGMA can undo it. The database is in memory: a CREATE TABLE lives and dies with the
+session, and nothing reaches the disk.
+
+Example:
+    >>> with SqlSession.open("cat/") as s:                                    # doctest: +SKIP
+    ...     s.query("SELECT label, count(*) AS n FROM objects GROUP BY 1").to_pylist()
+    [{'label': 'Sneaker', 'n': 7000}, ...]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from engine.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_K = 10
+_SEARCH_RE = re.compile(r"^\s*(\d+(?:\s*,\s*\d+)*)\s*(?:\s(?:k\s*=\s*)?(\d+))?\s*$")
+RESULTS_SCHEMA = pa.schema([("search", pa.int32()), ("query", pa.string()), ("rank", pa.int32()),
+                            ("object_id", pa.int64()), ("score", pa.float32())])
+BUILD_VIEWS = ("build", "kept_features", "table_iii")
+# hints added to DuckDB's message when a view is missing for a known reason
+_NO_RESULTS_HINT = "the results view exists only with searches: simdex sql --search \"ID [k]\" …"
+
+
+class SqlError(Exception):
+    """A SQL statement that failed or was refused; the message is DuckDB's, with a hint."""
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """One search whose answers go into the `results` view: object ids (one = Gaussian,
+    several = one set, trapezoid) and the number of answers k."""
+
+    ids: tuple[int, ...]
+    k: int = DEFAULT_K
+
+    @property
+    def label(self) -> str:
+        return ",".join(map(str, self.ids))
+
+    @classmethod
+    def parse(cls, text: str, default_k: int = DEFAULT_K) -> SearchSpec:
+        """Parse "ID [k]", "ID,ID,… [k]" or "ID k=20".
+
+        Raises:
+            SqlError: anything else, with the accepted forms.
+
+        Example:
+            >>> SearchSpec.parse("42,43 20")
+            SearchSpec(ids=(42, 43), k=20)
+        """
+        m = _SEARCH_RE.match(text)
+        if not m:
+            raise SqlError(f"bad search {text!r}: write \"ID [k]\" or \"ID,ID,… [k]\", e.g. \"42\" or \"42,43 20\"")
+        ids = tuple(int(v) for v in m.group(1).split(","))
+        k = int(m.group(2)) if m.group(2) else default_k
+        if k < 1:
+            raise SqlError(f"bad search {text!r}: k must be ≥ 1")
+        return cls(ids, k)
+
+
+def _float_list(values: np.ndarray) -> str:
+    """A DuckDB DOUBLE[] literal that round-trips float64 exactly."""
+    return "([" + ", ".join(repr(float(v)) for v in np.asarray(values, dtype=np.float64)) + "]::DOUBLE[])"
+
+
+def _int_list(values: np.ndarray) -> str:
+    return "([" + ", ".join(str(int(v)) for v in values) + "]::INTEGER[])"
+
+
+class SqlSession:
+    """A DuckDB connection over one catalog, read-only and unable to reach outside it.
+
+    Args:
+        catalog: an open catalog (a build is needed only for the build views, the macros
+            and `searches`).
+        searches: searches whose answers fill the `results` view.
+        tau: τ of the searches and the default τ of `simdex_p` (default: the build's).
+        exact: answer the searches by scanning the whole catalog.
+
+    Raises:
+        SqlError: searches without a build, or a search that cannot be answered.
+        CatalogError / SearchError: from the catalog and the searcher.
+    """
+
+    def __init__(self, catalog: Catalog, searches: Sequence[SearchSpec] = (), tau: float | None = None,
+                 exact: bool = False):
+        import duckdb
+        import pyarrow.dataset as ds
+
+        self.catalog = catalog
+        self.searcher = None
+        build_dir = catalog.current_build_dir()
+        if build_dir is not None:
+            from engine.searcher import Searcher
+
+            self.searcher = Searcher(catalog, build_dir)
+        elif searches:
+            raise SqlError(f"catalog {catalog.root} has no build yet, so it cannot be searched; "
+                           f"run `simdex build --catalog {catalog.root}` first")
+        if tau is not None and not tau > 0:
+            raise SqlError(f"tau must be positive, got {tau}")
+        self.tau = float(tau) if tau is not None else (self.searcher.tau if self.searcher else 1.0)
+        self.views: dict[str, str] = {}
+        self._duckdb = duckdb
+        self.con = duckdb.connect(":memory:")
+        try:
+            self._register_objects(ds)
+            self._register_small_tables()
+            if self.searcher is not None:
+                self._register_build()
+            self._register_results(searches, exact)
+            self._lock()
+        except BaseException:
+            self.con.close()
+            raise
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, searches: Sequence[SearchSpec] = (), tau: float | None = None,
+             exact: bool = False) -> SqlSession:
+        """Open the catalog at `root` and make a session over it (see the class)."""
+        return cls(Catalog.open(root), searches, tau, exact)
+
+    # ------------------------------------------------------------------ views
+
+    def _view(self, name: str, sql: str, what: str) -> None:
+        self.con.execute(f"CREATE VIEW {name} AS {sql}")
+        self.views[name] = what
+
+    def _register_objects(self, ds) -> None:
+        import pyarrow.parquet as pq
+
+        paths = [str(p) for p in self.catalog.shard_paths()]
+        if paths:
+            # shards of different sources carry different metadata columns: scan them under one schema
+            schema = pa.unify_schemas([pq.read_schema(p) for p in paths], promote_options="permissive")
+            dataset = ds.dataset(paths, schema=schema, format="parquet")
+        else:
+            from engine.catalog import OBJECT_BASE_SCHEMA
+
+            fields = [f if f.name != "features" else pa.field("features", pa.list_(pa.float32(), self.catalog.num_features))
+                      for f in OBJECT_BASE_SCHEMA]
+            dataset = ds.dataset(pa.schema(fields).empty_table())
+        self.con.register("_shards", dataset)
+        self.con.register("_deleted", pa.table({"object_id": pa.array(self.catalog.deleted_ids(), pa.int64())}))
+        self._view("deleted", "SELECT object_id FROM _deleted", "object_id of every tombstoned (hidden) object")
+        live = "WHERE object_id NOT IN (SELECT object_id FROM _deleted)"
+        self._view("objects", f"SELECT * EXCLUDE (features) FROM _shards {live}",
+                   "one row per object: ids, source, label, metadata, bounding box, area")
+        self._view("features", f"SELECT object_id, features FROM _shards {live}",
+                   f"object_id, features FLOAT[{self.catalog.num_features}] (raw vector, 1-based in SQL)")
+
+    def _register_small_tables(self) -> None:
+        self.con.register("_errors", self.catalog.read_errors())
+        self._view("errors", "SELECT * FROM _errors", "inputs that gave no object, with the reason")
+        phi = self.catalog.phi
+        self.con.register("_layers", pa.table({
+            "layer": pa.array([p["name"] for p in phi], pa.string()),
+            "channels": pa.array([p["channels"] for p in phi], pa.int32()),
+            "stride": pa.array([p["stride"] for p in phi], pa.int32()),
+            "first_feature": pa.array([p["offset"] for p in phi], pa.int32())}))
+        self._view("layers", "SELECT * FROM _layers", "φ: layer, channels, stride, first_feature (0-based)")
+
+    def _register_build(self) -> None:
+        s = self.searcher
+        info = s.info
+        with np.load(s.build_dir / "pruning.npz") as f:
+            v1, z_min, z_max = f["v1"][s.kept], f["z_min"], f["z_max"]
+        kept = np.asarray(s.kept, dtype=np.int64)
+        offsets = np.array([p["offset"] for p in self.catalog.phi])
+        which = np.searchsorted(offsets, kept, side="right") - 1
+        names = [self.catalog.phi[i]["name"] for i in which]
+        omega = np.asarray(s.omega, dtype=np.float64)
+        omega = omega / omega.sum()
+        self.con.register("_kept_features", pa.table({
+            "j": pa.array(np.arange(len(kept)), pa.int32()),
+            "feature": pa.array(kept, pa.int32()),
+            "layer": pa.array(names, pa.string()),
+            "channel": pa.array(kept - offsets[which], pa.int32()),
+            "mean": pa.array(s.mean, pa.float64()), "std": pa.array(s.std, pa.float64()),
+            "omega": pa.array(omega, pa.float64()), "v1": pa.array(v1, pa.float64()),
+            "z_min": pa.array(z_min, pa.float64()), "z_max": pa.array(z_max, pa.float64())}))
+        self._view("kept_features", "SELECT * FROM _kept_features",
+                   "kept features: j, feature, layer, channel, mean, std, omega, v1, z_min, z_max")
+        self.con.register("_table_iii", pa.Table.from_pylist(
+            info["table_iii"], schema=pa.schema([("layer", pa.string()), ("initial", pa.int32()),
+                                                 ("active", pa.int32()), ("kept", pa.int32())])))
+        self._view("table_iii", "SELECT * FROM _table_iii", "Table III: per layer, initial, active, kept")
+        recall = info.get("recall", {})
+        self.con.register("_build", pa.table({
+            "version": [s.version], "created": [info.get("created")], "objects": [int(info["objects"])],
+            "num_features": [int(info["num_features"])], "active": [int(info["active"])], "kept": [int(info["kept"])],
+            "retained": [float(info["retained"])], "omega": [info["omega"]["estimator"]],
+            "omega_classes_from": [info["omega"].get("classes_from")], "tau": [s.tau],
+            "candidates": [json.dumps(info.get("candidates"))],
+            "recall_at_10": [recall.get("recall_at_10_mean")]}))
+        self._view("build", "SELECT * FROM _build", "the current build: version, objects, kept, Ω, τ, recall")
+
+        # eq. 4 with eq. 2 after z-scoring: g_j = exp(−((z_aj − z_bj)/τ)²) and z_aj − z_bj = (a_kj − b_kj)/σ_j
+        d = len(kept)
+        K, inv_std, W, M = _int_list(kept + 1), _float_list(1.0 / s.std), _float_list(omega), _float_list(s.mean)
+        self.con.execute(
+            f"CREATE MACRO simdex_p(a, b, tau := {self.tau!r}) AS "
+            f"least(greatest(list_sum(list_transform(range(1, {d + 1}), lambda i: {W}[i] * "
+            f"exp(-pow((a[{K}[i]] - b[{K}[i]]) * {inv_std}[i] / tau, 2)))), 0.0), 1.0)")
+        self.con.execute(
+            f"CREATE MACRO simdex_z(a) AS "
+            f"list_transform(range(1, {d + 1}), lambda i: (a[{K}[i]] - {M}[i]) * {inv_std}[i])")
+
+    def _register_results(self, searches: Sequence[SearchSpec], exact: bool) -> None:
+        self.has_results = bool(searches)
+        if not searches:
+            return
+        from engine.searcher import SearchError
+
+        parts = []
+        for n, spec in enumerate(searches, start=1):
+            try:
+                t = self.searcher.search(ids=list(spec.ids), k=spec.k, tau=self.tau, exact=exact, columns=[])
+            except SearchError as exc:
+                raise SqlError(f"search {spec.label!r}: {exc}") from None
+            parts.append(pa.table({
+                "search": pa.array(np.full(t.num_rows, n), pa.int32()),
+                "query": pa.array([spec.label] * t.num_rows, pa.string()),
+                "rank": t.column("rank").cast(pa.int32()), "object_id": t.column("object_id"),
+                "score": t.column("score").cast(pa.float32())}, schema=RESULTS_SCHEMA))
+        self.con.register("_results", pa.concat_tables(parts))
+        self._view("results", "SELECT * FROM _results",
+                   "search, query, rank, object_id, score (P): the answers to --search")
+
+    def _lock(self) -> None:
+        for statement in ("SET python_enable_replacements = false",  # no scans of Python variables
+                          "SET autoinstall_known_extensions = false",
+                          "SET autoload_known_extensions = false",
+                          "SET temp_directory = ''",  # never spill to disk
+                          "SET enable_external_access = false",  # no files, extensions or network
+                          "SET lock_configuration = true"):  # and no SET/RESET/PRAGMA to undo it
+            self.con.execute(statement)
+
+    # ------------------------------------------------------------------ queries
+
+    def execute(self, sql: str, batch_rows: int = 65536) -> pa.RecordBatchReader | None:
+        """Run `sql` (one or more statements); a reader over the last statement's rows, or None
+        when it returns none (e.g. CREATE TABLE in the session's memory).
+
+        Raises:
+            SqlError: a SQL error or a refused operation, with DuckDB's message and a hint.
+        """
+        try:
+            rel = self.con.sql(sql)
+            if rel is None:
+                return None
+            return rel.to_arrow_reader(batch_rows)
+        except self._duckdb.Error as exc:
+            raise SqlError(self._explain(exc)) from None
+
+    def query(self, sql: str) -> pa.Table:
+        """Run `sql` and return all its rows (empty table when it returns none)."""
+        reader = self.execute(sql)
+        if reader is None:
+            return pa.table({})
+        try:
+            return reader.read_all()
+        except self._duckdb.Error as exc:
+            raise SqlError(self._explain(exc)) from None
+
+    def batches(self, sql: str, batch_rows: int = 65536) -> tuple[pa.Schema, Iterator[pa.RecordBatch]] | None:
+        """(schema, batches) of `sql`'s result, streamed; None when it returns none. Errors raised
+        while streaming become SqlError too."""
+        reader = self.execute(sql, batch_rows)
+        if reader is None:
+            return None
+
+        def gen():
+            try:
+                yield from reader
+            except self._duckdb.Error as exc:
+                raise SqlError(self._explain(exc)) from None
+
+        return reader.schema, gen()
+
+    def _explain(self, exc: Exception) -> str:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        rest = "\n".join(text.splitlines()[1:]).strip()
+        hint = ""
+        if isinstance(exc, self._duckdb.PermissionException) or "disabled by configuration" in text:
+            hint = ("simdex sql only reads the catalog's views and writes nothing (no files, ATTACH, "
+                    "INSTALL/LOAD or COPY); save a result with --format csv|json|parquet --output FILE")
+        elif "the configuration has been locked" in text:
+            hint = "simdex sql's settings are locked so that it can neither write nor read outside the catalog"
+        elif re.search(r"Table with name results does not exist", text) and not self.has_results:
+            hint = _NO_RESULTS_HINT
+        elif any(re.search(rf"Table with name {v} does not exist", text) for v in BUILD_VIEWS) or (
+                "simdex_" in text and self.searcher is None):
+            hint = f"the build views and macros need a build: run `simdex build --catalog {self.catalog.root}`"
+        elif re.search(r"(Table|Function|Macro) with name \w+ does not exist", text):
+            hint = "views: " + ", ".join(self.views) + (", macros: simdex_p(a, b), simdex_z(a)" if self.searcher else "")
+        parts = [first] + ([rest] if rest and "LINE" in rest else []) + ([hint] if hint else [])
+        return "\n".join(parts)
+
+    def describe(self) -> pa.Table:
+        """The views of this session with their columns and what they hold."""
+        rows = []
+        for name, what in self.views.items():
+            cols = self.con.sql(f"DESCRIBE {name}").fetchall()
+            rows.append({"view": name, "columns": ", ".join(f"{c[0]} {c[1]}" for c in cols), "holds": what})
+        return pa.Table.from_pylist(rows)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> SqlSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
