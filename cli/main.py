@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("cli.build", "Prune, normalise, weigh (Ω) and index a catalog's features for search."),
     "query": ("cli.query", "Find the objects most similar to objects or images, with their probability P."),
     "delete": ("cli.delete", "Hide objects from every query result (survives rebuilds)."),
+    "demo": ("cli.demo", "The main job: index Fashion-MNIST, build, query, write an HTML report."),
     "eval": ("cli.eval", "Retrieval quality (precision@k, mAP): fuzzy P against other rankings."),
     "sql": ("cli.sql", "Run SQL over a catalog's objects, features, build and search results (read-only)."),
     "labels": ("cli.labels", "Rank the labels most similar to a label (Park: Welch t-tests per channel)."),

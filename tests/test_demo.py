@@ -1,0 +1,35 @@
+"""The demo job end to end on a small Fashion-MNIST-like IDX folder and a tiny model."""
+
+from __future__ import annotations
+
+from test_evaluate import _class_images, _write_idx
+from test_index import controlled_model
+
+from indexer.checkpoint import save_model
+from indexer.demo import run_demo
+
+
+def test_demo_writes_a_report_and_reuses_its_catalog(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for stem, n, seed in (("train", 200, 1), ("t10k", 60, 2)):
+        images, labels = _class_images(n, seed)
+        _write_idx(data / f"{stem}-images-idx3-ubyte.gz", images)
+        _write_idx(data / f"{stem}-labels-idx1-ubyte.gz", labels)
+    model = tmp_path / "tiny.pt"
+    save_model(controlled_model(), model)
+    stages = []
+    first = run_demo(tmp_path / "cat", tmp_path / "report", eval_queries=20, source=str(data), model=model,
+                     stage=stages.append)
+    assert first.indexed_images == 260 and first.built
+    html = first.report.read_text()
+    # one query per class (classes 0, 1, 2 of Fashion-MNIST's names) and no trapezoid (no ankle boots)
+    for name in ("T-shirt/top", "Trouser", "Pullover", "Table III", "Fig. 4", "Retrieval quality", "mAP"):
+        assert name in html, name
+    pngs = sorted(p.name for p in first.report.parent.glob("*.png"))
+    assert pngs == ["omega_layers.png", "query_00.png", "query_01.png", "query_02.png"]
+    assert first.evaluation["queries"] == 20
+
+    second = run_demo(tmp_path / "cat", tmp_path / "report", eval_queries=0, source=str(data), model=model)
+    assert second.indexed_images == 0 and not second.built
+    assert "build is up to date: reused" not in stages
