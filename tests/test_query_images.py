@@ -1,0 +1,94 @@
+"""End to end with the real indexer and a tiny model: index → build → query by image, and the contact sheet."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from cli.main import main as cli_main
+from engine.catalog import Catalog
+from engine.searcher import Searcher
+from engine.sheet import read_catalog_image
+from indexer.build import BuildConfig, build
+from indexer.checkpoint import save_model
+from indexer.model import SparseUNet, UNetConfig
+from indexer.runner import IndexOptions, index_source
+
+
+def tiny_model(threshold: float = 0.5) -> SparseUNet:
+    """A U-Net whose segment is `input > threshold` (channel 0 carries the input to the head)."""
+    torch.manual_seed(0)
+    net = SparseUNet(UNetConfig(width=0.125, image_size=32, in_channels=1))
+    skip_at = net.config.level_channels[7]
+    with torch.no_grad():
+        for conv, src in ((net.levels[0].conv1, 0), (net.levels[0].conv2, 0),
+                          (net.levels[8].conv1, skip_at), (net.levels[8].conv2, 0)):
+            conv.weight[0] = 0.0
+            conv.weight[0, src, 1, 1] = 1.0
+            conv.bias[0] = 0.0
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+        net.head.weight[1, 0] = 10.0
+        net.head.bias[1] = -10.0 * threshold
+    return net.eval()
+
+
+def blob(rng, size=28) -> np.ndarray:
+    im = np.zeros((size, size), np.uint8)
+    x0, y0 = rng.integers(2, 14, 2)
+    w, h = rng.integers(5, 12, 2)
+    im[y0 : y0 + h, x0 : x0 + w] = rng.integers(160, 256)
+    return im
+
+
+@pytest.fixture(scope="module")
+def image_catalog(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("imgcat")
+    model = root / "tiny.pt"
+    save_model(tiny_model(), model)
+    images = root / "images"
+    rng = np.random.default_rng(0)
+    for label in ("wide", "tall"):
+        (images / label).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(blob(rng)).save(images / label / f"{i}.png")
+    index_source(str(images), root / "cat", model, IndexOptions(workers=0))
+    build(Catalog.open(root / "cat"), BuildConfig())
+    return root / "cat", images
+
+
+def test_query_by_image_finds_the_same_image(image_catalog):
+    cat, images = image_catalog
+    s = Searcher.open(cat)
+    objects = s.catalog.read_objects(["object_id", "source"]).to_pylist()
+    target = next(o for o in objects if o["source"].endswith("tall/3.png"))
+    out = CliRunner().invoke(cli_main, ["query", "--catalog", str(cat), "--image", target["source"], "-k", "3",
+                                        "--format", "json"])
+    assert out.exit_code == 0, out.output
+    first = json.loads(out.output.splitlines()[0])
+    assert first["object_id"] == target["object_id"] and first["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_contact_sheet(image_catalog, tmp_path):
+    cat, _ = image_catalog
+    sheet = tmp_path / "sheet.png"
+    out = CliRunner().invoke(cli_main, ["query", "--catalog", str(cat), "0", "-k", "4", "--sheet", str(sheet)])
+    assert out.exit_code == 0, out.output
+    im = Image.open(sheet)
+    assert im.size[0] > 0 and im.size[1] > 0 and np.asarray(im).std() > 0
+
+
+def test_read_catalog_image_from_idx(tmp_path):
+    images = np.arange(2 * 4 * 5, dtype=np.uint8).reshape(2, 4, 5)
+    path = tmp_path / "x-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">BBBBIII", 0, 0, 8, 3, *images.shape) + images.tobytes())
+    rgb = read_catalog_image(f"{path}#1")
+    assert rgb.shape == (4, 5, 3)
+    np.testing.assert_array_equal(rgb[..., 0], images[1])
