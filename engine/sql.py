@@ -325,10 +325,11 @@ class SqlSession:
         rest = "\n".join(text.splitlines()[1:]).strip()
         hint = ""
         if isinstance(exc, self._duckdb.PermissionException) or "disabled by configuration" in text:
-            hint = ("simdex sql only reads the catalog's views and writes nothing (no files, ATTACH, "
-                    "INSTALL/LOAD or COPY); save a result with --format csv|json|parquet --output FILE")
+            hint = ("refused: simdex sql reads only the catalog, through its views, and writes nothing "
+                    "(COPY, ATTACH, EXPORT, read_csv/read_parquet of files, INSTALL/LOAD are off); "
+                    "save a result with --format csv|json|parquet --output FILE")
         elif "the configuration has been locked" in text:
-            hint = "simdex sql's settings are locked so that it can neither write nor read outside the catalog"
+            hint = "refused: simdex sql's settings are locked so that it can neither write nor read outside the catalog"
         elif re.search(r"Table with name results does not exist", text) and not self.has_results:
             hint = _NO_RESULTS_HINT
         elif any(re.search(rf"Table with name {v} does not exist", text) for v in BUILD_VIEWS) or (
