@@ -19,6 +19,11 @@ recall@10 against the exact ranking on sampled queries, all recorded in
 `build.json`. The build is written into a temporary folder and published by the
 catalog's atomic pointer swap; readers holding the previous build keep reading it.
 
+The build before the new one is kept (`keep_builds`, default 2) so that a reader that
+opened it keeps working; older builds are removed (a reader's memory maps of a
+removed build stay valid on POSIX systems, but it cannot load parts it had not yet
+opened).
+
 Rows of tombstoned objects are kept in the build (and in its statistics) and hidden
 at query time, so `simdex delete` takes effect at once and survives rebuilds.
 
@@ -68,6 +73,7 @@ class BuildConfig:
     recall_queries: int = 50
     batch_rows: int = 65536
     seed: int = 0
+    keep_builds: int = 2  # published builds kept on disk (the current one and the one before it)
     index_options: dict = field(default_factory=dict)
 
 
@@ -270,6 +276,9 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
     }
     (tmp / "build.json").write_text(json.dumps(info, indent=1))
     version = catalog.publish_build(tmp)
+    removed = catalog.remove_old_builds(keep=max(1, config.keep_builds))
+    if removed:
+        log.info("removed old builds %s", ", ".join(removed))
     return BuildResult(version, catalog.current_build_dir(), info)
 
 

@@ -159,6 +159,10 @@ def test_append_then_rebuild_reuses_statistics_and_finds_new_objects(catalog):
     assert new.search(ids=[320], k=1).column("object_id").to_pylist() == [320]
     # the reader that opened the old build keeps working on it
     assert old.search(ids=[5], k=3).num_rows == 3 and old.version == first.version
+    # a third build removes the first; the two newest stay
+    third = build(catalog)
+    versions = sorted(p.name for p in (catalog.root / "builds").iterdir() if not p.name.startswith("."))
+    assert versions == [second.version, third.version]
 
 
 def test_ivf_build_records_recall_and_equals_exact_with_all_candidates(tmp_path):
