@@ -1,0 +1,340 @@
+"""Label similarity from internal representations (DESIGN §7, after Park, "Finding Similar
+Labels with Internal Representations").
+
+For every label c of a catalog (the `label` column, or another), over the raw features
+(each one channel of a layer of φ, averaged over the object's window):
+
+1. the class prototype: the per-channel mean of the class's objects, m_c (N,);
+2. a one-sided Welch t-test per channel, class vs the rest of the objects:
+   t_cj = (m_cj − m_rj) / √(s²_cj/n_c + s²_rj/n_r), Welch–Satterthwaite degrees of freedom,
+   p_cj = P(T > t_cj): small when the channel fires more for c than for the other labels;
+3. the significance vector s_c: s_cj = t_cj where p_cj < α/m (Bonferroni over the m channels
+   that vary at all), else 0. t rather than −log p, because −log p grows like t²/2 and
+   would let a few extreme channels dominate; thresholding keeps only the channels that
+   characterise the label;
+4. labels are ranked by the cosine of their significance vectors to the chosen label's
+   (labels that excite the same channels beyond chance are similar), and, beside it, by
+   the cosine of their prototypes (the plain baseline).
+
+Everything comes from one streaming pass that keeps per-label counts, Σx and Σx² in
+float64 (memory: labels × N, whatever the catalog's size); the rest's statistics are the
+totals minus the label's. Tombstoned objects are left out.
+
+Example:
+    >>> result = label_similarity(Catalog.open("cat/"), "Ankle boot", split="train")   # doctest: +SKIP
+    >>> [r["label"] for r in result.table.to_pylist()][:2]                             # doctest: +SKIP
+    ['Sneaker', 'Sandal']
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALPHA = 0.01
+
+
+class LabelError(ValueError):
+    """A label similarity that cannot be computed as asked; the message says how to fix it."""
+
+
+@dataclass
+class LabelStatistics:
+    """Per-label count, Σx and Σx² of the raw features (float64)."""
+
+    column: str
+    rows: str  # which rows were used: "all" or "split = train"
+    labels: list[str]
+    counts: np.ndarray  # (C,)
+    sums: np.ndarray  # (C, N)
+    sumsq: np.ndarray  # (C, N)
+
+    def prototypes(self) -> np.ndarray:
+        """Per-channel means m_c (C, N)."""
+        return self.sums / self.counts[:, None]
+
+
+def label_statistics(catalog: Catalog, column: str = "label", split: str | None = None,
+                     split_column: str = "split", batch_rows: int = 4096,
+                     progress: Callable[[int], None] | None = None) -> LabelStatistics:
+    """Stream over the catalog's shards and accumulate per-label statistics.
+
+    Args:
+        catalog: an open catalog.
+        column: the column of labels; objects whose label is null are skipped.
+        split: use only objects whose `split_column` equals this value (e.g. "train").
+        batch_rows: rows per batch (memory is one batch of raw features plus labels × N).
+        progress: optional callback with the number of rows read so far.
+
+    Raises:
+        LabelError: no such column, no such split, or fewer than 2 labels.
+    """
+    paths = catalog.shard_paths()
+    columns = sorted({c for p in paths for c in pq.read_schema(p).names} - {"features"})
+    if column not in columns:
+        raise LabelError(f"no column {column!r} in the objects; they have {', '.join(columns) or 'no rows'}")
+    if split is not None and split_column not in columns:
+        raise LabelError(f"--split {split}: the objects have no {split_column!r} column "
+                         f"(columns: {', '.join(columns)}); leave --split out to use every object")
+    n = catalog.num_features
+    deleted = catalog.deleted_ids()
+    acc: dict[object, list] = {}  # label -> [count, Σx (N,), Σx² (N,)] in float64
+    seen_splits: set = set()
+    done = 0
+    for path in paths:
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        if column not in names:
+            continue  # a source without labels
+        want = ["object_id", column, "features"] + ([split_column] if split is not None and split_column in names else [])
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=want):
+            ids = batch.column("object_id").to_numpy()
+            labels = np.array(batch.column(column).to_pylist(), dtype=object)
+            keep = ~np.isin(ids, deleted) if len(deleted) else np.ones(len(ids), bool)
+            if split is not None:
+                values = np.array(batch.column(split_column).to_pylist(), dtype=object) \
+                    if split_column in batch.schema.names else np.full(len(ids), None, dtype=object)
+                seen_splits.update(v for v in values if v is not None)
+                keep &= values == split
+            feats = batch.column("features")
+            x = feats.values.to_numpy(zero_copy_only=False)[feats.offset * n:(feats.offset + len(feats)) * n]
+            x = x.reshape(len(ids), n)
+            if keep.any():
+                _accumulate(acc, x[keep], labels[keep])
+            done += len(ids)
+            if progress:
+                progress(done)
+    if split is not None and split not in seen_splits:
+        raise LabelError(f"--split {split}: no object has {split_column} = {split!r}; "
+                         f"values: {', '.join(sorted(map(str, seen_splits)))}")
+    if len(acc) < 2:
+        raise LabelError(f"label similarity needs at least 2 labels in column {column!r}, found {len(acc)}")
+    order = sorted(acc, key=str)
+    return LabelStatistics(column=column, rows="all" if split is None else f"{split_column} = {split}",
+                           labels=[str(c) for c in order], counts=np.array([acc[c][0] for c in order], np.float64),
+                           sums=np.stack([acc[c][1] for c in order]), sumsq=np.stack([acc[c][2] for c in order]))
+
+
+def _accumulate(acc: dict, x: np.ndarray, labels: np.ndarray) -> None:
+    """Add rows x (rows, N) to the per-label count, Σx, Σx²; rows with a null label are skipped."""
+    present = np.array([v is not None for v in labels], dtype=bool)
+    if not present.all():
+        x, labels = x[present], labels[present]
+    if len(labels) == 0:
+        return
+    values, inverse = np.unique(labels.astype(str), return_inverse=True)
+    x64 = x.astype(np.float64)  # (rows, N)
+    for i, value in enumerate(values):
+        rows = x64[inverse == i]
+        slot = acc.setdefault(value, [0, np.zeros(x.shape[1]), np.zeros(x.shape[1])])
+        slot[0] += len(rows)
+        slot[1] += rows.sum(axis=0)
+        slot[2] += np.square(rows).sum(axis=0)
+
+
+# ---------------------------------------------------------------------- Student's t, no scipy
+
+def _log_betacf(a: np.ndarray, b: np.ndarray, x: np.ndarray, max_iter: int = 5000) -> np.ndarray:
+    """log of the continued fraction of the incomplete beta function (modified Lentz;
+    Numerical Recipes' betacf), elementwise; converges fast for x < (a + 1)/(a + b + 2)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = np.ones_like(x)
+    d = 1.0 - qab * x / qap
+    d = 1.0 / np.where(np.abs(d) < tiny, tiny, d)
+    h = d.copy()
+    for m in range(1, max_iter + 1):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / np.where(np.abs(d) < tiny, tiny, d)
+        c = 1.0 + aa / c
+        c = np.where(np.abs(c) < tiny, tiny, c)
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / np.where(np.abs(d) < tiny, tiny, d)
+        c = 1.0 + aa / c
+        c = np.where(np.abs(c) < tiny, tiny, c)
+        step = d * c
+        h *= step
+        if np.all(np.abs(step - 1.0) < eps):
+            break
+    return np.log(h)
+
+
+_lgamma = np.vectorize(math.lgamma, otypes=[float])
+
+
+def t_log_sf(t: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """log P(T > t) for Student's t with `df` degrees of freedom, elementwise, accurate far in
+    the tail (no underflow: works in log space through the regularised incomplete beta).
+
+    Example:
+        >>> float(np.exp(t_log_sf(np.array([1.0]), np.array([1.0]))[0]))  # Cauchy: 1/2 − atan(1)/π
+        0.25
+    """
+    t, df = np.broadcast_arrays(np.asarray(t, dtype=np.float64), np.asarray(df, dtype=np.float64))
+    # P(|T| > |t|) = I_x(df/2, 1/2) with x = df/(df + t²), computed without overflowing t²
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        big = np.abs(t) > np.sqrt(df)
+        log_r = 2.0 * np.abs(0.5 * np.log(df) - np.log(np.abs(t)))  # r = (√df/|t|)² or (|t|/√df)² ≤ 1
+        log_r = -log_r
+        r = np.exp(log_r)
+        x = np.where(big, r / (1.0 + r), 1.0 / (1.0 + r))
+        one_minus_x = np.where(big, 1.0 / (1.0 + r), r / (1.0 + r))
+        log_x = np.where(big, log_r - np.log1p(r), -np.log1p(r))  # exact even where r underflows
+        log_1mx = np.where(big, -np.log1p(r), log_r - np.log1p(r))
+    a, b = df / 2.0, np.full_like(df, 0.5)
+    log_beta = _lgamma(a) + _lgamma(b) - _lgamma(a + b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        direct = x < (a + 1.0) / (a + b + 2.0)
+        # I_x(a, b) directly, or as 1 − I_{1−x}(b, a) where the fraction converges better
+        log_front_direct = a * log_x + b * log_1mx - log_beta - np.log(a)
+        log_front_swap = b * log_1mx + a * log_x - log_beta - np.log(b)
+        log_i = np.empty_like(t)
+        if direct.any():
+            log_i[direct] = log_front_direct[direct] + _log_betacf(a[direct], b[direct], x[direct])
+        swap = ~direct
+        if swap.any():
+            log_j = log_front_swap[swap] + _log_betacf(b[swap], a[swap], one_minus_x[swap])
+            log_i[swap] = np.log1p(-np.minimum(np.exp(log_j), 1.0))
+        log_two_sided_half = math.log(0.5) + log_i  # log P(T > |t|)
+        out = np.where(t > 0, log_two_sided_half, np.log1p(-np.exp(log_two_sided_half)))
+    return np.where(t == 0, math.log(0.5), out)
+
+
+# ---------------------------------------------------------------------- Park's test and ranking
+
+@dataclass
+class WelchTests:
+    """One-sided Welch tests, every label vs the rest, per channel."""
+
+    t: np.ndarray  # (C, N), 0 where the channel does not vary
+    df: np.ndarray  # (C, N)
+    log10_p: np.ndarray  # (C, N) log10 P(T > t)
+    tested: np.ndarray  # bool (C, N): the channel varies in the label or the rest
+
+
+def welch_one_sided(stats: LabelStatistics) -> WelchTests:
+    """t, degrees of freedom and one-sided p of each label vs the rest, per channel."""
+    n_c = stats.counts[:, None]
+    n_all = stats.counts.sum()
+    n_r = n_all - n_c
+    if np.any(n_c < 2) or np.any(n_r < 2):
+        small = [lab for lab, n in zip(stats.labels, stats.counts) if n < 2]
+        raise LabelError(f"a Welch test needs at least 2 objects per label; too few for {', '.join(small)}")
+    sum_r = stats.sums.sum(axis=0) - stats.sums
+    sumsq_r = stats.sumsq.sum(axis=0) - stats.sumsq
+    m_c, m_r = stats.sums / n_c, sum_r / n_r
+    var_c = np.maximum((stats.sumsq - n_c * m_c**2) / (n_c - 1), 0.0)
+    var_r = np.maximum((sumsq_r - n_r * m_r**2) / (n_r - 1), 0.0)
+    se_c, se_r = var_c / n_c, var_r / n_r
+    se2 = se_c + se_r
+    # variances below float64 round-off of Σx² are no variation at all (e.g. a dead channel)
+    scale = np.maximum(stats.sumsq.sum(axis=0) / n_all, 1e-300)
+    tested = se2 > 1e-12 * scale / n_all
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(tested, (m_c - m_r) / np.sqrt(se2), 0.0)
+        df = np.where(tested, se2**2 / (se_c**2 / (n_c - 1) + se_r**2 / (n_r - 1)), 1.0)
+    df = np.where(np.isfinite(df) & (df > 0), df, 1.0)
+    log10_p = t_log_sf(t, df) / math.log(10)
+    return WelchTests(t=t, df=df, log10_p=np.where(tested, log10_p, 0.0), tested=tested)
+
+
+def significance_vectors(tests: WelchTests, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+    """s_cj = t_cj where p_cj < α/m (Bonferroni over the m tested channels), else 0: (C, N)."""
+    m = max(int(tests.tested.any(axis=0).sum()), 1)
+    significant = tests.tested & (tests.log10_p < math.log10(alpha / m)) & (tests.t > 0)
+    return np.where(significant, tests.t, 0.0)
+
+
+def _cosine_to(matrix: np.ndarray, row: int) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = matrix @ matrix[row] / (norms * norms[row])
+    return np.nan_to_num(cos, nan=0.0)
+
+
+def _ranks(scores: np.ndarray, exclude: int, labels: list[str]) -> np.ndarray:
+    """1 for the best score (ties by label), the excluded row gets 0."""
+    order = sorted((i for i in range(len(scores)) if i != exclude), key=lambda i: (-scores[i], labels[i]))
+    ranks = np.zeros(len(scores), np.int32)
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks
+
+
+@dataclass
+class LabelSimilarity:
+    label: str
+    objects: int
+    significant_channels: int  # channels significantly higher for `label` than for the rest
+    tested_channels: int
+    alpha: float
+    column: str
+    rows: str
+    table: pa.Table  # one row per other label, best first by the Welch ranking
+
+    def summary(self) -> str:
+        return (f"{self.label!r}: {self.objects:,} objects ({self.column}, rows: {self.rows}); "
+                f"{self.significant_channels} of {self.tested_channels} channels fire significantly more "
+                f"than for the other labels (one-sided Welch, p < {self.alpha:g}/{self.tested_channels})")
+
+
+def label_similarity(catalog: Catalog, label: str, column: str = "label", split: str | None = None,
+                     alpha: float = DEFAULT_ALPHA, stats: LabelStatistics | None = None) -> LabelSimilarity:
+    """Rank the other labels by similarity to `label` (Park), with the prototype cosine beside it.
+
+    Args:
+        catalog: an open catalog whose objects carry labels.
+        label: the label to compare the others with.
+        column: the column of labels.
+        split: only objects of this split (e.g. "train").
+        alpha: family-wise significance level of the per-channel tests (Bonferroni).
+        stats: statistics already accumulated by `label_statistics` (skips the pass).
+
+    Returns:
+        `LabelSimilarity` whose table has, per other label: label, objects, welch_rank,
+        welch_similarity (cosine of significance vectors), shared_channels (significant for
+        both), significant_channels, prototype_rank, prototype_cosine.
+
+    Raises:
+        LabelError: unknown label (the message lists the labels), bad column or split.
+    """
+    if not 0 < alpha < 1:
+        raise LabelError(f"alpha must be in (0, 1), got {alpha}")
+    stats = stats or label_statistics(catalog, column, split)
+    if label not in stats.labels:
+        known = ", ".join(f"{lab} ({n:,})" for lab, n in zip(stats.labels, stats.counts.astype(int)))
+        raise LabelError(f"no label {label!r} in column {column!r} ({stats.rows}); labels: {known}")
+    row = stats.labels.index(label)
+    tests = welch_one_sided(stats)
+    s = significance_vectors(tests, alpha)
+    welch = _cosine_to(s, row)
+    proto = _cosine_to(stats.prototypes(), row)
+    welch_rank, proto_rank = _ranks(welch, row, stats.labels), _ranks(proto, row, stats.labels)
+    sig = s > 0
+    others = sorted((i for i in range(len(stats.labels)) if i != row), key=lambda i: welch_rank[i])
+    table = pa.table({
+        "label": pa.array([stats.labels[i] for i in others], pa.string()),
+        "objects": pa.array([int(stats.counts[i]) for i in others], pa.int64()),
+        "welch_rank": pa.array([int(welch_rank[i]) for i in others], pa.int32()),
+        "welch_similarity": pa.array([float(welch[i]) for i in others], pa.float64()),
+        "shared_channels": pa.array([int((sig[i] & sig[row]).sum()) for i in others], pa.int32()),
+        "significant_channels": pa.array([int(sig[i].sum()) for i in others], pa.int32()),
+        "prototype_rank": pa.array([int(proto_rank[i]) for i in others], pa.int32()),
+        "prototype_cosine": pa.array([float(proto[i]) for i in others], pa.float64()),
+    })
+    return LabelSimilarity(label=label, objects=int(stats.counts[row]), significant_channels=int(sig[row].sum()),
+                           tested_channels=int(tests.tested.any(axis=0).sum()), alpha=alpha, column=stats.column,
+                           rows=stats.rows, table=table)
