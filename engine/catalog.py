@@ -359,8 +359,7 @@ class Catalog:
             pf = pq.ParquetFile(path)
             for batch in pf.iter_batches(batch_size=batch_rows, columns=["object_id", "features"]):
                 ids = batch.column(0).to_numpy().astype(np.int64, copy=False)
-                feats = batch.column(1)
-                values = feats.values.to_numpy(zero_copy_only=False)[feats.offset * n:(feats.offset + len(feats)) * n]
+                values = batch.column(1).flatten().to_numpy(zero_copy_only=False)  # respects slicing
                 yield ids, values.reshape(len(ids), n).astype(np.float32, copy=False)
 
     def read_objects(self, columns: Sequence[str] | None = None) -> pa.Table:

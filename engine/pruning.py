@@ -48,12 +48,13 @@ class FeatureStats:
             return
         x64 = x.astype(np.float64)
         self.count += len(x)
-        self.active |= np.any(x != 0, axis=0)
-        self.gram += x64.T @ x64  # (N, N)
+        self.gram += x64.T @ x64  # (N, N); numpy hands AᵀA to BLAS syrk
         self.sum += x64.sum(axis=0)
-        self.sumsq += np.square(x64).sum(axis=0)
-        self.min = np.minimum(self.min, x64.min(axis=0))
-        self.max = np.maximum(self.max, x64.max(axis=0))
+        self.sumsq += np.einsum("ij,ij->j", x64, x64)
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        self.min = np.minimum(self.min, lo)
+        self.max = np.maximum(self.max, hi)
+        self.active |= (lo != 0) | (hi != 0)  # some value is non-zero
 
     def merge(self, other: FeatureStats) -> FeatureStats:
         if other.num_features != self.num_features:
