@@ -2,60 +2,29 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
 import click
 
+from cli.progress import ProgressBar
 from indexer.runner import DEFAULT_BATCH_SIZE, DEFAULT_MIN_AREA
 
 
-class _Progress:
-    """A one-line progress display on stderr: done/total, images/s, ETA, objects, skipped.
-
-    On a terminal the line is redrawn in place (at most 10 times a second); otherwise a
-    line is written every 10 % so logs stay short.
-    """
+class _IndexBar:
+    """Draws `IndexProgress` callbacks with the shared ProgressBar (created at the first batch, when the
+    number of images to do is known)."""
 
     def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.last_draw = 0.0
-        self.last_decile = -1
-        self.drawn = False
+        self.bar: ProgressBar | None = None
 
     def __call__(self, p) -> None:
-        now = time.monotonic()
-        done = p.images_done >= p.images_total
-        decile = 10 * p.images_done // max(1, p.images_total)
-        if self.tty and not done and now - self.last_draw < 0.1:
-            return
-        if not self.tty and decile == self.last_decile and not done:
-            return
-        self.last_draw, self.last_decile = now, decile
-        rate = p.images_done / p.elapsed_s if p.elapsed_s > 0 else 0.0
-        eta = (p.images_total - p.images_done) / rate if rate > 0 else float("nan")
-        width = 24
-        filled = int(width * p.images_done / max(1, p.images_total))
-        line = (f"[{'#' * filled}{'-' * (width - filled)}] {p.images_done:,}/{p.images_total:,} images  "
-                f"{rate:,.0f} images/s  ETA {_duration(eta)}  {p.objects:,} objects  {p.errors:,} skipped")
-        if self.tty:
-            click.echo("\r" + line + "\033[K", nl=False, err=True)
-            self.drawn = True
-        else:
-            click.echo(line, err=True)
+        if self.bar is None:
+            self.bar = ProgressBar(p.images_total, "indexing", unit="images")
+        self.bar.set(p.images_done, extra=f"{p.objects:,} objects  {p.errors:,} skipped")
 
     def finish(self) -> None:
-        if self.drawn:
-            click.echo("", err=True)
-
-
-def _duration(seconds: float) -> str:
-    if seconds != seconds:  # nan
-        return "--:--"
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+        if self.bar is not None:
+            self.bar.close()
 
 
 @click.command(name="index")
@@ -114,7 +83,7 @@ def index(source: str, catalog: Path, model: Path | None, objects: str | None, m
 
     opts = IndexOptions(objects=objects, min_area=min_area, region=region, batch_size=batch_size,
                         workers=workers, limit=limit)
-    bar = None if quiet else _Progress()
+    bar = None if quiet else _IndexBar()
     try:
         result = index_source(source, catalog, model, opts, progress=bar)
     except (SourceError, ModelFileError, CatalogError, ValueError) as exc:

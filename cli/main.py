@@ -4,6 +4,7 @@ so `simdex query` by id never pays for importing torch."""
 from __future__ import annotations
 
 import importlib
+import signal
 
 import click
 
@@ -52,3 +53,14 @@ def main() -> None:
       simdex build --catalog cat/                    # pruning, Omega, FAISS index
       simdex query --catalog cat/ 42                 # the 10 objects most like object 42
     """
+    # `kill` (SIGTERM) stops a job the way Ctrl-C does: training saves its checkpoint, the
+    # indexer leaves its journal consistent (it survives SIGKILL too), click prints "Aborted!".
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":  # python -m cli.main
+    main()

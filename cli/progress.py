@@ -52,7 +52,7 @@ class ProgressBar:
         filled = int(width * min(1.0, frac))
         bar = "#" * filled + "-" * (width - filled)
         rate_text = f"{rate:,.0f}" if rate else "-"
-        line = (f"{self.label} [{bar}] {self.done}/{self.total} {100 * frac:5.1f}% "
+        line = (f"{self.label} [{bar}] {self.done:,}/{self.total:,} {100 * frac:5.1f}% "
                 f"{rate_text} {self.unit}/s ETA {_fmt_seconds(eta)}" + (f" {extra}" if extra else ""))
         if self._tty:
             self.stream.write("\r" + line + "\033[K")

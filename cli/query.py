@@ -111,21 +111,10 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int,
 
 
 def _draw_sheet(searcher, table, ids, images, path: Path) -> None:
-    from engine.sheet import SheetError, contact_sheet, read_catalog_image
+    from engine.sheet import SheetError, draw_result_sheet
 
     try:
-        if ids:
-            meta = searcher.metadata(list(ids), ["source"])
-            queries = [(f"query {i}", read_catalog_image(s)) for i, s in zip(ids, meta.column("source").to_pylist(), strict=True)]
-        else:
-            import numpy as np
-
-            from indexer.sources import decode_image
-
-            queries = [(p.name[:16], (np.clip(decode_image(p, 3), 0, 1).transpose(1, 2, 0) * 255).astype(np.uint8))
-                       for p in images]
-        results = [(f"#{r['rank']} P={r['score']:.3f}", read_catalog_image(r["source"])) for r in table.to_pylist()]
-        contact_sheet(queries, results, path)
+        draw_result_sheet(searcher, table, path, query_ids=list(ids), query_images=list(images))
     except SheetError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"contact sheet: {path}", err=True)

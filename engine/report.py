@@ -27,17 +27,6 @@ class Example:
     results: pa.Table  # rank, object_id, score, label, source, …
 
 
-def draw_result_sheet(searcher, query_ids: list[int], results: pa.Table, path: Path) -> Path:
-    """Contact sheet of the query objects and their results, captioned with rank and P."""
-    from engine.sheet import contact_sheet, read_catalog_image
-
-    meta = searcher.metadata(np.asarray(query_ids, np.int64), ["source", "label"])
-    queries = [(f"query {i}", read_catalog_image(s)) for i, s in zip(query_ids, meta.column("source").to_pylist())]
-    rows = results.to_pylist()
-    tiles = [(f"#{r['rank']} P={r['score']:.3f}", read_catalog_image(r["source"])) for r in rows]
-    return contact_sheet(queries, tiles, path, tile=84, columns=max(5, len(queries)))
-
-
 def omega_by_layer(searcher) -> list[tuple[str, float, int]]:
     """(layer, Σ ω over its kept features, number kept) for every layer of φ, in φ's order."""
     offsets = np.array([p["offset"] for p in searcher.catalog.phi])
@@ -59,6 +48,7 @@ def write_report(out_dir: str | Path, searcher, examples: list[Example], curves_
                  training_rows: list[dict] | None = None, evaluation: dict | None = None,
                  notes: list[str] | None = None) -> Path:
     """Write index.html and its pictures into `out_dir`; returns the path of index.html."""
+    from engine.sheet import draw_result_sheet
     from indexer.plots import bar_chart
 
     out = Path(out_dir)
@@ -82,7 +72,8 @@ def write_report(out_dir: str | Path, searcher, examples: list[Example], curves_
     parts.append("<h2>Example queries</h2><p>Each sheet shows the query object(s) in the first row, then the "
                  "ten most similar objects of the training split with their probabilistic similarity P.</p>")
     for i, ex in enumerate(examples):
-        png = draw_result_sheet(searcher, ex.query_ids, ex.results, out / f"query_{i:02d}.png")
+        png = draw_result_sheet(searcher, ex.results, out / f"query_{i:02d}.png", query_ids=ex.query_ids,
+                                tile=84, columns=5)
         labels = ex.results.column("label").to_pylist() if "label" in ex.results.column_names else []
         parts.append(f"<h3>{html.escape(ex.title)}</h3><p>membership: {ex.membership}; result labels: "
                      f"{html.escape(', '.join(str(x) for x in labels))}</p><img src='{png.name}'>")

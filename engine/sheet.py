@@ -60,3 +60,16 @@ def contact_sheet(queries: list[tuple[str, np.ndarray]], results: list[tuple[str
     path = Path(path)
     sheet.save(path)
     return path
+
+
+def draw_result_sheet(searcher, results, path: str | os.PathLike, query_ids=(), query_images=(),
+                      tile: int = 112, columns: int = 6) -> Path:
+    """Contact sheet of a search: the query objects (by id) or query image files, then the results
+    (a table with rank, score and source) captioned with rank and P."""
+    queries = []
+    if len(query_ids):
+        meta = searcher.metadata(np.asarray(query_ids, np.int64), ["source"])
+        queries = [(f"query {i}", read_catalog_image(s)) for i, s in zip(query_ids, meta.column("source").to_pylist())]
+    queries += [(Path(p).name[:16], read_catalog_image(str(p))) for p in query_images]
+    tiles = [(f"#{r['rank']} P={r['score']:.3f}", read_catalog_image(r["source"])) for r in results.to_pylist()]
+    return contact_sheet(queries, tiles, path, tile=tile, columns=max(columns, len(queries)))

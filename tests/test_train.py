@@ -113,3 +113,32 @@ def test_cli_reports_user_mistakes_without_traceback(tmp_path):
     assert res.exit_code != 0
     res = runner.invoke(main, ["model-info", "--model", str(tmp_path / "nope.pt")])
     assert res.exit_code != 0 and "not found" in res.output
+
+
+def test_sigterm_stops_training_like_ctrl_c_with_a_resumable_checkpoint(tmp_path):
+    """`kill PID` on a real `simdex train` process saves last.pt and says how to resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(blob_images(64, 16, seed=2)):
+        Image.fromarray((img[0] * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cli.main", "train", str(folder), "--out", str(out), "--epochs", "500",
+           "--width", "0.25", "--image-size", "16", "--batch-size", "8", "--workers", "0", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[0]
+    os.kill(proc.pid, signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 1, output
+    assert "interrupted: saved" in output and "--resume" in output and "Traceback" not in output
+    saved = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert "model" in saved and len(_rows(out / "metrics.csv")) >= 1
