@@ -23,7 +23,7 @@ Measured, per catalog size:
 - build: PCA + IVF training and adding (candidate index), 8-bit codes and their scanner;
 - sizes: candidate index and matrices on disk, resident memory added by loading them;
 - single-query latency (p50, p99) of `engine.search.search` with the defaults
-  (PCA-64 IVF-Flat, nprobe 32, 1000 candidates, exact float32 rerank), plus a sweep of
+  (PCA-64 IVF-Flat, nprobe max(32, nlist/32), 1000 candidates, exact float32 rerank), plus a sweep of
   nprobe × candidates;
 - recall@10 against the exact float32 top-10 (mean and worst query) over the queries;
 - exhaustive scans: the float32 reference scan and the 8-bit table scan with float32
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.candidates import ClippedL2IVF, load_candidate_index
+from engine.candidates import DEFAULT_CANDIDATES, ClippedL2IVF, load_candidate_index
 from engine.membership import make_membership
 from engine.omega import ClassStats, OmegaInputs, make_omega
 from engine.quantized import LutScanner, UniformCodec
@@ -146,6 +146,8 @@ def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: fl
     for m in memberships[:10]:
         search(Z, [m], omega, k, index=index)
 
+    default_nprobe = index.nprobe  # what `simdex build` chooses for this size (the sweep changes it)
+
     def run(nprobe, n_candidates):
         index.nprobe = nprobe
         lat, hits = [], []
@@ -157,10 +159,10 @@ def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: fl
         return {"nprobe": nprobe, "candidates": n_candidates, "p50_ms": float(np.median(lat)),
                 "p99_ms": float(np.percentile(lat, 99)), "recall_mean": float(rec.mean()), "recall_min": float(rec.min())}
 
-    sweep = [run(p, c) for p in (16, 32, 64) for c in (500, 1000)]
+    sweep = [run(p, c) for p in (16, 32, 64, 128) for c in (500, 1000, 2000)]
     for row in sweep:
         print(row, flush=True)
-    default = run(32, 1000)
+    default = run(default_nprobe, DEFAULT_CANDIDATES)
 
     lat8, hits8 = [], []
     for m in memberships[: min(40, n_queries)]:
@@ -191,14 +193,14 @@ def markdown(results: list[dict], machine: dict) -> str:
         "# bench_query", "",
         f"Machine: {machine['cpus']} CPUs, {machine['processor']}, load average at start {machine['loadavg']}; "
         f"{machine['date']}. Command: `{machine['command']}`.", "",
-        "| objects | p50 ms | p99 ms | recall@10 mean | recall@10 worst | exact 8-bit ms | exact 8-bit recall | "
+        "| objects | nprobe | p50 ms | p99 ms | recall@10 mean | recall@10 worst | exact 8-bit ms | exact 8-bit recall | "
         "exact float32 ms | index build s | index disk MB | index RSS MB | 8-bit codes MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         q = r["query"]
         lines.append(
-            f"| {r['objects']:,} | {q['p50_ms']:.1f} | {q['p99_ms']:.1f} | {q['recall_mean']:.3f} | {q['recall_min']:.1f} | "
+            f"| {r['objects']:,} | {q['nprobe']} | {q['p50_ms']:.1f} | {q['p99_ms']:.1f} | {q['recall_mean']:.3f} | {q['recall_min']:.1f} | "
             f"{r['exact_8bit_ms_median']:.0f} | {r['exact_8bit_recall_mean']:.3f} | {r['exact_float32_ms_median']:.0f} | "
             f"{r['build_candidate_index_s']:.0f} | {r['disk_bytes']['candidates.faiss'] / 1e6:.0f} | "
             f"{r['rss_candidate_index_bytes'] / 1e6:.0f} | {r['disk_bytes']['codes.npy'] / 1e6:.0f} |")

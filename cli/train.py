@@ -56,7 +56,7 @@ def train(source, out, epochs, batch_size, lr, width, image_size, channels, targ
 
     \b
     Example (the shipped default model):
-      simdex train fashion-mnist:train --out runs/fmnist --epochs 5
+      simdex train fashion-mnist:train --out runs/fmnist --epochs 1
     """
     from indexer.sources import SourceError, open_source
     from indexer.train import TrainConfig

@@ -31,7 +31,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DEFAULT_CLIP = 2.0
-DEFAULT_NPROBE = 32
+DEFAULT_NPROBE = 32  # at least this many lists are visited …
+NPROBE_SHARE = 32  # … and at least 1/NPROBE_SHARE of them (1M objects: 128 of 4,096 lists)
 DEFAULT_CANDIDATES = 1000
 DEFAULT_DIM = 64
 # below this many objects the exact scan is fast enough (≈ 50 ms) and needs no index
@@ -101,7 +102,7 @@ class ClippedL2IVF(CandidateIndex):
         omega: np.ndarray,
         nlist: int | None = None,
         clip: float = DEFAULT_CLIP,
-        nprobe: int = DEFAULT_NPROBE,
+        nprobe: int | None = None,
         dim: int | None = DEFAULT_DIM,
         train_rows: int | None = None,
         batch_rows: int = 65536,
@@ -109,14 +110,17 @@ class ClippedL2IVF(CandidateIndex):
     ) -> ClippedL2IVF:
         """Train the coarse quantiser on a sample of rows, then add every row in batches.
 
-        nlist defaults to ≈ 4·√n (a power of two), trained on 40 rows per list;
-        dim = None (or ≥ d) skips the PCA.
+        nlist defaults to ≈ 4·√n (a power of two), trained on 40 rows per list; nprobe to
+        max(DEFAULT_NPROBE, nlist / NPROBE_SHARE): a fixed nprobe visits an ever smaller share
+        of a growing catalog (benchmarks/bench_query.py: at 1M objects nprobe 32 gave recall@10
+        0.947, nprobe 128 0.97 for ≈ 1 ms more); dim = None (or ≥ d) skips the PCA.
         """
         import faiss
 
         n, d = Z.shape
         nlist = nlist or int(2 ** round(math.log2(max(16.0, 4 * math.sqrt(n)))))
         nlist = max(1, min(nlist, n // 39 or 1))
+        nprobe = nprobe or max(DEFAULT_NPROBE, nlist // NPROBE_SHARE)
         self = cls(None, omega, clip, nprobe)
         reduced = d if dim is None or dim >= d else int(dim)
         quantizer = faiss.IndexFlatL2(reduced)

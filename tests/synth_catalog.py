@@ -12,14 +12,26 @@ from engine.catalog import Catalog
 from indexer.shards import ShardWriter, object_schema
 
 
-def new_catalog(root: Path, layers: list[tuple[str, int]]) -> Catalog:
-    """An empty catalog whose φ is `layers` [(name, channels)] (stride 1)."""
+def new_catalog(root: Path, layers: list[tuple]) -> Catalog:
+    """An empty catalog whose φ is `layers` [(name, channels) or (name, channels, stride)]."""
     phi, offset = [], 0
-    for name, channels in layers:
-        phi.append({"name": name, "channels": channels, "stride": 1, "offset": offset})
+    for name, channels, *stride in layers:
+        phi.append({"name": name, "channels": channels, "stride": stride[0] if stride else 1, "offset": offset})
         offset += channels
     return Catalog.create(root, {"sha256": "0" * 64, "config": {}, "phi": phi, "num_features": offset,
                                  "region": "bbox"})
+
+
+def class_objects(n: int, seed: int, classes: list[str], num_features: int, centres_seed: int = 7,
+                  dead: tuple[int, ...] = (12,)) -> tuple[np.ndarray, list[str]]:
+    """Sparse ReLU features around one centre per class (n, num_features) float32, and each row's
+    class; the features in `dead` never fire."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(classes), n)
+    centres = np.random.default_rng(centres_seed).normal(0, 1.5, (len(classes), num_features))
+    x = np.maximum(centres[labels] + rng.normal(0, 0.7, (n, num_features)) - 0.3, 0).astype(np.float32)
+    x[:, list(dead)] = 0
+    return x, [classes[i] for i in labels]
 
 
 def append_objects(cat: Catalog, x: np.ndarray, labels: list[str], job: str, split: str | None = "train",

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from synth_catalog import append_objects, class_objects, new_catalog
 
 from cli.main import main as cli_main
 from engine.catalog import Catalog
@@ -19,54 +20,23 @@ from engine.pruning import FeatureStats
 from engine.scoring import exact_search
 from engine.searcher import Searcher, SearchError
 from indexer.build import BuildConfig, BuildError, build
-from indexer.shards import ShardWriter, object_schema
 
-PHI = [{"name": "C11", "channels": 6, "stride": 1, "offset": 0},
-       {"name": "C12", "channels": 6, "stride": 1, "offset": 6},
-       {"name": "C21", "channels": 8, "stride": 2, "offset": 12}]
+LAYERS = [("C11", 6, 1), ("C12", 6, 1), ("C21", 8, 2)]
 N = 20
 CLASSES = ["boot", "sandal", "bag"]
 
 
 def synthetic_objects(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """Sparse ReLU features with class structure; features 12-13 are never active."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, len(CLASSES), n)
-    centres = np.random.default_rng(99).normal(0, 1.5, (len(CLASSES), N))
-    x = np.maximum(centres[labels] + rng.normal(0, 0.7, (n, N)) - 0.3, 0).astype(np.float32)
-    x[:, 12:14] = 0
-    return x, [CLASSES[i] for i in labels]
-
-
-def append_shard(cat: Catalog, x: np.ndarray, labels: list[str], job: str, split: str = "train") -> None:
-    """Commit one shard of objects as the indexer does (temporary file, then journal)."""
-    meta = [("split", "split", __import__("pyarrow").string())]
-    schema = object_schema(N, meta)
-    with cat.lock():
-        journal = cat.begin_job(job, {"source": job, "num_images": len(x)})
-        start = journal["next_ordinal"]
-        nxt = cat.counters()
-        n = len(x)
-        writer = ShardWriter(cat, schema)
-        ids = np.arange(nxt["object_id"], nxt["object_id"] + n)
-        writer.add_objects({
-            "object_id": ids, "image_id": np.arange(nxt["image_id"], nxt["image_id"] + n),
-            "source": [f"{job}/{i}.png" for i in range(start, start + n)], "ordinal": np.arange(start, start + n),
-            "component": np.zeros(n, np.int32), "label": labels, "split": [split] * n,
-            "x0": np.zeros(n, np.int32), "y0": np.zeros(n, np.int32), "x1": np.ones(n, np.int32) * 8,
-            "y1": np.ones(n, np.int32) * 8, "area": np.full(n, 64)}, x)
-        shard_tmp, errors_tmp = writer.close()
-        cat.commit(job, shard_tmp=shard_tmp, errors_tmp=errors_tmp, ordinal_start=start, next_ordinal=start + n,
-                   first_object_id=nxt["object_id"], rows=n, first_image_id=nxt["image_id"], images=n, error_rows=0)
+    return class_objects(n, seed, CLASSES, N, centres_seed=99, dead=(12, 13))
 
 
 @pytest.fixture
 def catalog(tmp_path) -> Catalog:
-    cat = Catalog.create(tmp_path / "cat", {"sha256": "0" * 64, "config": {}, "phi": PHI, "num_features": N,
-                                            "region": "bbox"})
+    cat = new_catalog(tmp_path / "cat", LAYERS)
     x, labels = synthetic_objects(300, seed=1)
-    append_shard(cat, x[:200], labels[:200], "a")
-    append_shard(cat, x[200:], labels[200:], "b", split="test")
+    append_objects(cat, x[:200], labels[:200], "a")
+    append_objects(cat, x[200:], labels[200:], "b", split="test")
     return cat
 
 
@@ -145,7 +115,7 @@ def test_append_then_rebuild_reuses_statistics_and_finds_new_objects(catalog):
     first = build(catalog)
     old = Searcher.open(catalog.root)
     x, labels = synthetic_objects(50, seed=7)
-    append_shard(catalog, x, labels, "c")
+    append_objects(catalog, x, labels, "c")
     with pytest.raises(SearchError, match="next `simdex build`"):
         old.search(ids=[320])
     second = build(catalog)
@@ -166,10 +136,9 @@ def test_append_then_rebuild_reuses_statistics_and_finds_new_objects(catalog):
 
 
 def test_ivf_build_records_recall_and_equals_exact_with_all_candidates(tmp_path):
-    cat = Catalog.create(tmp_path / "cat", {"sha256": "0" * 64, "config": {}, "phi": PHI, "num_features": N,
-                                            "region": "bbox"})
+    cat = new_catalog(tmp_path / "cat", LAYERS)
     x, labels = synthetic_objects(3000, seed=3)
-    append_shard(cat, x, labels, "a")
+    append_objects(cat, x, labels, "a")
     result = build(cat, BuildConfig(index="ivf", recall_queries=20, index_options={"nlist": 16, "nprobe": 4}))
     r = result.info["recall"]
     assert result.info["candidates"]["kind"] == "ivf" and r["queries"] == 20
@@ -181,8 +150,7 @@ def test_ivf_build_records_recall_and_equals_exact_with_all_candidates(tmp_path)
 
 
 def test_build_errors(tmp_path, catalog):
-    empty = Catalog.create(tmp_path / "empty", {"sha256": "0" * 64, "config": {}, "phi": PHI, "num_features": N,
-                                                "region": "bbox"})
+    empty = new_catalog(tmp_path / "empty", LAYERS)
     with pytest.raises(BuildError, match="no objects"):
         build(empty)
     with pytest.raises(BuildError, match="no such column"):

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from test_evaluate import _class_images, _write_idx
-from test_index import controlled_model
-
 from indexer.checkpoint import save_model
 from indexer.demo import run_demo
+from synth import class_images, controlled_model, write_idx_gz
 
 
 def test_demo_writes_a_report_and_reuses_its_catalog(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     for stem, n, seed in (("train", 200, 1), ("t10k", 60, 2)):
-        images, labels = _class_images(n, seed)
-        _write_idx(data / f"{stem}-images-idx3-ubyte.gz", images)
-        _write_idx(data / f"{stem}-labels-idx1-ubyte.gz", labels)
+        images, labels = class_images(n, seed)
+        write_idx_gz(data / f"{stem}-images-idx3-ubyte.gz", images)
+        write_idx_gz(data / f"{stem}-labels-idx1-ubyte.gz", labels)
     model = tmp_path / "tiny.pt"
     save_model(controlled_model(), model)
     stages = []

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_index import controlled_model
 
 from cli.main import main
 from engine.evaluate import METHODS, EvaluationError, evaluate, evaluate_arrays, rank_metrics
 from indexer.build import build
 from indexer.checkpoint import save_model
 from indexer.runner import IndexOptions, index_source
+from synth import class_images, controlled_model, write_idx_gz
 
 
 def test_rank_metrics_by_hand():
@@ -43,33 +41,15 @@ def test_every_ranking_is_perfect_on_well_separated_classes():
         assert res[name]["map"] == pytest.approx(1.0) and res[name]["p@10"] == 1.0, name
 
 
-def _write_idx(path, arr):
-    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + arr.astype(np.uint8).tobytes())
-
-
-def _class_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """28×28 images of three classes told apart by shape: wide bars, tall bars, big squares."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, n)
-    images = np.zeros((n, 28, 28), np.uint8)
-    for i, c in enumerate(labels):
-        y, x = rng.integers(4, 10, 2)
-        h, w = [(4, 16), (16, 4), (12, 12)][c]
-        images[i, y:y + h, x:x + w] = rng.integers(180, 256)
-    return images, labels
-
-
 @pytest.fixture(scope="module")
 def fmnist_like_catalog(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     data = root / "data"
     data.mkdir()
     for stem, n, seed in (("train", 240, 1), ("t10k", 60, 2)):
-        images, labels = _class_images(n, seed)
-        _write_idx(data / f"{stem}-images-idx3-ubyte.gz", images)
-        _write_idx(data / f"{stem}-labels-idx1-ubyte.gz", labels)
+        images, labels = class_images(n, seed)
+        write_idx_gz(data / f"{stem}-images-idx3-ubyte.gz", images)
+        write_idx_gz(data / f"{stem}-labels-idx1-ubyte.gz", labels)
     model = root / "model.pt"
     save_model(controlled_model(), model)
     index_source(str(data), root / "cat", model, IndexOptions(workers=0, batch_size=64))

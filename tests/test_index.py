@@ -24,35 +24,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from cli.main import main as cli_main
 from engine.catalog import Catalog, CatalogError
 from indexer.checkpoint import load_model, save_model
-from indexer.model import SparseUNet, UNetConfig
 from indexer.runner import IndexOptions, index_source
+from synth import controlled_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def controlled_model(seed: int = 0, width: float = 0.125, image_size: int = 32, threshold: float = 0.5) -> SparseUNet:
-    """A U-Net whose predicted segment is exactly `input > threshold` (grey input)."""
-    torch.manual_seed(seed)
-    net = SparseUNet(UNetConfig(width=width, image_size=image_size, in_channels=1))
-    skip_at = net.config.level_channels[7]  # C91's input: upsampled C82 first, then C12
-    with torch.no_grad():
-        for conv, src in ((net.levels[0].conv1, 0), (net.levels[0].conv2, 0),
-                          (net.levels[8].conv1, skip_at), (net.levels[8].conv2, 0)):
-            conv.weight[0] = 0.0
-            conv.weight[0, src, 1, 1] = 1.0  # centre tap: channel 0 carries the input through
-            conv.bias[0] = 0.0
-        net.head.weight.zero_()
-        net.head.bias.zero_()
-        net.head.weight[1, 0] = 10.0
-        net.head.bias[1] = -10.0 * threshold
-    return net.eval()
 
 
 @pytest.fixture(scope="module")

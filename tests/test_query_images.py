@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -18,26 +17,8 @@ from engine.searcher import Searcher
 from engine.sheet import read_catalog_image
 from indexer.build import BuildConfig, build
 from indexer.checkpoint import save_model
-from indexer.model import SparseUNet, UNetConfig
 from indexer.runner import IndexOptions, index_source
-
-
-def tiny_model(threshold: float = 0.5) -> SparseUNet:
-    """A U-Net whose segment is `input > threshold` (channel 0 carries the input to the head)."""
-    torch.manual_seed(0)
-    net = SparseUNet(UNetConfig(width=0.125, image_size=32, in_channels=1))
-    skip_at = net.config.level_channels[7]
-    with torch.no_grad():
-        for conv, src in ((net.levels[0].conv1, 0), (net.levels[0].conv2, 0),
-                          (net.levels[8].conv1, skip_at), (net.levels[8].conv2, 0)):
-            conv.weight[0] = 0.0
-            conv.weight[0, src, 1, 1] = 1.0
-            conv.bias[0] = 0.0
-        net.head.weight.zero_()
-        net.head.bias.zero_()
-        net.head.weight[1, 0] = 10.0
-        net.head.bias[1] = -10.0 * threshold
-    return net.eval()
+from synth import controlled_model
 
 
 def blob(rng, size=28) -> np.ndarray:
@@ -52,7 +33,7 @@ def blob(rng, size=28) -> np.ndarray:
 def image_catalog(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("imgcat")
     model = root / "tiny.pt"
-    save_model(tiny_model(), model)
+    save_model(controlled_model(), model)
     images = root / "images"
     rng = np.random.default_rng(0)
     for label in ("wide", "tall"):

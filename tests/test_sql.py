@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from synth_catalog import append_objects, new_catalog
+from synth_catalog import class_objects as synth_class_objects
 
 from cli.main import main as cli_main
 from engine.catalog import Catalog
@@ -28,13 +29,7 @@ CLASSES = ["boot", "sandal", "bag"]
 
 
 def class_objects(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Sparse ReLU features around one centre per class; feature 12 never fires."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, len(CLASSES), n)
-    centres = np.random.default_rng(7).normal(0, 1.5, (len(CLASSES), N))
-    x = np.maximum(centres[labels] + rng.normal(0, 0.7, (n, N)) - 0.3, 0).astype(np.float32)
-    x[:, 12] = 0
-    return x, [CLASSES[i] for i in labels]
+    return synth_class_objects(n, seed, CLASSES, N)
 
 
 @pytest.fixture(scope="module")
