@@ -113,7 +113,7 @@ class ClippedL2IVF(CandidateIndex):
         nlist defaults to ≈ 4·√n (a power of two), trained on 40 rows per list; nprobe to
         max(DEFAULT_NPROBE, nlist / NPROBE_SHARE): a fixed nprobe visits an ever smaller share
         of a growing catalog (benchmarks/bench_query.py: at 1M objects nprobe 32 gave recall@10
-        0.947, nprobe 128 0.97 for ≈ 1 ms more); dim = None (or ≥ d) skips the PCA.
+        0.947, nprobe 128 0.967 for ≈ 1 ms more); dim = None (or ≥ d) skips the PCA.
         """
         import faiss
 
