@@ -53,6 +53,11 @@ def faiss_threads(n: int):
         faiss.omp_set_num_threads(before)
 
 
+
+def default_nprobe(nlist: int) -> int:
+    """IVF lists to visit: at least DEFAULT_NPROBE and at least 1/NPROBE_SHARE of them, never more than nlist."""
+    return min(nlist, max(DEFAULT_NPROBE, nlist // NPROBE_SHARE))
+
 class CandidateIndex(ABC):
     kind: str = ""
 
@@ -120,7 +125,7 @@ class ClippedL2IVF(CandidateIndex):
         n, d = Z.shape
         nlist = nlist or int(2 ** round(math.log2(max(16.0, 4 * math.sqrt(n)))))
         nlist = max(1, min(nlist, n // 39 or 1))
-        nprobe = nprobe or max(DEFAULT_NPROBE, nlist // NPROBE_SHARE)
+        nprobe = nprobe or default_nprobe(nlist)
         self = cls(None, omega, clip, nprobe)
         reduced = d if dim is None or dim >= d else int(dim)
         quantizer = faiss.IndexFlatL2(reduced)
