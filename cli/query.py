@@ -37,6 +37,10 @@ def _format_table(table) -> str:
 @click.option("--membership", type=click.Choice(MEMBERSHIPS), default="auto", show_default=True,
               help="gaussian (eq. 2) for one query; trapezoid (eq. 3), triangle or max for a set; "
                    "auto = gaussian for one, trapezoid for several.")
+@click.option("--omega", type=click.Choice(["uniform", "svd", "clusters", "welch"]), default=None,
+              help="Feature weights Ω of the score: another estimator the build stored (clusters and welch "
+                   "need classes). Candidates stay weighted by the build's Ω: add --exact for an exact "
+                   "ranking.  [default: the build's]")
 @click.option("--where", default=None, metavar="SQL",
               help="Only objects whose metadata satisfy this SQL predicate, e.g. \"label = 'Sneaker'\".")
 @click.option("--exact", is_flag=True, help="Scan the whole catalog instead of the candidate index.")
@@ -50,7 +54,7 @@ def _format_table(table) -> str:
               help="Candidates reranked exactly per query centre.  [default: 1000]")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited.  [default: the build's]")
 def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int, tau: float | None,
-          membership: str, where: str | None, exact: bool, fmt: str, output: Path | None, sheet: Path | None,
+          membership: str, omega: str | None, where: str | None, exact: bool, fmt: str, output: Path | None, sheet: Path | None,
           candidates: int | None, nprobe: int | None) -> None:
     """Find the objects most similar to objects IDS (or to --image files), with their P.
 
@@ -62,6 +66,7 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int,
     Examples:
       simdex query --catalog cat/ 42
       simdex query --catalog cat/ 42 43 44 --membership max -k 20
+      simdex query --catalog cat/ 42 --omega uniform --exact
       simdex query --catalog cat/ 42 --where "label = 'Sneaker' AND split = 'test'" --format json
       simdex query --catalog cat/ --image boot.png --sheet boots.png
     """
@@ -83,7 +88,7 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int,
             except QueryImageError as exc:
                 raise click.ClickException(str(exc)) from None
         table = searcher.search(ids=list(ids) or None, features=features, k=k, tau=tau, membership=membership,
-                                where=where, exact=exact, n_candidates=candidates, nprobe=nprobe)
+                                where=where, exact=exact, n_candidates=candidates, nprobe=nprobe, omega=omega)
     except (CatalogError, SearchError) as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -65,6 +65,7 @@ class Searcher:
             raise SearchError(f"build {self.build_dir} is incomplete or unreadable ({exc}); run `simdex build` again") from None
         self._index = None
         self._scanner = None
+        self._omegas: dict[str, np.ndarray] | None = None
         self.deleted = catalog.deleted_ids()
         self.allowed = np.ones(len(self.object_ids), bool)
         if len(self.deleted):
@@ -99,6 +100,26 @@ class Searcher:
             threads = min(4, os.cpu_count() or 1)
             self._scanner = LutScanner(np.load(self.build_dir / "codes.npy", mmap_mode="r"), threads=threads)
         return self._scanner
+
+    @property
+    def omegas(self) -> dict[str, np.ndarray]:
+        """Ω by estimator name: the build's own and the others it stored (`omegas.npz`)."""
+        if self._omegas is None:
+            self._omegas = {self.info["omega"]["estimator"]: self.omega}
+            path = self.build_dir / "omegas.npz"
+            if path.exists():
+                with np.load(path) as f:
+                    self._omegas.update({name: f[name] for name in f.files})
+        return self._omegas
+
+    def omega_named(self, name: str | None) -> np.ndarray:
+        """The build's Ω (None) or another one it stored; SearchError names the ones there are."""
+        if name is None or name == self.info["omega"]["estimator"]:
+            return self.omega
+        if name not in self.omegas:
+            raise SearchError(f"this build has no {name!r} Ω; it has {', '.join(sorted(self.omegas))} "
+                              f"(clusters and welch need a label column or --omega clusters at build time)")
+        return self.omegas[name]
 
     @property
     def tau(self) -> float:
@@ -167,11 +188,16 @@ class Searcher:
         n_candidates: int | None = None,
         nprobe: int | None = None,
         columns: list[str] | None = None,
+        omega: str | None = None,
     ) -> pa.Table:
         """The k objects most similar to the query, best first.
 
         The query is one object id or raw feature vector (Gaussian membership by
         default) or several of them taken as one set (trapezoid by default, or `max`).
+
+        The score uses the build's Ω, or the stored estimator `omega` names (`omegas`);
+        the candidate stage stays weighted by the build's Ω, so with another Ω `exact=True`
+        (or more candidates) is the safe choice.
 
         Returns:
             a table with rank, object_id, score (P ∈ [0, 1]) and the objects' metadata
@@ -184,6 +210,7 @@ class Searcher:
             raise SearchError("give object ids or feature vectors (not both)")
         if k < 1:
             raise SearchError(f"k must be ≥ 1, got {k}")
+        weights = self.omega_named(omega)
         query = self.query_from_ids(ids) if features is None else self.query_from_features(features)
         if membership == "auto":
             membership = "gaussian" if len(query.z) == 1 else "trapezoid"
@@ -197,7 +224,7 @@ class Searcher:
             index.nprobe = nprobe
         options = {} if n_candidates is None else {"n_candidates": n_candidates}
         scanner = self.scanner if (exact or index is None or index.kind == "exact") else None
-        P, rows = search(self.Z, [m], self.omega, k, index=index, allow=allow, exact=exact,
+        P, rows = search(self.Z, [m], weights, k, index=index, allow=allow, exact=exact,
                          scanner=scanner, codec=self.codec if scanner is not None else None, **options)
         keep = rows[0] >= 0
         result_ids = np.asarray(self.object_ids[rows[0][keep]], dtype=np.int64)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -49,7 +50,7 @@ from engine.candidates import build_candidate_index
 from engine.catalog import Catalog, CatalogError
 from engine.omega import ClassStats, OmegaError, OmegaInputs, kmeans_labels, make_omega
 from engine.pruning import FeatureStats, Pruning, PruningError, format_table_iii
-from engine.quantized import UniformCodec
+from engine.quantized import LutScanner, UniformCodec
 
 log = logging.getLogger(__name__)
 
@@ -246,12 +247,14 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
         class_stats = ClassStats(d)
         for a in range(0, n_objects, config.batch_rows):
             class_stats.update(np.asarray(Z[a : a + config.batch_rows]), classes[a : a + config.batch_rows])
+    omega_inputs = OmegaInputs(dim=d, v1=pruning.v1[pruning.kept], class_stats=class_stats)
     try:
-        omega = make_omega(omega_name).estimate(OmegaInputs(dim=d, v1=pruning.v1[pruning.kept], class_stats=class_stats))
+        omega = make_omega(omega_name).estimate(omega_inputs)
     except OmegaError as exc:
         raise BuildError(str(exc)) from None
     omega = omega.astype(np.float32)
     np.save(tmp / "omega.npy", omega)
+    np.savez(tmp / "omegas.npz", **_other_omegas(omega_name, omega, omega_inputs))
 
     # ---- candidate index and its measured recall
     t0 = time.perf_counter()
@@ -259,7 +262,10 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
     index.save(tmp)
     t_index = time.perf_counter() - t0
     deleted = catalog.deleted_ids()
-    recall = measure_recall(Z, object_ids, omega, index, deleted, config)
+    scanner = None if index.kind == "exact" else LutScanner(np.load(tmp / "codes.npy", mmap_mode="r"),
+                                                              threads=min(4, os.cpu_count() or 1))
+    recall = measure_recall(Z, object_ids, omega, index, deleted, config, scanner=scanner, codec=codec)
+    del scanner
 
     info = {
         "format": BUILD_FORMAT,
@@ -282,12 +288,33 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
     return BuildResult(version, catalog.current_build_dir(), info)
 
 
-def measure_recall(Z, object_ids, omega, index, deleted, config: BuildConfig) -> dict:
-    """recall@10 of the candidate stage against the exact float32 ranking on sampled catalog objects."""
+def _other_omegas(chosen: str, omega: np.ndarray, inputs: OmegaInputs) -> dict[str, np.ndarray]:
+    """Every Ω a query may pick instead of the build's (`simdex query --omega`): the chosen one,
+    uniform and svd, and clusters and welch when the build has class statistics. They cost
+    microseconds once the statistics exist, and let a user compare weightings on one build."""
+    omegas = {chosen: omega}
+    names = ("uniform", "svd") + (("clusters", "welch") if inputs.class_stats is not None else ())
+    for name in names:
+        if name not in omegas:
+            try:
+                omegas[name] = make_omega(name).estimate(inputs).astype(np.float32)
+            except OmegaError as exc:  # e.g. welch with a class of one object
+                log.info("no %s Ω in this build: %s", name, exc)
+    return omegas
+
+
+def measure_recall(Z, object_ids, omega, index, deleted, config: BuildConfig, scanner=None, codec=None) -> dict:
+    """recall@10 of the candidate stage against the exact ranking on sampled catalog objects.
+
+    The exact top-10 comes from the scan `--exact` uses when the 8-bit codes are given
+    (table scan, then float32 rescoring: benchmarks/bench_query.py measures its recall
+    against the float32 scan at 1.000), about 5× faster than the float32 scan, which is
+    used otherwise; the float32 scan was half of a 1M-object build.
+    """
     from engine.candidates import ExactIndex
     from engine.membership import make_membership
     from engine.scoring import exact_search
-    from engine.search import search
+    from engine.search import quantized_exhaustive_search, search
 
     if isinstance(index, ExactIndex):
         return {"recall_at_10_mean": 1.0, "recall_at_10_min": 1.0, "queries": 0,
@@ -297,7 +324,10 @@ def measure_recall(Z, object_ids, omega, index, deleted, config: BuildConfig) ->
     rng = np.random.default_rng(config.seed)
     sample = np.sort(rng.choice(rows, min(config.recall_queries, len(rows)), replace=False))
     memberships = [make_membership("gaussian", np.asarray(Z[r]), config.tau) for r in sample]
-    _, truth = exact_search(Z, memberships, omega, 10, allow=allow)
+    if scanner is not None and codec is not None:
+        _, truth = quantized_exhaustive_search(Z, scanner, codec, memberships, omega, 10, allow)
+    else:
+        _, truth = exact_search(Z, memberships, omega, 10, allow=allow)
     recalls, latencies = [], []
     for q, m in enumerate(memberships):
         t = time.perf_counter()

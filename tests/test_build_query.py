@@ -90,6 +90,30 @@ def test_query_by_id_matches_exact_ranking_and_carries_metadata(catalog):
         s.search(ids=[999])
 
 
+def test_query_time_omega_choice_scores_with_the_stored_estimator(catalog, tmp_path):
+    build(catalog)  # labels → Ω eq. 5 (clusters); the build also stores uniform, svd and welch
+    s = Searcher.open(catalog.root)
+    assert set(s.omegas) == {"clusters", "uniform", "svd", "welch"}
+    assert not np.allclose(s.omegas["uniform"], s.omegas["clusters"])
+    for name in ("uniform", "welch"):
+        table = s.search(ids=[7], k=5, omega=name, exact=True)
+        P, rows = exact_search(s.Z, [make_membership("gaussian", s.Z[7], 1.0)], s.omegas[name], 5)
+        assert table.column("object_id").to_pylist() == s.object_ids[rows[0]].tolist()
+        np.testing.assert_allclose(table.column("score").to_numpy(), P[0], atol=1e-6)
+    out = CliRunner().invoke(cli_main, ["query", "-c", str(catalog.root), "7", "--omega", "uniform", "--exact",
+                                        "--format", "json", "-k", "3"])
+    assert out.exit_code == 0, out.output
+    assert [json.loads(line)["object_id"] for line in out.output.splitlines()] == \
+        s.search(ids=[7], k=3, omega="uniform", exact=True).column("object_id").to_pylist()
+    # without classes a build offers no clusters/welch Ω at query time, and says so
+    unlabelled = new_catalog(tmp_path / "plain", LAYERS)
+    x, _ = synthetic_objects(100, seed=5)
+    append_objects(unlabelled, x, [None] * 100, "p", split=None)
+    build(unlabelled)
+    with pytest.raises(SearchError, match="no 'welch' Ω; it has svd, uniform"):
+        Searcher.open(unlabelled.root).search(ids=[0], omega="welch")
+
+
 def test_where_filter(catalog):
     build(catalog)
     s = Searcher.open(catalog.root)
