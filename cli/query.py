@@ -14,11 +14,19 @@ FORMATS = ("table", "json", "csv", "parquet")
 MEMBERSHIPS = ("auto", "gaussian", "trapezoid", "triangle", "max")
 
 
-def _format_table(table) -> str:
+def _weakest_layers(parts: dict, most: dict, n: int = 3) -> str:
+    """'C32 0.81  C31 0.90  C22 0.97': the layers that match the query least (their part of P over
+    the most they could give)."""
+    match = sorted((parts[name] / most[name], name) for name in parts if most.get(name, 0) > 0)
+    return "  ".join(f"{name} {value:.2f}" for value, name in match[:n])
+
+
+def _format_table(table, layer_weights: dict | None = None) -> str:
     rows = table.to_pylist()
-    cols = [c for c in ("rank", "object_id", "score", "label", "source") if c in table.column_names]
-    cells = [[f"{r[c]:.4f}" if c == "score" else ("" if r[c] is None else str(r[c])) for c in cols] for r in rows]
-    header = ["P" if c == "score" else c for c in cols]
+    cols = [c for c in ("rank", "object_id", "score", "label", "source", "layers") if c in table.column_names]
+    cells = [[f"{r[c]:.4f}" if c == "score" else _weakest_layers(r[c], layer_weights or {}) if c == "layers"
+              else ("" if r[c] is None else str(r[c])) for c in cols] for r in rows]
+    header = ["P" if c == "score" else "weakest layers (match)" if c == "layers" else c for c in cols]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
@@ -48,13 +56,18 @@ def _format_table(table) -> str:
               help="table, json (one object per line), csv, or parquet (needs --output).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results to this file instead of standard output.")
+@click.option("--explain", is_flag=True,
+              help="Split each P into the parts the layers of φ give (they add up to P): in the table the "
+                   "3 layers that match least (part / the most the layer can give), every layer's part in "
+                   "json (`layers`), csv (`layers.C11`, …) and parquet.")
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw a contact sheet of the query and its results with their P (PNG).")
 @click.option("--candidates", type=click.IntRange(min=1), default=None,
               help="Candidates reranked exactly per query centre.  [default: 1000]")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited.  [default: the build's]")
 def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int, tau: float | None,
-          membership: str, omega: str | None, where: str | None, exact: bool, fmt: str, output: Path | None, sheet: Path | None,
+          membership: str, omega: str | None, where: str | None, exact: bool, fmt: str, output: Path | None,
+          explain: bool, sheet: Path | None,
           candidates: int | None, nprobe: int | None) -> None:
     """Find the objects most similar to objects IDS (or to --image files), with their P.
 
@@ -67,6 +80,7 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int,
       simdex query --catalog cat/ 42
       simdex query --catalog cat/ 42 43 44 --membership max -k 20
       simdex query --catalog cat/ 42 --omega uniform --exact
+      simdex query --catalog cat/ 42 --explain
       simdex query --catalog cat/ 42 --where "label = 'Sneaker' AND split = 'test'" --format json
       simdex query --catalog cat/ --image boot.png --sheet boots.png
     """
@@ -88,7 +102,8 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int,
             except QueryImageError as exc:
                 raise click.ClickException(str(exc)) from None
         table = searcher.search(ids=list(ids) or None, features=features, k=k, tau=tau, membership=membership,
-                                where=where, exact=exact, n_candidates=candidates, nprobe=nprobe, omega=omega)
+                                where=where, exact=exact, n_candidates=candidates, nprobe=nprobe, omega=omega,
+                                explain=explain)
     except (CatalogError, SearchError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -98,14 +113,14 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int,
         pq.write_table(table, output)
     else:
         if fmt == "table":
-            text = _format_table(table)
+            text = _format_table(table, searcher.omega_per_layer(omega) if explain else None)
         elif fmt == "json":
             text = "\n".join(json.dumps(row, default=str) for row in table.to_pylist())
         else:
             import pyarrow.csv as pacsv
 
             buf = __import__("io").BytesIO()
-            pacsv.write_csv(table, buf)
+            pacsv.write_csv(table.flatten(), buf)  # layers → layers.C11, layers.C12, …
             text = buf.getvalue().decode().rstrip("\n")
         if output is None:
             click.echo(text)

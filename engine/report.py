@@ -13,7 +13,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 
@@ -29,8 +28,9 @@ class Example:
 
 def omega_by_layer(searcher) -> list[tuple[str, float, int]]:
     """(layer, Σ ω over its kept features, number kept) for every layer of φ, in φ's order."""
-    offsets = np.array([p["offset"] for p in searcher.catalog.phi])
-    layer_of_kept = np.searchsorted(offsets, searcher.kept, side="right") - 1
+    from engine.explain import layer_of_features
+
+    layer_of_kept = layer_of_features(searcher.kept, searcher.catalog.phi)
     out = []
     for i, p in enumerate(searcher.catalog.phi):
         sel = layer_of_kept == i

@@ -189,6 +189,7 @@ class Searcher:
         nprobe: int | None = None,
         columns: list[str] | None = None,
         omega: str | None = None,
+        explain: bool = False,
     ) -> pa.Table:
         """The k objects most similar to the query, best first.
 
@@ -202,6 +203,8 @@ class Searcher:
         Returns:
             a table with rank, object_id, score (P ∈ [0, 1]) and the objects' metadata
             (label, source, …, or `columns`); fewer than k rows when fewer objects are allowed.
+            With `explain`, a struct column `layers`: for each layer of φ that has kept
+            features, its part of P (the parts add up to P; `engine.explain`).
 
         Raises:
             SearchError: no query, unknown id, bad option or bad `where`.
@@ -231,11 +234,32 @@ class Searcher:
         table = pa.table({"rank": pa.array(np.arange(1, keep.sum() + 1), pa.int32()),
                           "object_id": pa.array(result_ids, pa.int64()),
                           "score": pa.array(P[0][keep], pa.float32())})
+        if explain:
+            table = table.append_column("layers", self._explain(m, rows[0][keep], weights))
         meta = self.metadata(result_ids, columns)
         for name in meta.column_names:
             if name != "object_id":
                 table = table.append_column(name, meta.column(name))
         return table
+
+    def omega_per_layer(self, omega: str | None = None) -> dict[str, float]:
+        """Σ ω over each layer's kept features (layers with kept features only): the most a layer can
+        give to P, so that a layer's part of P divided by it says how well that layer matches."""
+        from engine.explain import layer_of_features
+
+        weights = self.omega_named(omega)
+        layer = layer_of_features(self.kept, self.catalog.phi)
+        return {self.catalog.phi[i]["name"]: float(weights[layer == i].sum() / weights.sum()) for i in np.unique(layer)}
+
+    def _explain(self, membership, rows: np.ndarray, omega: np.ndarray) -> pa.StructArray:
+        from engine.explain import layer_contributions, layer_of_features
+
+        layer = layer_of_features(self.kept, self.catalog.phi)
+        parts = layer_contributions(np.asarray(self.Z[rows]), membership, omega / omega.sum(), layer,
+                                    len(self.catalog.phi))
+        used = np.unique(layer)
+        return pa.StructArray.from_arrays([pa.array(parts[:, i], pa.float32()) for i in used],
+                                          names=[self.catalog.phi[i]["name"] for i in used])
 
     def metadata(self, object_ids: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         """Metadata rows of `object_ids`, in that order, reading only the row groups that hold them.

@@ -114,6 +114,31 @@ def test_query_time_omega_choice_scores_with_the_stored_estimator(catalog, tmp_p
         Searcher.open(unlabelled.root).search(ids=[0], omega="welch")
 
 
+def test_explain_splits_p_into_layer_parts_that_add_up(catalog):
+    build(catalog)
+    s = Searcher.open(catalog.root)
+    most = s.omega_per_layer()
+    assert set(most) == {"C11", "C12", "C21"} and sum(most.values()) == pytest.approx(1.0)
+    for ids, membership in (([3], "gaussian"), ([3, 4, 9], "trapezoid"), ([3, 4], "max")):
+        rows = s.search(ids=ids, k=8, membership=membership, explain=True).to_pylist()
+        for r in rows:
+            assert sum(r["layers"].values()) == pytest.approx(r["score"], abs=1e-5)
+            assert all(0 <= r["layers"][name] <= most[name] + 1e-6 for name in most)
+    # the query object matches itself fully in every layer
+    first = s.search(ids=[3], k=1, explain=True).to_pylist()[0]
+    assert first["layers"] == pytest.approx(most, abs=1e-6)
+    runner = CliRunner()
+    out = runner.invoke(cli_main, ["query", "-c", str(catalog.root), "3", "-k", "4", "--explain", "--format", "json"])
+    assert out.exit_code == 0, out.output
+    for line in out.output.splitlines():
+        r = json.loads(line)
+        assert sum(r["layers"].values()) == pytest.approx(r["score"], abs=1e-5)
+    out = runner.invoke(cli_main, ["query", "-c", str(catalog.root), "3", "-k", "4", "--explain", "--format", "csv"])
+    assert out.exit_code == 0 and out.output.splitlines()[0].count("layers.") == 3, out.output
+    out = runner.invoke(cli_main, ["query", "-c", str(catalog.root), "3", "-k", "4", "--explain"])
+    assert out.exit_code == 0 and "weakest layers (match)" in out.output and "1.00" in out.output
+
+
 def test_where_filter(catalog):
     build(catalog)
     s = Searcher.open(catalog.root)
