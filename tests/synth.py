@@ -51,6 +51,16 @@ def class_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def fashion_like_folder(folder, train: int, test: int) -> None:
+    """A folder laid out like Fashion-MNIST's (gzipped IDX images and labels, train and t10k)
+    holding `class_images` of three classes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, n, seed in (("train", train, 1), ("t10k", test, 2)):
+        images, labels = class_images(n, seed)
+        write_idx_gz(folder / f"{stem}-images-idx3-ubyte.gz", images)
+        write_idx_gz(folder / f"{stem}-labels-idx1-ubyte.gz", labels)
+
+
 def controlled_model(seed: int = 0, width: float = 0.125, image_size: int = 32, threshold: float = 0.5) -> SparseUNet:
     """A U-Net whose predicted segment is exactly `input > threshold` (grey input)."""
     torch.manual_seed(seed)

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from indexer.checkpoint import save_model
 from indexer.demo import run_demo
-from synth import class_images, controlled_model, write_idx_gz
+from synth import controlled_model, fashion_like_folder
 
 
 def test_demo_writes_a_report_and_reuses_its_catalog(tmp_path):
     data = tmp_path / "data"
-    data.mkdir()
-    for stem, n, seed in (("train", 200, 1), ("t10k", 60, 2)):
-        images, labels = class_images(n, seed)
-        write_idx_gz(data / f"{stem}-images-idx3-ubyte.gz", images)
-        write_idx_gz(data / f"{stem}-labels-idx1-ubyte.gz", labels)
+    fashion_like_folder(data, train=200, test=60)
     model = tmp_path / "tiny.pt"
     save_model(controlled_model(), model)
     stages = []

@@ -9,11 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
+from engine.catalog import Catalog
 from engine.evaluate import METHODS, EvaluationError, evaluate, evaluate_arrays, rank_metrics
 from indexer.build import build
 from indexer.checkpoint import save_model
 from indexer.runner import IndexOptions, index_source
-from synth import class_images, controlled_model, write_idx_gz
+from synth import controlled_model, fashion_like_folder
 
 
 def test_rank_metrics_by_hand():
@@ -45,15 +46,11 @@ def test_every_ranking_is_perfect_on_well_separated_classes():
 def fmnist_like_catalog(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     data = root / "data"
-    data.mkdir()
-    for stem, n, seed in (("train", 240, 1), ("t10k", 60, 2)):
-        images, labels = class_images(n, seed)
-        write_idx_gz(data / f"{stem}-images-idx3-ubyte.gz", images)
-        write_idx_gz(data / f"{stem}-labels-idx1-ubyte.gz", labels)
+    fashion_like_folder(data, train=240, test=60)
     model = root / "model.pt"
     save_model(controlled_model(), model)
     index_source(str(data), root / "cat", model, IndexOptions(workers=0, batch_size=64))
-    build(__import__("engine.catalog", fromlist=["Catalog"]).Catalog.open(root / "cat"))
+    build(Catalog.open(root / "cat"))
     return root / "cat"
 
 
