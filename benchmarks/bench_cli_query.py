@@ -1,6 +1,6 @@
 """Whole-process benchmark: `simdex build` on a synthetic 1M-object catalog, then `simdex query ID`.
 
-How to run (from the repository root; ~15 min and ~6 GB of disk on 2 busy cores):
+How to run (from the repository root; ~6 min and ~6 GB of disk on 2 cores):
 
     .venv/bin/python benchmarks/bench_cli_query.py                    # 1M objects
     .venv/bin/python benchmarks/bench_cli_query.py --objects 100000   # quicker

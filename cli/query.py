@@ -107,6 +107,9 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int,
     except (CatalogError, SearchError) as exc:
         raise click.ClickException(str(exc)) from None
 
+    if table.num_rows == 0:
+        click.echo("no object matches" + (f" --where {where!r}" if where else "") + " (deleted objects are never "
+                   "returned)", err=True)
     if fmt == "parquet":
         import pyarrow.parquet as pq
 

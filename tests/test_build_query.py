@@ -147,6 +147,8 @@ def test_where_filter(catalog):
     assert set(t.column("split").to_pylist()) == {"test"}
     with pytest.raises(SearchError, match="bad --where"):
         s.search(ids=[5], where="no_such_column = 1")
+    out = CliRunner().invoke(cli_main, ["query", "-c", str(catalog.root), "5", "--where", "label = 'shoe'"])
+    assert out.exit_code == 0 and "no object matches --where \"label = 'shoe'\"" in out.output
 
 
 def test_delete_hides_at_once_and_survives_rebuild(catalog):
