@@ -128,3 +128,32 @@ def test_unknown_sources_are_explained(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(SourceError, match="unknown kind"):
         open_source(tmp_path / "x.json")
+
+
+def test_fashion_mnist_lookup_and_download_without_network(tmp_path, monkeypatch):
+    """The data edge: $SIMDEX_FASHION_MNIST is honoured, a missing dataset says how to get it, and
+    torchvision's downloader failing (no network here) becomes a clear error, not a traceback."""
+    import urllib.error
+
+    import torchvision.datasets
+
+    from indexer import sources
+    from indexer.datasets import download_fashion_mnist
+    from synth import fashion_like_folder
+
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIRS", ())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SIMDEX_FASHION_MNIST", raising=False)
+    with pytest.raises(SourceError, match="apt-get install -y dataset-fashion-mnist"):
+        sources.find_fashion_mnist()
+    fashion_like_folder(tmp_path / "fm", train=6, test=3)
+    monkeypatch.setenv("SIMDEX_FASHION_MNIST", str(tmp_path / "fm"))
+    assert sources.find_fashion_mnist() == tmp_path / "fm"
+    assert len(sources.open_source("fashion-mnist:test")) == 3
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(RuntimeError, match="could not download Fashion-MNIST .*apt-get install"):
+        download_fashion_mnist(tmp_path / "dl")
