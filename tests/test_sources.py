@@ -15,7 +15,7 @@ from indexer.sources import (
     mask_from_background,
     open_source,
 )
-from synth import blob_images
+from synth import blob_images, fashion_like_folder
 
 
 @pytest.mark.parametrize("background", [0.0, 1.0])
@@ -139,7 +139,6 @@ def test_fashion_mnist_lookup_and_download_without_network(tmp_path, monkeypatch
 
     from indexer import sources
     from indexer.datasets import download_fashion_mnist
-    from synth import fashion_like_folder
 
     monkeypatch.setattr(sources, "FASHION_MNIST_DIRS", ())
     monkeypatch.chdir(tmp_path)
