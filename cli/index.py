@@ -20,6 +20,7 @@ class _IndexBar:
     def __call__(self, p) -> None:
         if self.bar is None:
             self.bar = ProgressBar(p.images_total, "indexing", unit="images")
+            self.bar.start -= p.elapsed_s  # the job's clock: the first batch took time too
         self.bar.set(p.images_done, extra=f"{p.objects:,} objects  {p.errors:,} skipped")
 
     def finish(self) -> None:

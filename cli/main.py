@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import signal
+import threading
 
 import click
 
@@ -55,7 +56,8 @@ def main() -> None:
     """
     # `kill` (SIGTERM) stops a job the way Ctrl-C does: training saves its checkpoint, the
     # indexer leaves its journal consistent (it survives SIGKILL too), click prints "Aborted!".
-    signal.signal(signal.SIGTERM, _terminate)
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        signal.signal(signal.SIGTERM, _terminate)
 
 
 def _terminate(signum, frame) -> None:

@@ -74,7 +74,7 @@ class LutScanner:
         import faiss
 
         self.n, self.d = codes.shape
-        self.threads = max(1, threads)
+        self.threads = max(1, min(threads, self.n))  # no empty shard (faiss refuses k = 0)
         bounds = np.linspace(0, self.n, self.threads + 1).astype(np.int64)
         self.shards = []
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):

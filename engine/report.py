@@ -65,7 +65,8 @@ def write_report(out_dir: str | Path, searcher, examples: list[Example], curves_
              f"{info['num_features']} ({info['active']} active), Ω = {html.escape(info['omega']['estimator'])} "
              f"from {html.escape(str(info['omega'].get('classes_from')))} ({html.escape(str(info['omega'].get('rows')))}), "
              f"τ = {info['config']['tau']}, candidate stage recall@10 = "
-             f"{info['recall']['recall_at_10_mean']:.3f}.</p>"]
+             + ("not measured" if info["recall"]["recall_at_10_mean"] is None
+                else f"{info['recall']['recall_at_10_mean']:.3f}") + ".</p>"]
     for note in notes or []:
         parts.append(f"<p>{html.escape(note)}</p>")
 

@@ -103,13 +103,21 @@ class Searcher:
 
     @property
     def omegas(self) -> dict[str, np.ndarray]:
-        """Ω by estimator name: the build's own and the others it stored (`omegas.npz`)."""
+        """Ω by estimator name: the build's own, uniform and svd (derived from the build), and the
+        class-based ones the build stored (`omegas.npz`: clusters, and welch from real labels)."""
         if self._omegas is None:
-            self._omegas = {self.info["omega"]["estimator"]: self.omega}
+            d = len(self.kept)
+            omegas = {"uniform": np.full(d, 1.0 / d, np.float32)}
+            with np.load(self.build_dir / "pruning.npz") as f:
+                v1 = np.square(f["v1"][self.kept].astype(np.float64))
+            if v1.sum() > 0:
+                omegas["svd"] = (v1 / v1.sum()).astype(np.float32)
             path = self.build_dir / "omegas.npz"
             if path.exists():
                 with np.load(path) as f:
-                    self._omegas.update({name: f[name] for name in f.files})
+                    omegas.update({name: f[name] for name in f.files})
+            omegas[self.info["omega"]["estimator"]] = self.omega
+            self._omegas = omegas
         return self._omegas
 
     def omega_named(self, name: str | None) -> np.ndarray:
@@ -117,8 +125,9 @@ class Searcher:
         if name is None or name == self.info["omega"]["estimator"]:
             return self.omega
         if name not in self.omegas:
-            raise SearchError(f"this build has no {name!r} Ω; it has {', '.join(sorted(self.omegas))} "
-                              f"(clusters and welch need a label column or --omega clusters at build time)")
+            raise SearchError(f"this build has no {name!r} Ω; it has {', '.join(sorted(self.omegas))} (clusters "
+                              f"needs classes or `simdex build --omega clusters`, welch a label column; builds "
+                              f"made before simdex stored them need `simdex build` again)")
         return self.omegas[name]
 
     @property

@@ -69,7 +69,7 @@ def draw_result_sheet(searcher, results, path: str | os.PathLike, query_ids=(), 
     queries = []
     if len(query_ids):
         meta = searcher.metadata(np.asarray(query_ids, np.int64), ["source"])
-        queries = [(f"query {i}", read_catalog_image(s)) for i, s in zip(query_ids, meta.column("source").to_pylist())]
+        queries = [(f"query {i}", read_catalog_image(s)) for i, s in zip(query_ids, meta.column("source").to_pylist(), strict=True)]
     queries += [(Path(p).name[:16], read_catalog_image(str(p))) for p in query_images]
     tiles = [(f"#{r['rank']} P={r['score']:.3f}", read_catalog_image(r["source"])) for r in results.to_pylist()]
     return contact_sheet(queries, tiles, path, tile=tile, columns=max(columns, len(queries)))

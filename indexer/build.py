@@ -51,6 +51,7 @@ from engine.catalog import Catalog, CatalogError
 from engine.omega import ClassStats, OmegaError, OmegaInputs, kmeans_labels, make_omega
 from engine.pruning import FeatureStats, Pruning, PruningError, format_table_iii
 from engine.quantized import LutScanner, UniformCodec
+from engine.searcher import QUANTIZED_SCAN_ABOVE
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,8 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
         raise BuildError(str(exc)) from None
     omega = omega.astype(np.float32)
     np.save(tmp / "omega.npy", omega)
-    np.savez(tmp / "omegas.npz", **_other_omegas(omega_name, omega, omega_inputs))
+    np.savez(tmp / "omegas.npz", **_class_omegas(omega_name, omega_inputs, labelled=class_column is not None
+                                                 and not class_column.startswith("k-means")))
 
     # ---- candidate index and its measured recall
     t0 = time.perf_counter()
@@ -262,8 +264,10 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
     index.save(tmp)
     t_index = time.perf_counter() - t0
     deleted = catalog.deleted_ids()
-    scanner = None if index.kind == "exact" else LutScanner(np.load(tmp / "codes.npy", mmap_mode="r"),
-                                                              threads=min(4, os.cpu_count() or 1))
+    # the exact ranking comes from the scan `--exact` itself uses: 8-bit above QUANTIZED_SCAN_ABOVE objects
+    scanner = None
+    if index.kind != "exact" and config.recall_queries > 0 and n_objects > QUANTIZED_SCAN_ABOVE:
+        scanner = LutScanner(np.load(tmp / "codes.npy", mmap_mode="r"), threads=min(4, os.cpu_count() or 1))
     recall = measure_recall(Z, object_ids, omega, index, deleted, config, scanner=scanner, codec=codec)
     del scanner
 
@@ -288,28 +292,30 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
     return BuildResult(version, catalog.current_build_dir(), info)
 
 
-def _other_omegas(chosen: str, omega: np.ndarray, inputs: OmegaInputs) -> dict[str, np.ndarray]:
-    """Every Ω a query may pick instead of the build's (`simdex query --omega`): the chosen one,
-    uniform and svd, and clusters and welch when the build has class statistics. They cost
-    microseconds once the statistics exist, and let a user compare weightings on one build."""
-    omegas = {chosen: omega}
-    names = ("uniform", "svd") + (("clusters", "welch") if inputs.class_stats is not None else ())
+def _class_omegas(chosen: str, inputs: OmegaInputs, labelled: bool) -> dict[str, np.ndarray]:
+    """The class-based Ω a query may pick instead of the build's (`simdex query --omega`): eq. 5
+    (`clusters`, from labels or k-means clusters) and, from real labels only, `welch` (as
+    `simdex build --omega welch` demands). uniform and svd need no classes: `Searcher` derives them."""
+    if inputs.class_stats is None:
+        return {}
+    names = ("clusters", "welch") if labelled else ("clusters",)
+    out = {}
     for name in names:
-        if name not in omegas:
+        if name != chosen:
             try:
-                omegas[name] = make_omega(name).estimate(inputs).astype(np.float32)
-            except OmegaError as exc:  # e.g. welch with a class of one object
+                out[name] = make_omega(name).estimate(inputs).astype(np.float32)
+            except OmegaError as exc:  # fewer than 2 classes
                 log.info("no %s Ω in this build: %s", name, exc)
-    return omegas
+    return out
 
 
 def measure_recall(Z, object_ids, omega, index, deleted, config: BuildConfig, scanner=None, codec=None) -> dict:
     """recall@10 of the candidate stage against the exact ranking on sampled catalog objects.
 
-    The exact top-10 comes from the scan `--exact` uses when the 8-bit codes are given
-    (table scan, then float32 rescoring: benchmarks/bench_query.py measures its recall
-    against the float32 scan at 1.000), about 5× faster than the float32 scan, which is
-    used otherwise; the float32 scan was half of a 1M-object build.
+    The exact top-10 comes from the scan `--exact` uses: above QUANTIZED_SCAN_ABOVE objects
+    the 8-bit table scan with float32 rescoring (benchmarks/bench_query.py measures its recall
+    against the float32 scan at 1.000; about 5× faster: the float32 scan was half of a
+    1M-object build), else the float32 scan.
     """
     from engine.candidates import ExactIndex
     from engine.membership import make_membership
@@ -323,6 +329,9 @@ def measure_recall(Z, object_ids, omega, index, deleted, config: BuildConfig, sc
     rows = np.flatnonzero(allow)
     rng = np.random.default_rng(config.seed)
     sample = np.sort(rng.choice(rows, min(config.recall_queries, len(rows)), replace=False))
+    if len(sample) == 0:
+        return {"recall_at_10_mean": None, "recall_at_10_min": None, "queries": 0,
+                "note": "not measured (no query objects)"}
     memberships = [make_membership("gaussian", np.asarray(Z[r]), config.tau) for r in sample]
     if scanner is not None and codec is not None:
         _, truth = quantized_exhaustive_search(Z, scanner, codec, memberships, omega, 10, allow)
@@ -349,6 +358,7 @@ def format_build_summary(info: dict, version: str) -> str:
         f"Ω: {info['omega']['estimator']}" + (f" from {info['omega']['classes_from']} ({info['omega']['rows']})"
                                              if info["omega"]["classes_from"] else ""),
         f"candidates: {json.dumps(info['candidates'])}",
+        f"recall@10 vs exact: {r['note']}" if r["recall_at_10_mean"] is None else
         f"recall@10 vs exact: mean {r['recall_at_10_mean']:.3f}, worst {r['recall_at_10_min']:.2f} "
         f"over {r['queries']} sampled queries",
         f"time: {info['timings_s']['total']:.1f} s (statistics reused for {info['shards_reused_for_statistics']} "

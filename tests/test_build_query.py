@@ -19,7 +19,7 @@ from engine.membership import make_membership
 from engine.pruning import FeatureStats
 from engine.scoring import exact_search
 from engine.searcher import Searcher, SearchError
-from indexer.build import BuildConfig, BuildError, build
+from indexer.build import BuildConfig, BuildError, build, format_build_summary
 
 LAYERS = [("C11", 6, 1), ("C12", 6, 1), ("C21", 8, 2)]
 N = 20
@@ -198,6 +198,29 @@ def test_ivf_build_records_recall_and_equals_exact_with_all_candidates(tmp_path)
     exact = s.search(ids=[11], k=10, exact=True)
     full = s.search(ids=[11], k=10, n_candidates=3000, nprobe=16)
     assert full.column("object_id").to_pylist() == exact.column("object_id").to_pylist()
+
+
+def test_ivf_build_of_tiny_catalogs_and_without_recall_queries(tmp_path):
+    tiny = new_catalog(tmp_path / "tiny", LAYERS)
+    x, labels = synthetic_objects(40, seed=9)
+    append_objects(tiny, x[:1], labels[:1], "one")
+    result = build(tiny, BuildConfig(index="ivf", omega="uniform"))
+    assert result.info["candidates"]["kind"] == "ivf"
+    append_objects(tiny, x[1:], labels[1:], "rest")
+    result = build(tiny, BuildConfig(index="ivf", recall_queries=0))
+    assert result.info["recall"]["queries"] == 0 and result.info["recall"]["recall_at_10_mean"] is None
+    assert "not measured" in format_build_summary(result.info, result.version)
+    assert Searcher.open(tiny.root).search(ids=[3], k=3).num_rows == 3
+
+
+def test_kmeans_clusters_give_no_welch_omega(tmp_path):
+    plain = new_catalog(tmp_path / "plain", LAYERS)
+    x, _ = synthetic_objects(100, seed=5)
+    append_objects(plain, x, [None] * 100, "p", split=None)
+    build(plain, BuildConfig(omega="clusters"))
+    s = Searcher.open(plain.root)
+    assert s.info["omega"]["classes_from"].startswith("k-means")
+    assert set(s.omegas) == {"clusters", "uniform", "svd"}
 
 
 def test_build_errors(tmp_path, catalog):

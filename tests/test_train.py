@@ -142,3 +142,14 @@ def test_sigterm_stops_training_like_ctrl_c_with_a_resumable_checkpoint(tmp_path
     assert "interrupted: saved" in output and "--resume" in output and "Traceback" not in output
     saved = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert "model" in saved and len(_rows(out / "metrics.csv")) >= 1
+
+
+def test_cli_runs_outside_the_main_thread():
+    """The SIGTERM handler is installed from the main thread only: embedding the CLI in a thread works."""
+    import threading
+
+    results = []
+    thread = threading.Thread(target=lambda: results.append(CliRunner().invoke(main, ["delete", "--help"])))
+    thread.start()
+    thread.join()
+    assert results[0].exit_code == 0 and "tombstone" in results[0].output, results[0].output
