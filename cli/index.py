@@ -39,10 +39,11 @@ class _IndexBar:
                    "of at least --min-area pixels.  [default: largest]")
 @click.option("--min-area", type=click.IntRange(min=1), default=None,
               help=f"Smallest object kept, in pixels of the model's input.  [default: {DEFAULT_MIN_AREA}]")
-@click.option("--region", type=click.Choice(["bbox", "mask", "full"]), default=None,
+@click.option("--region", type=click.Choice(["bbox", "mask", "full", "grid2", "grid4"]), default=None,
               help="Where each layer's channel means are taken: the object's bounding box carried to the "
-                   "layer (the paper), its mask (area-weighted), or the whole map. Fixed per catalog.  "
-                   "[default: bbox, or the catalog's]")
+                   "layer (the paper), its mask (area-weighted), the whole map, or the box split in 2×2 / 4×4 "
+                   "cells, one mean per cell (keeps the object's layout: better retrieval of centred objects, "
+                   "4 / 16 times the features). Fixed per catalog.  [default: bbox, or the catalog's]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
@@ -76,6 +77,7 @@ def index(source: str, catalog: Path, model: Path | None, objects: str | None, m
       simdex index fashion-mnist --catalog cat/
       simdex index photos/ --catalog cat/ --model boots.pt --objects all --min-area 20
       simdex index list.csv --catalog cat/ --region mask --workers 4
+      simdex index fashion-mnist --catalog cat-grid/ --region grid2
     """
     from engine.catalog import CatalogError
     from indexer.checkpoint import ModelFileError

@@ -53,7 +53,12 @@ CURRENT_FILE = "CURRENT"
 DELETED_FILE = "deleted.parquet"
 LOCK_FILE = ".lock"
 SHARDS_DIR, ERRORS_DIR, JOBS_DIR, BUILDS_DIR = "shards", "errors", "jobs", "builds"
-REGION_MODES = ("bbox", "mask", "full")
+REGION_MODES = ("bbox", "mask", "full", "grid2", "grid4")
+
+
+def region_cells(region: str) -> int:
+    """Means per channel and layer that a region mode stores: g² for `gridG`, else 1."""
+    return int(region[4:]) ** 2 if region.startswith("grid") else 1
 _BUILD_RE = re.compile(r"^v(\d{6})-")
 _REQUIRED_INFO = ("sha256", "config", "phi", "num_features", "region")
 

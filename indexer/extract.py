@@ -17,7 +17,11 @@ Arrays in, arrays out; no I/O. Two steps:
      the high edge) so the window holds at least one pixel;
    - `mask`: the segment itself downsampled by area (the fraction of each layer
      pixel covered), as a weighted mean;
-   - `full`: the whole map's mean (Appendix B).
+   - `full`: the whole map's mean (Appendix B);
+   - `grid2`, `grid4` (simdex's, not the paper's): the `bbox` window split into g×g
+     cells (row-major; cells of a window narrower than g pixels share pixels), one
+     mean per cell and channel, so the object's layout survives pooling
+     (benchmarks/bench_quality_pooling.py). Features are ordered layer, cell, channel.
 
    Every mode is one batched matrix product per layer: activations (B, C, h·w) times
    per-object weight maps (B, h·w, K) that sum to 1, K the most objects of one image.
@@ -32,8 +36,9 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from engine.catalog import REGION_MODES, region_cells
+
 OBJECT_MODES = ("largest", "all")
-REGION_MODES = ("bbox", "mask", "full")
 
 
 @dataclass
@@ -180,18 +185,44 @@ def bbox_windows(bbox: torch.Tensor, out_hw: tuple[int, int], layer_hw: tuple[in
     return torch.stack([x0, y0, x1, y1], dim=1)
 
 
+def grid_windows(win: torch.Tensor, g: int) -> torch.Tensor:
+    """The g×g cells of each window, row-major: (M, 4) → (M·g², 4) x0, y0, x1, y1.
+
+    Cell i of a side of n pixels spans [⌊i·n/g⌋, max(⌊(i+1)·n/g⌋, ⌊i·n/g⌋ + 1)): cells
+    tile the window when n ≥ g and still hold one pixel each when n < g.
+    """
+    i = torch.arange(g)
+    w, h = win[:, 2:3] - win[:, 0:1], win[:, 3:4] - win[:, 1:2]  # (M, 1)
+    xa = win[:, 0:1] + torch.div(i * w, g, rounding_mode="floor")  # (M, g)
+    xb = torch.maximum(win[:, 0:1] + torch.div((i + 1) * w, g, rounding_mode="floor"), xa + 1)
+    ya = win[:, 1:2] + torch.div(i * h, g, rounding_mode="floor")
+    yb = torch.maximum(win[:, 1:2] + torch.div((i + 1) * h, g, rounding_mode="floor"), ya + 1)
+    m = win.shape[0]
+    cells = torch.stack([xa[:, None, :].expand(m, g, g), ya[:, :, None].expand(m, g, g),
+                         xb[:, None, :].expand(m, g, g), yb[:, :, None].expand(m, g, g)], dim=-1)  # (M, gy, gx, 4)
+    return cells.reshape(m * g * g, 4)
+
+
+def _window_weights(win: torch.Tensor, layer_hw: tuple[int, int]) -> torch.Tensor:
+    """(W, h, w) uniform weights inside each window (x0, y0, x1, y1), each map summing to 1."""
+    lh, lw = layer_hw
+    xs, ys = torch.arange(lw), torch.arange(lh)
+    rx = ((xs >= win[:, 0:1]) & (xs < win[:, 2:3])).float()  # (W, w)
+    ry = ((ys >= win[:, 1:2]) & (ys < win[:, 3:4])).float()  # (W, h)
+    size = ((win[:, 2] - win[:, 0]) * (win[:, 3] - win[:, 1])).float()
+    return ry[:, :, None] * rx[:, None, :] / size[:, None, None]
+
+
 def _region_weights(objects: Objects, region: str, out_hw: tuple[int, int], layer_hw: tuple[int, int],
                     masks: torch.Tensor | None) -> torch.Tensor:
-    """(M, h, w) float32 weights of each object at one resolution; each map sums to 1."""
+    """(M·cells, h, w) float32 weights of each object (and cell) at one resolution; each map sums to 1."""
     lh, lw = layer_hw
     m = len(objects)
+    if region.startswith("grid"):
+        g = int(region_cells(region) ** 0.5)
+        return _window_weights(grid_windows(bbox_windows(objects.bbox, out_hw, layer_hw), g), layer_hw)
     if region == "bbox":
-        win = bbox_windows(objects.bbox, out_hw, layer_hw)
-        xs, ys = torch.arange(lw), torch.arange(lh)
-        rx = ((xs >= win[:, 0:1]) & (xs < win[:, 2:3])).float()  # (M, w)
-        ry = ((ys >= win[:, 1:2]) & (ys < win[:, 3:4])).float()  # (M, h)
-        size = ((win[:, 2] - win[:, 0]) * (win[:, 3] - win[:, 1])).float()
-        return ry[:, :, None] * rx[:, None, :] / size[:, None, None]
+        return _window_weights(bbox_windows(objects.bbox, out_hw, layer_hw), layer_hw)
     if region == "mask":
         oh, ow = out_hw
         if oh % lh or ow % lw:
@@ -211,16 +242,19 @@ def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "b
         region: 'bbox', 'mask' or 'full'.
         out_hw: the output (segment) size; defaults to the label map's.
     Returns:
-        (M, N) float32, N = Σ C_l, rows in the order of `objects`.
+        (M, N) float32, N = Σ C_l (times g² for `gridG`), rows in the order of `objects`.
     """
     if region not in REGION_MODES:
         raise ValueError(f"region must be one of {', '.join(REGION_MODES)}, got {region!r}")
     out_hw = tuple(out_hw or objects.label_map.shape[1:])
     m, b = len(objects), objects.batch_size
-    n_features = sum(a.shape[1] for a in acts)
+    cells = region_cells(region)
+    n_features = sum(a.shape[1] for a in acts) * cells
     if m == 0:
         return torch.zeros((0, n_features), dtype=torch.float32)
-    k = int(objects.component.max()) + 1
+    k = (int(objects.component.max()) + 1) * cells  # weight-map slots per image: component·cells + cell
+    slot = objects.component[:, None] * cells + torch.arange(cells)  # (M, cells)
+    image = objects.image_index[:, None].expand(m, cells)
     masks = objects.masks() if region == "mask" else None
     weights: dict[tuple[int, int], torch.Tensor] = {}
     out = []
@@ -230,10 +264,10 @@ def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "b
             out.append(a.float().mean(dim=(2, 3))[objects.image_index])  # (M, C)
             continue
         if (lh, lw) not in weights:  # layers of one resolution share their weight maps
-            wts = _region_weights(objects, region, out_hw, (lh, lw), masks)  # (M, h, w)
+            wts = _region_weights(objects, region, out_hw, (lh, lw), masks)  # (M·cells, h, w)
             padded = torch.zeros((b, k, lh * lw), dtype=torch.float32)
-            padded[objects.image_index, objects.component] = wts.reshape(m, lh * lw)
+            padded[image.reshape(-1), slot.reshape(-1)] = wts.reshape(m * cells, lh * lw)
             weights[(lh, lw)] = padded.transpose(1, 2)  # (B, h·w, K)
         per_image = torch.bmm(a.float().reshape(b, ch, lh * lw), weights[(lh, lw)])  # (B, C, K)
-        out.append(per_image[objects.image_index, :, objects.component])  # (M, C)
+        out.append(per_image.transpose(1, 2)[image, slot].reshape(m, cells * ch))  # (M, cells·C), cell-major
     return torch.cat(out, dim=1)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.catalog import Catalog, CatalogError
+from engine.catalog import Catalog, CatalogError, region_cells
 from indexer.checkpoint import LoadedModel, load_model
 from indexer.extract import OBJECT_MODES, REGION_MODES, find_objects, object_features
 from indexer.shards import ShardWriter, metadata_schema, object_schema
@@ -104,11 +104,25 @@ def model_info(loaded: LoadedModel, region: str) -> dict:
     return {
         "sha256": loaded.sha256,
         "config": model.config.to_dict(),
-        "phi": [vars(s) for s in model.phi],
-        "num_features": model.num_features,
+        "phi": features_phi(model.phi, region),
+        "num_features": model.num_features * region_cells(region),
         "region": region,
         "model_path": str(loaded.path),
     }
+
+
+def features_phi(phi, region: str) -> list[dict]:
+    """φ as the stored vector lays it out: the model's layers, and with `gridG` one entry per
+    layer and cell (`C11@01` = row 0, column 1), C channels each, in the order extraction writes."""
+    g = int(region_cells(region) ** 0.5)
+    out, offset = [], 0
+    for layer in phi:
+        for r in range(g):
+            for c in range(g):
+                name = layer.name if g == 1 else f"{layer.name}@{r}{c}"
+                out.append({"name": name, "channels": layer.channels, "stride": layer.stride, "offset": offset})
+                offset += layer.channels
+    return out
 
 
 def job_id_for(source: ImageSource) -> str:
@@ -259,7 +273,7 @@ def index_source(
     if options.min_area is None:
         options.min_area = earlier["min_area"] if earlier else DEFAULT_MIN_AREA
     meta = metadata_schema(src.records, src.metadata_columns)
-    schema = object_schema(net.num_features, meta)
+    schema = object_schema(info["num_features"], meta)
     spec = {"source": str(src.spec), "num_images": len(src), "objects": options.objects,
             "min_area": options.min_area, "model_sha256": loaded.sha256}
     result = IndexResult(job_id=job_id, source=str(src.spec), catalog=cat.root, source_images=len(src),
@@ -319,7 +333,7 @@ def _run(src, cat, net, options, job_id, schema, meta, start, end, result, progr
     for batch in loader:
         first, count = batch["first"], batch["count"]
         x = torch.from_numpy(batch["canvases"])  # (n, C, S, S)
-        feats = np.zeros((0, net.num_features), np.float32)
+        feats = np.zeros((0, cat.num_features), np.float32)
         if len(x):
             with torch.inference_mode():
                 logits, acts = net(x)  # (n, K, S, S), φ's maps

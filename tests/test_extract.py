@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.extract import bbox_windows, connected_components, find_objects, object_features
+from indexer.extract import bbox_windows, connected_components, find_objects, grid_windows, object_features
 from indexer.model import SparseUNet, UNetConfig
 
 # ----------------------------------------------------------------------------- references
@@ -54,7 +54,7 @@ def reference_features(acts: list[np.ndarray], mask: np.ndarray, bbox, region: s
     values = []
     for a in acts:  # a: (C, h, w) of this object's image
         c, h, w = a.shape
-        if region == "bbox":
+        if region in ("bbox", "grid2", "grid4"):
             # Centroid and size scaled by layer size / output size, window rounded outward.
             rx, ry = w / out_w, h / out_h
             cx, cy = (x0 + x1) / 2 * rx, (y0 + y1) / 2 * ry
@@ -63,8 +63,15 @@ def reference_features(acts: list[np.ndarray], mask: np.ndarray, bbox, region: s
             ly0, ly1 = math.floor(cy - bh / 2), math.ceil(cy + bh / 2)
             lx0, ly0 = max(0, min(lx0, w - 1)), max(0, min(ly0, h - 1))
             lx1, ly1 = max(lx0 + 1, min(lx1, w)), max(ly0 + 1, min(ly1, h))
-            for j in range(c):
-                values.append(a[j, ly0:ly1, lx0:lx1].astype(np.float64).mean())
+            g = 1 if region == "bbox" else int(region[4:])
+            for r in range(g):  # cells row by row; cell i of n pixels: [⌊i·n/g⌋, ⌊(i+1)·n/g⌋), ≥ 1 pixel
+                for q in range(g):
+                    cy0 = ly0 + (r * (ly1 - ly0)) // g
+                    cy1 = max(ly0 + ((r + 1) * (ly1 - ly0)) // g, cy0 + 1)
+                    cx0 = lx0 + (q * (lx1 - lx0)) // g
+                    cx1 = max(lx0 + ((q + 1) * (lx1 - lx0)) // g, cx0 + 1)
+                    for j in range(c):
+                        values.append(a[j, cy0:cy1, cx0:cx1].astype(np.float64).mean())
         elif region == "mask":
             sy, sx = out_h // h, out_w // w
             frac = np.zeros((h, w))
@@ -151,7 +158,7 @@ def test_bbox_window_rule_examples():
     assert bbox_windows(torch.tensor([[31, 31, 32, 32]]), (32, 32), (4, 4)).tolist() == [[3, 3, 4, 4]]
 
 
-@pytest.mark.parametrize("region", ["bbox", "mask", "full"])
+@pytest.mark.parametrize("region", ["bbox", "mask", "full", "grid2", "grid4"])
 @pytest.mark.parametrize("mode", ["all", "largest"])
 def test_object_features_match_reference(region, mode):
     rng = np.random.default_rng(2024)
@@ -168,7 +175,8 @@ def test_object_features_match_reference(region, mode):
         a = rng.standard_normal((b, ch, h // stride, w // stride)).astype(np.float32)
         acts.append(np.maximum(a, 0))
     got = object_features([torch.from_numpy(a) for a in acts], objs, region).numpy()
-    assert got.shape == (len(objs), sum(a.shape[1] for a in acts))
+    cells = int(region[4:]) ** 2 if region.startswith("grid") else 1
+    assert got.shape == (len(objs), cells * sum(a.shape[1] for a in acts))
     masks = objs.masks().numpy()
     for row, (i, bb, mask) in enumerate(zip(objs.image_index.tolist(), objs.bbox.tolist(), masks, strict=True)):
         ref = reference_features([a[i] for a in acts], mask, bb, region)
@@ -189,6 +197,23 @@ def test_bbox_and_mask_agree_for_a_rectangle():
     assert fb.shape == (1, model.num_features)
     torch.testing.assert_close(fb, fm, rtol=0, atol=1e-6)
     assert not torch.allclose(fb, ff)
+
+
+def test_grid_cells_tile_the_window_and_average_back_to_the_box():
+    assert grid_windows(torch.tensor([[2, 0, 6, 3]]), 2).tolist() == [[2, 0, 4, 1], [4, 0, 6, 1],
+                                                                      [2, 1, 4, 3], [4, 1, 6, 3]]
+    # a window one pixel wide: every cell is that pixel
+    assert grid_windows(torch.tensor([[5, 5, 6, 6]]), 2).tolist() == [[5, 5, 6, 6]] * 4
+    seg = np.zeros((1, 32, 32), dtype=bool)
+    seg[0, 8:24, 0:32] = True  # a box that divides evenly into 4×4 cells at every layer
+    objs = find_objects(torch.from_numpy(seg))
+    acts = [torch.rand(1, 3, 32 // s, 32 // s, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 4, 8)]
+    box = object_features(acts, objs, "bbox")
+    for region, cells in (("grid2", 4), ("grid4", 16)):
+        grid = object_features(acts, objs, region)  # layer, cell, channel
+        for i in range(len(acts)):  # 3 channels per layer
+            cell_means = grid[0, i * cells * 3:(i + 1) * cells * 3].reshape(cells, 3)
+            torch.testing.assert_close(cell_means.mean(0), box[0, i * 3:(i + 1) * 3], rtol=0, atol=1e-6)
 
 
 def test_no_objects():
