@@ -56,9 +56,14 @@ SHARDS_DIR, ERRORS_DIR, JOBS_DIR, BUILDS_DIR = "shards", "errors", "jobs", "buil
 REGION_MODES = ("bbox", "mask", "full", "grid2", "grid4")
 
 
+def region_grid(region: str) -> int:
+    """g of a `gridG` region mode (the object's box split in g×g cells); 1 for the others."""
+    return int(region[4:]) if region.startswith("grid") else 1
+
+
 def region_cells(region: str) -> int:
-    """Means per channel and layer that a region mode stores: g² for `gridG`, else 1."""
-    return int(region[4:]) ** 2 if region.startswith("grid") else 1
+    """Means per channel and layer that a region mode stores: g²."""
+    return region_grid(region) ** 2
 _BUILD_RE = re.compile(r"^v(\d{6})-")
 _REQUIRED_INFO = ("sha256", "config", "phi", "num_features", "region")
 

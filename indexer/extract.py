@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from engine.catalog import REGION_MODES, region_cells
+from engine.catalog import REGION_MODES, region_cells, region_grid
 
 OBJECT_MODES = ("largest", "all")
 
@@ -219,8 +219,8 @@ def _region_weights(objects: Objects, region: str, out_hw: tuple[int, int], laye
     lh, lw = layer_hw
     m = len(objects)
     if region.startswith("grid"):
-        g = int(region_cells(region) ** 0.5)
-        return _window_weights(grid_windows(bbox_windows(objects.bbox, out_hw, layer_hw), g), layer_hw)
+        cells = grid_windows(bbox_windows(objects.bbox, out_hw, layer_hw), region_grid(region))
+        return _window_weights(cells, layer_hw)
     if region == "bbox":
         return _window_weights(bbox_windows(objects.bbox, out_hw, layer_hw), layer_hw)
     if region == "mask":
@@ -239,7 +239,7 @@ def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "b
     Args:
         acts: φ's activation maps in feature order, each (B, C_l, h_l, w_l).
         objects: from `find_objects` on the same batch.
-        region: 'bbox', 'mask' or 'full'.
+        region: one of REGION_MODES ('bbox', 'mask', 'full', 'grid2', 'grid4').
         out_hw: the output (segment) size; defaults to the label map's.
     Returns:
         (M, N) float32, N = Σ C_l (times g² for `gridG`), rows in the order of `objects`.

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.catalog import Catalog, CatalogError, region_cells
+from engine.catalog import Catalog, CatalogError, region_cells, region_grid
 from indexer.checkpoint import LoadedModel, load_model
 from indexer.extract import OBJECT_MODES, REGION_MODES, find_objects, object_features
 from indexer.shards import ShardWriter, metadata_schema, object_schema
@@ -114,7 +114,7 @@ def model_info(loaded: LoadedModel, region: str) -> dict:
 def features_phi(phi, region: str) -> list[dict]:
     """φ as the stored vector lays it out: the model's layers, and with `gridG` one entry per
     layer and cell (`C11@01` = row 0, column 1), C channels each, in the order extraction writes."""
-    g = int(region_cells(region) ** 0.5)
+    g = region_grid(region)
     out, offset = [], 0
     for layer in phi:
         for r in range(g):
