@@ -28,12 +28,9 @@ class Example:
 
 def omega_by_layer(searcher) -> list[tuple[str, float, int]]:
     """(layer, Σ ω over its kept features, number kept) for every layer of φ, in φ's order."""
-    from engine.explain import layer_of_features
-
-    layer_of_kept = layer_of_features(searcher.kept, searcher.catalog.phi)
     out = []
     for i, p in enumerate(searcher.catalog.phi):
-        sel = layer_of_kept == i
+        sel = searcher.layer_of_kept == i
         out.append((p["name"], float(searcher.omega[sel].sum()), int(sel.sum())))
     return out
 

@@ -24,7 +24,9 @@ import pyarrow.parquet as pq
 
 from engine.candidates import load_candidate_index
 from engine.catalog import Catalog
+from engine.explain import layer_of_features
 from engine.membership import MembershipError, make_membership
+from engine.omega import OmegaInputs, make_omega
 from engine.quantized import LutScanner, UniformCodec
 from engine.search import search
 
@@ -56,6 +58,7 @@ class Searcher:
             self.info = json.loads((self.build_dir / "build.json").read_text())
             with np.load(self.build_dir / "pruning.npz") as f:
                 self.kept, self.mean, self.std = f["kept"], f["mean"], f["std"]
+                self.v1 = f["v1"][self.kept]  # loadings of the kept features on v_1 (the svd Ω)
             with np.load(self.build_dir / "codec.npz") as f:
                 self.codec = UniformCodec(f["lo"], f["lo"] + f["step"] * 255)
             self.omega = np.load(self.build_dir / "omega.npy")
@@ -66,6 +69,7 @@ class Searcher:
         self._index = None
         self._scanner = None
         self._omegas: dict[str, np.ndarray] | None = None
+        self.layer_of_kept = layer_of_features(self.kept, catalog.phi)  # index into φ of each kept feature
         self.deleted = catalog.deleted_ids()
         self.allowed = np.ones(len(self.object_ids), bool)
         if len(self.deleted):
@@ -106,12 +110,8 @@ class Searcher:
         """Ω by estimator name: the build's own, uniform and svd (derived from the build), and the
         class-based ones the build stored (`omegas.npz`: clusters, and welch from real labels)."""
         if self._omegas is None:
-            d = len(self.kept)
-            omegas = {"uniform": np.full(d, 1.0 / d, np.float32)}
-            with np.load(self.build_dir / "pruning.npz") as f:
-                v1 = np.square(f["v1"][self.kept].astype(np.float64))
-            if v1.sum() > 0:
-                omegas["svd"] = (v1 / v1.sum()).astype(np.float32)
+            inputs = OmegaInputs(dim=len(self.kept), v1=self.v1)
+            omegas = {name: make_omega(name).estimate(inputs).astype(np.float32) for name in ("uniform", "svd")}
             path = self.build_dir / "omegas.npz"
             if path.exists():
                 with np.load(path) as f:
@@ -254,19 +254,16 @@ class Searcher:
     def omega_per_layer(self, omega: str | None = None) -> dict[str, float]:
         """Σ ω over each layer's kept features (layers with kept features only): the most a layer can
         give to P, so that a layer's part of P divided by it says how well that layer matches."""
-        from engine.explain import layer_of_features
-
         weights = self.omega_named(omega)
-        layer = layer_of_features(self.kept, self.catalog.phi)
-        return {self.catalog.phi[i]["name"]: float(weights[layer == i].sum() / weights.sum()) for i in np.unique(layer)}
+        return {self.catalog.phi[i]["name"]: float(weights[self.layer_of_kept == i].sum() / weights.sum())
+                for i in np.unique(self.layer_of_kept)}
 
     def _explain(self, membership, rows: np.ndarray, omega: np.ndarray) -> pa.StructArray:
-        from engine.explain import layer_contributions, layer_of_features
+        from engine.explain import layer_contributions
 
-        layer = layer_of_features(self.kept, self.catalog.phi)
-        parts = layer_contributions(np.asarray(self.Z[rows]), membership, omega / omega.sum(), layer,
+        parts = layer_contributions(np.asarray(self.Z[rows]), membership, omega / omega.sum(), self.layer_of_kept,
                                     len(self.catalog.phi))
-        used = np.unique(layer)
+        used = np.unique(self.layer_of_kept)
         return pa.StructArray.from_arrays([pa.array(parts[:, i], pa.float32()) for i in used],
                                           names=[self.catalog.phi[i]["name"] for i in used])
 
