@@ -28,7 +28,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check engine indexer cli tests benchmarks
+	$(BIN)/ruff check simdex engine indexer cli tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info

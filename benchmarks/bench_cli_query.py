@@ -41,9 +41,9 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_query import synthetic_features  # noqa: E402
 
-from engine.catalog import Catalog  # noqa: E402
-from indexer.build import BuildConfig, build, format_build_summary  # noqa: E402
-from indexer.shards import ShardWriter, object_schema  # noqa: E402
+from simdex.engine.build import BuildConfig, build, format_build_summary  # noqa: E402
+from simdex.engine.catalog import Catalog  # noqa: E402
+from simdex.indexer.shards import ShardWriter, object_schema  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_RAW, LAYER, N_REAL, N_INACTIVE = 832, 64, 680, 100

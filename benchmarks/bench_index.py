@@ -62,9 +62,9 @@ def child(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from indexer.checkpoint import load_model
-    from indexer.runner import IndexOptions, index_source
-    from indexer.sources import fit_to_size, open_source
+    from simdex.indexer.checkpoint import load_model
+    from simdex.indexer.runner import IndexOptions, index_source
+    from simdex.indexer.sources import fit_to_size, open_source
 
     loaded = load_model(args.model)
     net = loaded.model.eval()
@@ -132,14 +132,14 @@ def main() -> None:
     if args.untrained:
         import torch
 
-        from indexer.checkpoint import save_model
-        from indexer.model import SparseUNet, UNetConfig
+        from simdex.indexer.checkpoint import save_model
+        from simdex.indexer.model import SparseUNet, UNetConfig
 
         torch.manual_seed(0)
         args.model = str(Path(tempfile.mkdtemp(prefix="bench-index-")) / "untrained.pt")
         save_model(SparseUNet(UNetConfig(width=0.5)), args.model)
         model_label = "untrained width-0.5 U-Net (dry run)"
-    from indexer.checkpoint import load_model
+    from simdex.indexer.checkpoint import load_model
 
     loaded = load_model(args.model)
     runs = []

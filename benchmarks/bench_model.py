@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from indexer.model import SparseUNet, UNetConfig
+from simdex.indexer.model import SparseUNet, UNetConfig
 
 RESULTS = Path(__file__).parent / "results"
 

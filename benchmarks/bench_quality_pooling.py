@@ -11,7 +11,7 @@ any catalog:
   means per channel, one per quadrant), after the same fitting to 32×32 as the indexer;
 - active features only (non-zero somewhere in the gallery), z-scored on the gallery;
 - Ω from eq. 5 on the gallery's labels, and uniform; rankings by
-  `engine.evaluate.evaluate_arrays` (the code behind `simdex eval`), so fuzzy P, L2 of z,
+  `simdex.evaluate.evaluate_arrays` (the code behind `simdex eval`), so fuzzy P, L2 of z,
   cosine of raw vectors and L2 of pixels are scored on the same queries.
 
     .venv/bin/python benchmarks/bench_quality_pooling.py --grids 1 2 4    # ≈ 5 min (the README's table)
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from engine.evaluate import evaluate_arrays
-from engine.omega import ClassStats, OmegaInputs, make_omega
-from indexer.checkpoint import DEFAULT_MODEL_PATH, load_model
-from indexer.sources import border_background, fashion_mnist_source, fit_to_size
+from simdex.engine.omega import ClassStats, OmegaInputs, make_omega
+from simdex.evaluate import evaluate_arrays
+from simdex.indexer.checkpoint import DEFAULT_MODEL_PATH, load_model
+from simdex.indexer.sources import border_background, fashion_mnist_source, fit_to_size
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -47,12 +47,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.candidates import DEFAULT_CANDIDATES, ClippedL2IVF, load_candidate_index
-from engine.membership import make_membership
-from engine.omega import ClassStats, OmegaInputs, make_omega
-from engine.quantized import LutScanner, UniformCodec
-from engine.scoring import exact_search
-from engine.search import search
+from simdex.engine.candidates import DEFAULT_CANDIDATES, ClippedL2IVF, load_candidate_index
+from simdex.engine.membership import make_membership
+from simdex.engine.omega import ClassStats, OmegaInputs, make_omega
+from simdex.engine.quantized import LutScanner, UniformCodec
+from simdex.engine.scoring import exact_search
+from simdex.engine.search import search
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

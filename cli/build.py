@@ -1,4 +1,4 @@
-"""`simdex build`: parse, call `indexer.build.build`, print Table III and the candidate stage's recall."""
+"""`simdex build`: parse, call `simdex.engine.build.build`, print Table III and the candidate stage's recall."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from indexer.build import OMEGA_CHOICES, BuildConfig
+from simdex.engine.build import OMEGA_CHOICES, BuildConfig
 
 
 @click.command(name="build")
@@ -50,10 +50,10 @@ def build(catalog: Path, retain: float, omega: str, clusters_from: str | None, n
       simdex build --catalog cat/
       simdex build --catalog cat/ --omega welch --retain 0.95
     """
-    from cli.progress import ProgressBar
-    from engine.catalog import Catalog, CatalogError
-    from indexer.build import BuildError, format_build_summary
-    from indexer.build import build as run_build
+    from simdex.cli.progress import ProgressBar
+    from simdex.engine.build import BuildError, format_build_summary
+    from simdex.engine.build import build as run_build
+    from simdex.engine.catalog import Catalog, CatalogError
 
     bars: dict[str, ProgressBar] = {}
 

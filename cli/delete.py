@@ -21,7 +21,7 @@ def delete(ids: tuple[int, ...], catalog: Path) -> None:
     Example:
       simdex delete --catalog cat/ 17 42
     """
-    from engine.catalog import Catalog, CatalogError
+    from simdex.engine.catalog import Catalog, CatalogError
 
     try:
         cat = Catalog.open(catalog)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.progress import ProgressBar
+from simdex.cli.progress import ProgressBar
 
 
 @click.command(name="demo")
@@ -26,12 +26,12 @@ def demo(catalog: Path, report: Path, eval_queries: int, quiet: bool) -> None:
     Fashion-MNIST comes from Debian's dataset-fashion-mnist package (`make data`
     installs it, or downloads it with torchvision where apt is not available).
     """
-    from engine.catalog import CatalogError
-    from engine.searcher import SearchError
-    from indexer.build import BuildError
-    from indexer.checkpoint import ModelFileError
-    from indexer.demo import run_demo
-    from indexer.sources import SourceError
+    from simdex.demo import run_demo
+    from simdex.engine.build import BuildError
+    from simdex.engine.catalog import CatalogError
+    from simdex.engine.searcher import SearchError
+    from simdex.indexer.checkpoint import ModelFileError
+    from simdex.indexer.sources import SourceError
 
     bars: dict[str, ProgressBar] = {}
 
@@ -66,7 +66,7 @@ def demo(catalog: Path, report: Path, eval_queries: int, quiet: bool) -> None:
         raise click.ClickException(str(exc)) from None
     close_bars()
     if result.evaluation:
-        from engine.evaluate import format_table
+        from simdex.evaluate import format_table
 
         click.echo(format_table(result.evaluation))
     t = result.timings_s

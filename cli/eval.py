@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.progress import ProgressBar
+from simdex.cli.progress import ProgressBar
 
 
 @click.command(name="eval")
@@ -35,8 +35,8 @@ def eval(catalog, num_queries, query_split, gallery_split, ks, tau, label_column
     Example (the README's table):
       simdex eval --catalog catalogs/fmnist
     """
-    from engine.catalog import CatalogError
-    from engine.evaluate import METHODS, EvalConfig, EvaluationError, evaluate, format_table
+    from simdex.engine.catalog import CatalogError
+    from simdex.evaluate import METHODS, EvalConfig, EvaluationError, evaluate, format_table
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from cli.progress import ProgressBar
-from indexer.runner import DEFAULT_BATCH_SIZE, DEFAULT_MIN_AREA
+from simdex.cli.progress import ProgressBar
+from simdex.indexer.runner import DEFAULT_BATCH_SIZE, DEFAULT_MIN_AREA
 
 
 class _IndexBar:
@@ -80,10 +80,10 @@ def index(source: str, catalog: Path, model: Path | None, objects: str | None, m
       simdex index list.csv --catalog cat/ --region mask --workers 4
       simdex index fashion-mnist --catalog cat-grid/ --region grid2
     """
-    from engine.catalog import CatalogError
-    from indexer.checkpoint import ModelFileError
-    from indexer.runner import IndexOptions, index_source
-    from indexer.sources import SourceError
+    from simdex.engine.catalog import CatalogError
+    from simdex.indexer.checkpoint import ModelFileError
+    from simdex.indexer.runner import IndexOptions, index_source
+    from simdex.indexer.sources import SourceError
 
     opts = IndexOptions(objects=objects, min_area=min_area, region=region, batch_size=batch_size,
                         workers=workers, limit=limit)

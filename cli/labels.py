@@ -48,8 +48,8 @@ def labels(catalog: Path, label: str, split: str | None, column: str, alpha: flo
     Example:
       simdex labels --catalog cat/ --similar-to "Ankle boot" --split train
     """
-    from engine.catalog import Catalog, CatalogError
-    from engine.labels import LabelError, label_similarity
+    from simdex.engine.catalog import Catalog, CatalogError
+    from simdex.engine.labels import LabelError, label_similarity
 
     try:
         result = label_similarity(Catalog.open(catalog), label, column=column, split=split, alpha=alpha)

@@ -11,16 +11,16 @@ import click
 
 # name -> "module:attribute" of a click command. One line per command; each lives in cli/<name>.py.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("cli.train", "Train the sparse U-Net (the paper's method) on a source of images."),
-    "index": ("cli.index", "Index a source of images into a catalog: one row of features per object."),
-    "build": ("cli.build", "Prune, normalise, weigh (Ω) and index a catalog's features for search."),
-    "query": ("cli.query", "Find the objects most similar to objects or images, with their probability P."),
-    "delete": ("cli.delete", "Hide objects from every query result (survives rebuilds)."),
-    "demo": ("cli.demo", "The main job: index Fashion-MNIST, build, query, write an HTML report."),
-    "eval": ("cli.eval", "Retrieval quality (precision@k, mAP): fuzzy P against other rankings."),
-    "sql": ("cli.sql", "Run SQL over a catalog's objects, features, build and search results (read-only)."),
-    "labels": ("cli.labels", "Rank the labels most similar to a label (Park: Welch t-tests per channel)."),
-    "model-info": ("cli.train", "Show a model's config, layers, checksum; measure its Dice and sparsity."),
+    "train": ("simdex.cli.train", "Train the sparse U-Net (the paper's method) on a source of images."),
+    "index": ("simdex.cli.index", "Index a source of images into a catalog: one row of features per object."),
+    "build": ("simdex.cli.build", "Prune, normalise, weigh (Ω) and index a catalog's features for search."),
+    "query": ("simdex.cli.query", "Find the objects most similar to objects or images, with their probability P."),
+    "delete": ("simdex.cli.delete", "Hide objects from every query result (survives rebuilds)."),
+    "demo": ("simdex.cli.demo", "The main job: index Fashion-MNIST, build, query, write an HTML report."),
+    "eval": ("simdex.cli.eval", "Retrieval quality (precision@k, mAP): fuzzy P against other rankings."),
+    "sql": ("simdex.cli.sql", "Run SQL over a catalog's objects, features, build and search results (read-only)."),
+    "labels": ("simdex.cli.labels", "Rank the labels most similar to a label (Park: Welch t-tests per channel)."),
+    "model-info": ("simdex.cli.train", "Show a model's config, layers, checksum; measure its Dice and sparsity."),
 }
 
 
@@ -64,5 +64,5 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-if __name__ == "__main__":  # python -m cli.main
+if __name__ == "__main__":  # python -m simdex.cli.main
     main()

@@ -84,8 +84,8 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int,
       simdex query --catalog cat/ 42 --where "label = 'Sneaker' AND split = 'test'" --format json
       simdex query --catalog cat/ --image boot.png --sheet boots.png
     """
-    from engine.catalog import CatalogError
-    from engine.searcher import Searcher, SearchError
+    from simdex.engine.catalog import CatalogError
+    from simdex.engine.searcher import Searcher, SearchError
 
     if bool(ids) == bool(images):
         raise click.UsageError("give object ids or --image files (one of them)")
@@ -95,7 +95,7 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int,
         searcher = Searcher.open(catalog)
         features = None
         if images:
-            from indexer.query_features import QueryImageError, image_features
+            from simdex.indexer.query_features import QueryImageError, image_features
 
             try:
                 features = image_features(searcher.catalog, list(images))
@@ -134,7 +134,7 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int,
 
 
 def _draw_sheet(searcher, table, ids, images, path: Path) -> None:
-    from engine.sheet import SheetError, draw_result_sheet
+    from simdex.sheet import SheetError, draw_result_sheet
 
     try:
         draw_result_sheet(searcher, table, path, query_ids=list(ids), query_images=list(images))

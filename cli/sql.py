@@ -114,9 +114,9 @@ def sql(statement: str | None, catalog: Path, searches: tuple[str, ...], k: int,
         FROM features f, features q WHERE q.object_id = 42 ORDER BY p DESC LIMIT 5"
       simdex sql -c cat/ "SELECT layer, sum(omega) FROM kept_features GROUP BY 1" --format csv
     """
-    from engine.catalog import CatalogError
-    from engine.searcher import SearchError
-    from engine.sql import SearchSpec, SqlError, SqlSession
+    from simdex.engine.catalog import CatalogError
+    from simdex.engine.searcher import SearchError
+    from simdex.engine.sql import SearchSpec, SqlError, SqlSession
 
     if statement is None and not list_views:
         raise click.UsageError("give a SQL statement (or --views to list the views)")

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import click
 
-from cli.progress import ProgressBar
+from simdex.cli.progress import ProgressBar
 
 
 @click.command()
@@ -58,9 +58,9 @@ def train(source, out, epochs, batch_size, lr, width, image_size, channels, targ
     Example (the shipped default model):
       simdex train fashion-mnist:train --out runs/fmnist --epochs 1
     """
-    from indexer.sources import SourceError, open_source
-    from indexer.train import TrainConfig
-    from indexer.train import train as run_training
+    from simdex.indexer.sources import SourceError, open_source
+    from simdex.indexer.train import TrainConfig
+    from simdex.indexer.train import train as run_training
 
     if image_size % 8:
         raise click.BadParameter("must be divisible by 8 (the U-Net pools three times)", param_hint="--image-size")
@@ -116,8 +116,8 @@ def model_info(model_path, eval_source, batch_size, as_json):
     Example (the figures of the README):
       simdex model-info --evaluate fashion-mnist:test
     """
-    from indexer.checkpoint import ModelFileError, load_model
-    from indexer.sources import SourceError, open_source
+    from simdex.indexer.checkpoint import ModelFileError, load_model
+    from simdex.indexer.sources import SourceError, open_source
 
     try:
         lm = load_model(model_path)
@@ -127,7 +127,7 @@ def model_info(model_path, eval_source, batch_size, as_json):
             "num_features": lm.model.num_features, "phi": [asdict(s) for s in lm.model.phi],
             "training": lm.meta}
     if eval_source:
-        from indexer.train import TrainConfig, _loader, evaluate
+        from simdex.indexer.train import TrainConfig, _loader, evaluate
 
         try:
             src = open_source(eval_source)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.membership import Membership
+from simdex.engine.membership import Membership
 
 
 def layer_of_features(kept: np.ndarray, phi: list[dict]) -> np.ndarray:

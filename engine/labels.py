@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.catalog import Catalog
+from simdex.engine.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

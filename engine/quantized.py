@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from engine.candidates import faiss_threads
-from engine.membership import Membership
+from simdex.engine.candidates import faiss_threads
+from simdex.engine.membership import Membership
 
 LEVELS = 256
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from engine.membership import Membership
+from simdex.engine.membership import Membership
 
 DEFAULT_BLOCK_ROWS = 8192
 
@@ -91,7 +91,7 @@ def exact_search(
         (P, hits): float32 and int64 arrays of shape (nq, k).
 
     Example:
-        >>> Z = np.zeros((5, 3), np.float32); from engine.membership import Gaussian
+        >>> Z = np.zeros((5, 3), np.float32); from simdex.engine.membership import Gaussian
         >>> exact_search(Z, [Gaussian(Z[0])], np.full(3, 1 / 3), k=2)[1].tolist()
         [[0, 1]]
     """

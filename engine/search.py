@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.candidates import DEFAULT_CANDIDATES, CandidateIndex, ExactIndex
-from engine.membership import Membership
-from engine.quantized import LutScanner, UniformCodec
-from engine.scoring import check_omega, exact_search, rerank
+from simdex.engine.candidates import DEFAULT_CANDIDATES, CandidateIndex, ExactIndex
+from simdex.engine.membership import Membership
+from simdex.engine.quantized import LutScanner, UniformCodec
+from simdex.engine.scoring import check_omega, exact_search, rerank
 
 # the 8-bit scan keeps this many rows per wanted result for the float32 rescoring
 RESCORE_FACTOR = 20
@@ -83,7 +83,7 @@ def search(
         (P, hits): float32 (nq, k) in [0, 1] and int64 row ids (nq, k), −1 / 0 where missing.
 
     Example:
-        >>> from engine.membership import Gaussian
+        >>> from simdex.engine.membership import Gaussian
         >>> Z = np.eye(3, dtype=np.float32)
         >>> search(Z, [Gaussian(Z[1])], np.full(3, 1 / 3), k=1)[1].tolist()
         [[1]]

@@ -22,13 +22,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.candidates import load_candidate_index
-from engine.catalog import Catalog
-from engine.explain import layer_of_features
-from engine.membership import MembershipError, make_membership
-from engine.omega import OmegaInputs, make_omega
-from engine.quantized import LutScanner, UniformCodec
-from engine.search import search
+from simdex.engine.candidates import load_candidate_index
+from simdex.engine.catalog import Catalog
+from simdex.engine.explain import layer_of_features
+from simdex.engine.membership import MembershipError, make_membership
+from simdex.engine.omega import OmegaInputs, make_omega
+from simdex.engine.quantized import LutScanner, UniformCodec
+from simdex.engine.search import search
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class Searcher:
                 for i in np.unique(self.layer_of_kept)}
 
     def _explain(self, membership, rows: np.ndarray, omega: np.ndarray) -> pa.StructArray:
-        from engine.explain import layer_contributions
+        from simdex.engine.explain import layer_contributions
 
         parts = layer_contributions(np.asarray(self.Z[rows]), membership, omega / omega.sum(), self.layer_of_kept,
                                     len(self.catalog.phi))

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from engine.catalog import Catalog
+from simdex.engine.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class SqlSession:
         self.searcher = None
         build_dir = catalog.current_build_dir()
         if build_dir is not None:
-            from engine.searcher import Searcher
+            from simdex.engine.searcher import Searcher
 
             self.searcher = Searcher(catalog, build_dir)
         elif searches:
@@ -176,7 +176,7 @@ class SqlSession:
             schema = pa.unify_schemas([pq.read_schema(p) for p in paths], promote_options="permissive")
             dataset = ds.dataset(paths, schema=schema, format="parquet")
         else:
-            from engine.catalog import OBJECT_BASE_SCHEMA
+            from simdex.engine.catalog import OBJECT_BASE_SCHEMA
 
             fields = [f if f.name != "features" else pa.field("features", pa.list_(pa.float32(), self.catalog.num_features))
                       for f in OBJECT_BASE_SCHEMA]
@@ -251,7 +251,7 @@ class SqlSession:
         self.has_results = bool(searches)
         if not searches:
             return
-        from engine.searcher import SearchError
+        from simdex.engine.searcher import SearchError
 
         parts = []
         for n, spec in enumerate(searches, start=1):

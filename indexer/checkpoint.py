@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from indexer.model import SparseUNet, UNetConfig, build_model
+from simdex.indexer.model import SparseUNet, UNetConfig, build_model
 
 FORMAT = "simdex-model/1"
 DEFAULT_MODEL_PATH = Path(__file__).parent / "models" / "default.pt"

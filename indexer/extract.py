@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from engine.catalog import REGION_MODES, region_cells, region_grid
+from simdex.engine.catalog import REGION_MODES, region_cells, region_grid
 
 OBJECT_MODES = ("largest", "all")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.catalog import Catalog
+from simdex.engine.catalog import Catalog
 
 
 class QueryImageError(Exception):
@@ -29,9 +29,9 @@ def image_features(catalog: Catalog, paths: list[str | os.PathLike], min_area: i
     """
     import torch
 
-    from indexer.checkpoint import ModelFileError, load_model
-    from indexer.extract import find_objects, object_features
-    from indexer.sources import ImageReadError, decode_image, fit_to_size
+    from simdex.indexer.checkpoint import ModelFileError, load_model
+    from simdex.indexer.extract import find_objects, object_features
+    from simdex.indexer.sources import ImageReadError, decode_image, fit_to_size
 
     model_path = catalog.info.get("model_path")
     try:

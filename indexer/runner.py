@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.catalog import Catalog, CatalogError, region_cells, region_grid
-from indexer.checkpoint import LoadedModel, load_model
-from indexer.extract import OBJECT_MODES, REGION_MODES, find_objects, object_features
-from indexer.shards import ShardWriter, metadata_schema, object_schema
-from indexer.sources import IdxSource, ImageReadError, ImageSource, fit_to_size, open_source
+from simdex.engine.catalog import Catalog, CatalogError, region_cells, region_grid
+from simdex.indexer.checkpoint import LoadedModel, load_model
+from simdex.indexer.extract import OBJECT_MODES, REGION_MODES, find_objects, object_features
+from simdex.indexer.shards import ShardWriter, metadata_schema, object_schema
+from simdex.indexer.sources import IdxSource, ImageReadError, ImageSource, fit_to_size, open_source
 
 log = logging.getLogger(__name__)
 

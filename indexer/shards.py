@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.catalog import ERRORS_SCHEMA, OBJECT_BASE_SCHEMA, RESERVED_COLUMNS, Catalog
+from simdex.engine.catalog import ERRORS_SCHEMA, OBJECT_BASE_SCHEMA, RESERVED_COLUMNS, Catalog
 
 log = logging.getLogger(__name__)
 

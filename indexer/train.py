@@ -32,10 +32,17 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.checkpoint import save_model
-from indexer.model import SparseUNet, UNetConfig, build_model
-from indexer.sources import IdxSource, ImageReadError, ImageSource, border_background, fit_to_size, mask_from_background
-from indexer.sparsity import active_ratio, channel_activity, sparsity_gamma, weight_sparsity_loss
+from simdex.indexer.checkpoint import save_model
+from simdex.indexer.model import SparseUNet, UNetConfig, build_model
+from simdex.indexer.sources import (
+    IdxSource,
+    ImageReadError,
+    ImageSource,
+    border_background,
+    fit_to_size,
+    mask_from_background,
+)
+from simdex.indexer.sparsity import active_ratio, channel_activity, sparsity_gamma, weight_sparsity_loss
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +215,7 @@ def write_metrics(out: Path, history: list[EpochMetrics]) -> None:
 
 
 def plot_curves(path: Path, history: list[EpochMetrics]) -> None:
-    from indexer.plots import save_panels
+    from simdex.indexer.plots import save_panels
 
     ep = [m.epoch for m in history]
     save_panels(path, [

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import torch
 
-from indexer.model import SparseUNet, UNetConfig
+from simdex.indexer.model import SparseUNet, UNetConfig
 
 
 def blob_images(n: int, size: int = 32, seed: int = 0, channels: int = 1, background: float = 0.0) -> np.ndarray:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from engine.catalog import Catalog
-from indexer.shards import ShardWriter, object_schema
+from simdex.engine.catalog import Catalog
+from simdex.indexer.shards import ShardWriter, object_schema
 
 
 def new_catalog(root: Path, layers: list[tuple]) -> Catalog:

@@ -13,13 +13,13 @@ import pytest
 from click.testing import CliRunner
 from synth_catalog import append_objects, class_objects, new_catalog
 
-from cli.main import main as cli_main
-from engine.catalog import Catalog
-from engine.membership import make_membership
-from engine.pruning import FeatureStats
-from engine.scoring import exact_search
-from engine.searcher import Searcher, SearchError
-from indexer.build import BuildConfig, BuildError, build, format_build_summary
+from simdex.cli.main import main as cli_main
+from simdex.engine.build import BuildConfig, BuildError, build, format_build_summary
+from simdex.engine.catalog import Catalog
+from simdex.engine.membership import make_membership
+from simdex.engine.pruning import FeatureStats
+from simdex.engine.scoring import exact_search
+from simdex.engine.searcher import Searcher, SearchError
 
 LAYERS = [("C11", 6, 1), ("C12", 6, 1), ("C21", 8, 2)]
 N = 20
@@ -266,7 +266,7 @@ def test_cli_build_query_delete(catalog):
 
 def test_query_by_id_does_not_import_torch_or_duckdb(catalog):
     build(catalog)
-    code = ("import sys; from cli.main import main; "
+    code = ("import sys; from simdex.cli.main import main; "
             f"main(['query', '--catalog', {str(catalog.root)!r}, '5', '-k', '2'], standalone_mode=False); "
             "print('LOADED', 'torch' in sys.modules, 'duckdb' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

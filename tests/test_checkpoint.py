@@ -3,8 +3,8 @@ import pickle
 import pytest
 import torch
 
-from indexer.checkpoint import ModelFileError, load_model, save_model
-from indexer.model import SparseUNet, UNetConfig
+from simdex.indexer.checkpoint import ModelFileError, load_model, save_model
+from simdex.indexer.model import SparseUNet, UNetConfig
 
 
 @pytest.fixture

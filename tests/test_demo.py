@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from indexer.checkpoint import save_model
-from indexer.demo import run_demo
+from simdex.demo import run_demo
+from simdex.indexer.checkpoint import save_model
 from synth import controlled_model, fashion_like_folder
 
 

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from engine.candidates import ClippedL2IVF, ExactIndex, build_candidate_index, default_nprobe
-from engine.membership import MembershipError, make_membership
-from engine.omega import ClassStats, OmegaError, OmegaInputs, kmeans_labels, make_omega, pairwise_abs_sum
-from engine.pruning import FeatureStats, Pruning, PruningError
-from engine.quantized import LutScanner, UniformCodec
-from engine.scoring import exact_search
-from engine.search import search
+from simdex.engine.candidates import ClippedL2IVF, ExactIndex, build_candidate_index, default_nprobe
+from simdex.engine.membership import MembershipError, make_membership
+from simdex.engine.omega import ClassStats, OmegaError, OmegaInputs, kmeans_labels, make_omega, pairwise_abs_sum
+from simdex.engine.pruning import FeatureStats, Pruning, PruningError
+from simdex.engine.quantized import LutScanner, UniformCodec
+from simdex.engine.scoring import exact_search
+from simdex.engine.search import search
 
 
 def random_catalog(n=600, d=12, seed=0):

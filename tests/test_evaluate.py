@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
-from engine.catalog import Catalog
-from engine.evaluate import METHODS, EvaluationError, evaluate, evaluate_arrays, rank_metrics
-from indexer.build import build
-from indexer.checkpoint import save_model
-from indexer.runner import IndexOptions, index_source
+from simdex.cli.main import main
+from simdex.engine.build import build
+from simdex.engine.catalog import Catalog
+from simdex.evaluate import METHODS, EvaluationError, evaluate, evaluate_arrays, rank_metrics
+from simdex.indexer.checkpoint import save_model
+from simdex.indexer.runner import IndexOptions, index_source
 from synth import controlled_model, fashion_like_folder
 
 
@@ -55,7 +55,7 @@ def fmnist_like_catalog(tmp_path_factory):
 
 
 def test_evaluate_catalog_compares_every_ranking(fmnist_like_catalog):
-    from engine.evaluate import EvalConfig
+    from simdex.evaluate import EvalConfig
 
     res = evaluate(fmnist_like_catalog, EvalConfig(num_queries=40, ks=(1, 10)))
     assert (res["queries"], res["gallery"]) == (40, 240)
@@ -82,7 +82,7 @@ def test_cli_eval_table_and_json(fmnist_like_catalog):
 
 def test_eval_errors_are_clear(tmp_path, fmnist_like_catalog):
     with pytest.raises(EvaluationError, match="no labelled objects"):
-        from engine.evaluate import EvalConfig
+        from simdex.evaluate import EvalConfig
 
         evaluate(fmnist_like_catalog, EvalConfig(query_split="validation"))
     res = CliRunner().invoke(main, ["eval", "--catalog", str(tmp_path / "none")])

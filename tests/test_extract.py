@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.extract import bbox_windows, connected_components, find_objects, grid_windows, object_features
-from indexer.model import SparseUNet, UNetConfig
+from simdex.indexer.extract import bbox_windows, connected_components, find_objects, grid_windows, object_features
+from simdex.indexer.model import SparseUNet, UNetConfig
 
 # ----------------------------------------------------------------------------- references
 

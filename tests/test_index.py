@@ -27,10 +27,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.main import main as cli_main
-from engine.catalog import Catalog, CatalogError
-from indexer.checkpoint import load_model, save_model
-from indexer.runner import IndexOptions, index_source
+from simdex.cli.main import main as cli_main
+from simdex.engine.catalog import Catalog, CatalogError
+from simdex.indexer.checkpoint import load_model, save_model
+from simdex.indexer.runner import IndexOptions, index_source
 from synth import controlled_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -271,7 +271,7 @@ def assert_same_catalog(a: Path, b: Path) -> None:
 
 DRIVER = textwrap.dedent("""
     import sys, time
-    from indexer.runner import IndexOptions, index_source
+    from simdex.indexer.runner import IndexOptions, index_source
     def slow(progress):  # keeps the job running long enough to be killed part way
         time.sleep(0.02)
     index_source(sys.argv[1], sys.argv[2], sys.argv[3],
@@ -400,8 +400,8 @@ def test_cli_index(tmp_path, model_file):
 
 
 def test_idx_block_decoding_equals_per_image_fit(tmp_path):
-    from indexer.runner import _DecodedBatches
-    from indexer.sources import fit_to_size, open_source
+    from simdex.indexer.runner import _DecodedBatches
+    from simdex.indexer.sources import fit_to_size, open_source
 
     rng = np.random.default_rng(6)
     images = rng.integers(0, 256, (9, 28, 28)).astype(np.uint8)  # noisy borders: a real median
@@ -418,10 +418,10 @@ def test_idx_block_decoding_equals_per_image_fit(tmp_path):
 def test_grid_region_end_to_end(tmp_path, model_file):
     """--region grid2: four means per channel and layer, φ laid out per cell, and every reader
     (build, query, --explain, SQL, query by image) works on it unchanged."""
-    from engine.searcher import Searcher
-    from engine.sql import SqlSession
-    from indexer.build import build
-    from indexer.query_features import image_features
+    from simdex.engine.build import build
+    from simdex.engine.searcher import Searcher
+    from simdex.engine.sql import SqlSession
+    from simdex.indexer.query_features import image_features
 
     images, labels = random_idx_images(60, seed=8)
     src = write_idx(tmp_path / "src", images, labels)

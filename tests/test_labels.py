@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from synth_catalog import append_objects, new_catalog
 
-from cli.main import main as cli_main
-from engine.labels import (
+from simdex.cli.main import main as cli_main
+from simdex.engine.labels import (
     LabelError,
     label_similarity,
     label_statistics,

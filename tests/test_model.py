@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from indexer.model import SparseUNet, UNetConfig, phi_layers
+from simdex.indexer.model import SparseUNet, UNetConfig, phi_layers
 
 
 def test_phi_at_full_width_is_table_one():

@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.main import main as cli_main
-from engine.catalog import Catalog
-from engine.searcher import Searcher
-from engine.sheet import read_catalog_image
-from indexer.build import BuildConfig, build
-from indexer.checkpoint import save_model
-from indexer.runner import IndexOptions, index_source
+from simdex.cli.main import main as cli_main
+from simdex.engine.build import BuildConfig, build
+from simdex.engine.catalog import Catalog
+from simdex.engine.searcher import Searcher
+from simdex.indexer.checkpoint import save_model
+from simdex.indexer.runner import IndexOptions, index_source
+from simdex.sheet import read_catalog_image
 from synth import controlled_model
 
 

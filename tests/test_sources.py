@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from indexer.sources import (
+from simdex.indexer.sources import (
     ImageReadError,
     SourceError,
     decode_image,
@@ -137,8 +137,8 @@ def test_fashion_mnist_lookup_and_download_without_network(tmp_path, monkeypatch
 
     import torchvision.datasets
 
-    from indexer import sources
-    from indexer.datasets import download_fashion_mnist
+    from simdex.indexer import sources
+    from simdex.indexer.datasets import download_fashion_mnist
 
     monkeypatch.setattr(sources, "FASHION_MNIST_DIRS", ())
     monkeypatch.chdir(tmp_path)

@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from indexer.sources import IdxSource, ImageRecord
-from indexer.sparsity import active_ratio, sparsity_gamma, weight_sparsity_loss
-from indexer.train import TrainConfig, train
+from simdex.indexer.sources import IdxSource, ImageRecord
+from simdex.indexer.sparsity import active_ratio, sparsity_gamma, weight_sparsity_loss
+from simdex.indexer.train import TrainConfig, train
 from synth import blob_images
 
 

@@ -15,13 +15,13 @@ from click.testing import CliRunner
 from synth_catalog import append_objects, new_catalog
 from synth_catalog import class_objects as synth_class_objects
 
-from cli.main import main as cli_main
-from engine.catalog import Catalog
-from engine.membership import make_membership
-from engine.scoring import fuzzy_scores
-from engine.searcher import Searcher
-from engine.sql import SearchSpec, SqlError, SqlSession
-from indexer.build import build
+from simdex.cli.main import main as cli_main
+from simdex.engine.build import build
+from simdex.engine.catalog import Catalog
+from simdex.engine.membership import make_membership
+from simdex.engine.scoring import fuzzy_scores
+from simdex.engine.searcher import Searcher
+from simdex.engine.sql import SearchSpec, SqlError, SqlSession
 
 LAYERS = [("C11", 6), ("C12", 6), ("C21", 8)]
 N = 20

@@ -7,10 +7,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.main import main
-from indexer.checkpoint import load_model
-from indexer.sources import IdxSource, ImageRecord
-from indexer.train import TrainConfig, augment_batch, evaluate, train
+from simdex.cli.main import main
+from simdex.indexer.checkpoint import load_model
+from simdex.indexer.sources import IdxSource, ImageRecord
+from simdex.indexer.train import TrainConfig, augment_batch, evaluate, train
 from synth import blob_images
 
 
@@ -76,7 +76,7 @@ def test_evaluate_reports_perfect_dice_for_a_perfect_model():
             return torch.stack([1 - obj, obj], 1) * 10, [torch.ones(x.shape[0], 2, 4, 4), torch.zeros(
                 x.shape[0], 2, 4, 4)]
 
-    from indexer.train import _loader
+    from simdex.indexer.train import _loader
 
     src = _source(32)
     res = evaluate(Oracle(), _loader(src, np.arange(32), TrainConfig(batch_size=8, image_size=16), False, None))
@@ -128,7 +128,7 @@ def test_sigterm_stops_training_like_ctrl_c_with_a_resumable_checkpoint(tmp_path
     for i, img in enumerate(blob_images(64, 16, seed=2)):
         Image.fromarray((img[0] * 255).astype(np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cli.main", "train", str(folder), "--out", str(out), "--epochs", "500",
+    cmd = [sys.executable, "-m", "simdex.cli.main", "train", str(folder), "--out", str(out), "--epochs", "500",
            "--width", "0.25", "--image-size", "16", "--batch-size", "8", "--workers", "0", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=Path(__file__).resolve().parents[1])

@@ -45,8 +45,8 @@ def write_report(out_dir: str | Path, searcher, examples: list[Example], curves_
                  training_rows: list[dict] | None = None, evaluation: dict | None = None,
                  notes: list[str] | None = None) -> Path:
     """Write index.html and its pictures into `out_dir`; returns the path of index.html."""
-    from engine.sheet import draw_result_sheet
-    from indexer.plots import bar_chart
+    from simdex.indexer.plots import bar_chart
+    from simdex.sheet import draw_result_sheet
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

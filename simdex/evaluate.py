@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.omega import ClassStats, OmegaInputs, make_omega
+from simdex.engine.omega import ClassStats, OmegaInputs, make_omega
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _pixels(sources: list[str], size: int = 32) -> np.ndarray:
     """Grey pixels of catalog images, resized to size×size when they differ: (n, size²) float32."""
     from PIL import Image
 
-    from engine.sheet import read_catalog_image
+    from simdex.sheet import read_catalog_image
 
     out = None
     for i, src in enumerate(sources):
@@ -160,8 +160,8 @@ def evaluate(root, config: EvalConfig | None = None,
     Raises:
         EvaluationError: no build, no label column, an empty split.
     """
-    from engine.catalog import Catalog
-    from engine.searcher import Searcher, SearchError
+    from simdex.engine.catalog import Catalog
+    from simdex.engine.searcher import Searcher, SearchError
 
     config = config or EvalConfig()
     unknown = set(config.methods) - set(METHODS)

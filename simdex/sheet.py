@@ -15,14 +15,14 @@ class SheetError(Exception):
 
 @functools.lru_cache(maxsize=4)
 def _idx_images(path: str) -> np.ndarray:
-    from indexer.sources import read_idx
+    from simdex.indexer.sources import read_idx
 
     return read_idx(path)
 
 
 def read_catalog_image(source: str) -> np.ndarray:
     """An image as the catalog's `source` column names it (a file, or `file#index` for IDX) → uint8 (H, W, 3)."""
-    from indexer.sources import ImageReadError, decode_image
+    from simdex.indexer.sources import ImageReadError, decode_image
 
     try:
         if "#" in source and not os.path.exists(source):

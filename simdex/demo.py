@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.catalog import Catalog
-from engine.evaluate import EvalConfig, evaluate
-from engine.report import Example, write_report
-from engine.searcher import Searcher
-from indexer.build import BuildConfig, build
-from indexer.checkpoint import DEFAULT_MODEL_PATH
-from indexer.runner import IndexOptions, IndexProgress, index_source
-from indexer.sources import open_source
+from simdex.engine.build import BuildConfig, build
+from simdex.engine.catalog import Catalog
+from simdex.engine.searcher import Searcher
+from simdex.evaluate import EvalConfig, evaluate
+from simdex.indexer.checkpoint import DEFAULT_MODEL_PATH
+from simdex.indexer.runner import IndexOptions, IndexProgress, index_source
+from simdex.indexer.sources import open_source
+from simdex.report import Example, write_report
 
 log = logging.getLogger(__name__)
 

@@ -46,12 +46,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from engine.candidates import build_candidate_index
-from engine.catalog import Catalog, CatalogError
-from engine.omega import ClassStats, OmegaError, OmegaInputs, kmeans_labels, make_omega
-from engine.pruning import FeatureStats, Pruning, PruningError, format_table_iii
-from engine.quantized import LutScanner, UniformCodec
-from engine.searcher import QUANTIZED_SCAN_ABOVE
+from simdex.engine.candidates import build_candidate_index
+from simdex.engine.catalog import Catalog, CatalogError
+from simdex.engine.omega import ClassStats, OmegaError, OmegaInputs, kmeans_labels, make_omega
+from simdex.engine.pruning import FeatureStats, Pruning, PruningError, format_table_iii
+from simdex.engine.quantized import LutScanner, UniformCodec
+from simdex.engine.searcher import QUANTIZED_SCAN_ABOVE
 
 log = logging.getLogger(__name__)
 
@@ -317,10 +317,10 @@ def measure_recall(Z, object_ids, omega, index, deleted, config: BuildConfig, sc
     against the float32 scan at 1.000; about 5× faster: the float32 scan was half of a
     1M-object build), else the float32 scan.
     """
-    from engine.candidates import ExactIndex
-    from engine.membership import make_membership
-    from engine.scoring import exact_search
-    from engine.search import quantized_exhaustive_search, search
+    from simdex.engine.candidates import ExactIndex
+    from simdex.engine.membership import make_membership
+    from simdex.engine.scoring import exact_search
+    from simdex.engine.search import quantized_exhaustive_search, search
 
     if isinstance(index, ExactIndex):
         return {"recall_at_10_mean": 1.0, "recall_at_10_min": 1.0, "queries": 0,
