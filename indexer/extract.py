@@ -213,7 +213,7 @@ def _window_weights(win: torch.Tensor, layer_hw: tuple[int, int]) -> torch.Tenso
     return ry[:, :, None] * rx[:, None, :] / size[:, None, None]
 
 
-def _region_weights(objects: Objects, region: str, out_hw: tuple[int, int], layer_hw: tuple[int, int],
+def region_weights(objects: Objects, region: str, out_hw: tuple[int, int], layer_hw: tuple[int, int],
                     masks: torch.Tensor | None) -> torch.Tensor:
     """(M·cells, h, w) float32 weights of each object (and cell) at one resolution; each map sums to 1."""
     lh, lw = layer_hw
@@ -264,7 +264,7 @@ def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "b
             out.append(a.float().mean(dim=(2, 3))[objects.image_index])  # (M, C)
             continue
         if (lh, lw) not in weights:  # layers of one resolution share their weight maps
-            wts = _region_weights(objects, region, out_hw, (lh, lw), masks)  # (M·cells, h, w)
+            wts = region_weights(objects, region, out_hw, (lh, lw), masks)  # (M·cells, h, w)
             padded = torch.zeros((b, k, lh * lw), dtype=torch.float32)
             padded[image.reshape(-1), slot.reshape(-1)] = wts.reshape(m * cells, lh * lw)
             weights[(lh, lw)] = padded.transpose(1, 2)  # (B, h·w, K)

@@ -20,18 +20,9 @@ class QueryImageError(Exception):
     """An image that cannot be turned into a query (unreadable, no object, model missing)."""
 
 
-def image_features(catalog: Catalog, paths: list[str | os.PathLike], min_area: int = 1) -> np.ndarray:
-    """Features (len(paths), N) float32 of the largest object of each image.
-
-    Raises:
-        QueryImageError: the catalog's model file is missing or different, an image cannot be
-            decoded, or the model finds no object in it.
-    """
-    import torch
-
+def catalog_model(catalog: Catalog):
+    """The model the catalog was indexed with, in eval mode; QueryImageError if it is missing or another one."""
     from simdex.indexer.checkpoint import ModelFileError, load_model
-    from simdex.indexer.extract import find_objects, object_features
-    from simdex.indexer.sources import ImageReadError, decode_image, fit_to_size
 
     model_path = catalog.info.get("model_path")
     try:
@@ -41,7 +32,22 @@ def image_features(catalog: Catalog, paths: list[str | os.PathLike], min_area: i
     if loaded.sha256 != catalog.model_sha256:
         raise QueryImageError(f"the model at {model_path} is not the one the catalog was indexed with "
                               f"({loaded.sha256[:12]}… vs {catalog.model_sha256[:12]}…)")
-    net = loaded.model.eval()
+    return loaded.model.eval()
+
+
+def image_features(catalog: Catalog, paths: list[str | os.PathLike], min_area: int = 1) -> np.ndarray:
+    """Features (len(paths), N) float32 of the largest object of each image.
+
+    Raises:
+        QueryImageError: the catalog's model file is missing or different, an image cannot be
+            decoded, or the model finds no object in it.
+    """
+    import torch
+
+    from simdex.indexer.extract import find_objects, object_features
+    from simdex.indexer.sources import ImageReadError, decode_image, fit_to_size
+
+    net = catalog_model(catalog)
     cfg = net.config
     out = []
     for path in paths:

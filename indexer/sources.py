@@ -20,6 +20,7 @@ code stored in the catalog's errors table.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import struct
@@ -405,3 +406,25 @@ def open_source(spec: str | os.PathLike) -> ImageSource:
     if "idx3-ubyte" in name:
         return _idx_source(str(path), [(path, {})])
     raise SourceError(f"{path}: unknown kind of source; expected a folder, .csv, .parquet or IDX file")
+
+
+@functools.lru_cache(maxsize=4)
+def _idx_images(path: str) -> np.ndarray:
+    return read_idx(path)
+
+
+def read_source_image(source: str, channels: int = 1) -> np.ndarray:
+    """An image as a catalog's `source` column names it (a file, or `FILE#i` for image i of an IDX
+    file) → float32 (channels, H, W) in [0, 1], decoded as the indexer decoded it.
+
+    Raises:
+        ImageReadError: the file is gone or unreadable, or the IDX file has no image i.
+    """
+    if "#" in source and not os.path.exists(source):
+        path, index = source.rsplit("#", 1)
+        try:
+            arr = _idx_images(path)[int(index)].astype(np.float32)[None] / 255.0  # (1, H, W)
+        except (SourceError, ValueError, IndexError) as exc:
+            raise ImageReadError("missing", f"{source}: {exc}") from None
+        return arr if channels == 1 else np.repeat(arr, channels, axis=0)
+    return decode_image(source, channels)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -13,27 +12,14 @@ class SheetError(Exception):
     """The sheet cannot be drawn (an image of the catalog is gone, Pillow is missing)."""
 
 
-@functools.lru_cache(maxsize=4)
-def _idx_images(path: str) -> np.ndarray:
-    from simdex.indexer.sources import read_idx
-
-    return read_idx(path)
-
-
 def read_catalog_image(source: str) -> np.ndarray:
     """An image as the catalog's `source` column names it (a file, or `file#index` for IDX) → uint8 (H, W, 3)."""
-    from simdex.indexer.sources import ImageReadError, decode_image
+    from simdex.indexer.sources import ImageReadError, read_source_image
 
     try:
-        if "#" in source and not os.path.exists(source):
-            path, index = source.rsplit("#", 1)
-            arr = _idx_images(path)[int(index)].astype(np.float32)[None] / 255.0  # (1, H, W)
-        else:
-            arr = decode_image(source, channels=3)
-    except (ImageReadError, OSError, ValueError, IndexError) as exc:
+        arr = read_source_image(source, channels=3)
+    except ImageReadError as exc:
         raise SheetError(f"cannot read catalog image {source}: {exc}") from None
-    if arr.shape[0] == 1:
-        arr = np.repeat(arr, 3, axis=0)
     return (np.clip(arr, 0, 1).transpose(1, 2, 0) * 255).astype(np.uint8)
 
 
