@@ -39,6 +39,9 @@ def _format_table(table, layer_weights: dict | None = None) -> str:
               help="Catalog folder with a build (`simdex build`).")
 @click.option("--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Query with a new image instead of ids (runs the catalog's model); repeat for a set.")
+@click.option("--box", default=None, metavar="X0,Y0,X1,Y1",
+              help="With one --image: query by this region of it (image pixels, x1 and y1 excluded) instead of "
+                   "the object the model finds; the model still sees the whole image.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of results.")
 @click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Width τ of the membership, in standard deviations.  [default: the build's, 1.0]")
@@ -65,7 +68,7 @@ def _format_table(table, layer_weights: dict | None = None) -> str:
 @click.option("--candidates", type=click.IntRange(min=1), default=None,
               help="Candidates reranked exactly per query centre.  [default: 1000]")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited.  [default: the build's]")
-def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int, tau: float | None,
+def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], box: str | None, k: int, tau: float | None,
           membership: str, omega: str | None, where: str | None, exact: bool, fmt: str, output: Path | None,
           explain: bool, sheet: Path | None,
           candidates: int | None, nprobe: int | None) -> None:
@@ -83,22 +86,26 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], k: int,
       simdex query --catalog cat/ 42 --explain
       simdex query --catalog cat/ 42 --where "label = 'Sneaker' AND split = 'test'" --format json
       simdex query --catalog cat/ --image boot.png --sheet boots.png
+      simdex query --catalog cat/ --image street.png --box 40,10,120,90
     """
     from simdex.engine.catalog import CatalogError
     from simdex.engine.searcher import Searcher, SearchError
 
     if bool(ids) == bool(images):
         raise click.UsageError("give object ids or --image files (one of them)")
+    if box is not None and len(images) != 1:
+        raise click.UsageError("--box selects a region of one --image")
     if fmt == "parquet" and output is None:
         raise click.UsageError("--format parquet needs --output FILE")
     try:
         searcher = Searcher.open(catalog)
         features = None
         if images:
-            from simdex.indexer.query_features import QueryImageError, image_features
+            from simdex.indexer.query_features import QueryImageError, image_features, parse_box
 
             try:
-                features = image_features(searcher.catalog, list(images))
+                boxes = None if box is None else [parse_box(box)]
+                features = image_features(searcher.catalog, list(images), boxes=boxes)
             except QueryImageError as exc:
                 raise click.ClickException(str(exc)) from None
         table = searcher.search(ids=list(ids) or None, features=features, k=k, tau=tau, membership=membership,

@@ -8,6 +8,7 @@ catalog's region mode.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -35,32 +36,79 @@ def catalog_model(catalog: Catalog):
     return loaded.model.eval()
 
 
-def image_features(catalog: Catalog, paths: list[str | os.PathLike], min_area: int = 1) -> np.ndarray:
-    """Features (len(paths), N) float32 of the largest object of each image.
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """'x0,y0,x1,y1' (image pixels, half-open: x0 ≤ x < x1) → a tuple; QueryImageError says what is wrong."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        x0, y0, x1, y1 = (int(p) for p in parts)
+    except ValueError:
+        raise QueryImageError(f"a box is four integers x0,y0,x1,y1 in image pixels (e.g. 4,2,20,26), got {text!r}") from None
+    if min(x0, y0) < 0 or x1 <= x0 or y1 <= y0:
+        raise QueryImageError(f"box {text!r} is empty or negative: it needs 0 ≤ x0 < x1 and 0 ≤ y0 < y1")
+    return x0, y0, x1, y1
 
+
+def box_on_canvas(box: tuple[int, int, int, int], placement: tuple[int, int, float, int, int],
+                  size: int) -> tuple[int, int, int, int]:
+    """A box in image pixels → the canvas's pixels (`fit_to_size`'s scale and offset), rounded outward,
+    at least one pixel. QueryImageError when the box does not lie inside the image."""
+    h, w, scale, top, left = placement
+    x0, y0, x1, y1 = box
+    if x1 > w or y1 > h:
+        raise QueryImageError(f"box {x0},{y0},{x1},{y1} reaches outside the image ({w}×{h} pixels: x1 ≤ {w}, y1 ≤ {h})")
+    cx0, cy0 = math.floor(x0 * scale + left), math.floor(y0 * scale + top)
+    cx1, cy1 = math.ceil(x1 * scale + left), math.ceil(y1 * scale + top)
+    cx0, cy0 = min(cx0, size - 1), min(cy0, size - 1)
+    return cx0, cy0, max(min(cx1, size), cx0 + 1), max(min(cy1, size), cy0 + 1)
+
+
+def image_features(catalog: Catalog, paths: list[str | os.PathLike], min_area: int = 1,
+                   boxes: list[tuple[int, int, int, int] | None] | None = None) -> np.ndarray:
+    """Features (len(paths), N) float32 of the largest object of each image, or of a box.
+
+    Args:
+        boxes: per image, None (the model's largest object) or a box x0, y0, x1, y1 in the image's
+            pixels: the region is then the box itself (query by a region, Stylianou et al.): the model
+            still sees the whole image, and the catalog's region mode pools inside the box (`mask`:
+            the predicted segment within the box, or the box where it holds none).
     Raises:
         QueryImageError: the catalog's model file is missing or different, an image cannot be
-            decoded, or the model finds no object in it.
+            decoded, the model finds no object in it, or a box is outside the image or cannot
+            select anything (a catalog of `full` regions pools whole images).
     """
     import torch
 
-    from simdex.indexer.extract import find_objects, object_features
+    from simdex.indexer.extract import Objects, find_objects, object_features
     from simdex.indexer.sources import ImageReadError, decode_image, fit_to_size
 
+    boxes = boxes or [None] * len(paths)
+    if len(boxes) != len(paths):
+        raise QueryImageError(f"{len(boxes)} boxes for {len(paths)} images")
+    if catalog.region == "full" and any(b is not None for b in boxes):
+        raise QueryImageError("this catalog pools whole images (region mode 'full'): a box cannot select a region")
     net = catalog_model(catalog)
     cfg = net.config
     out = []
-    for path in paths:
+    for path, box in zip(paths, boxes, strict=True):
         try:
             image = decode_image(Path(path), cfg.in_channels)  # (C, H, W)
         except ImageReadError as exc:
             raise QueryImageError(f"cannot read {path}: {exc}") from None
-        canvas, _, _, _ = fit_to_size(image, cfg.image_size)
+        canvas, scale, top, left = fit_to_size(image, cfg.image_size)
         with torch.inference_mode():
             logits, acts = net(torch.from_numpy(canvas)[None])
             foreground = logits[:, 1] > logits[:, 0] if logits.shape[1] == 2 else logits.argmax(1) != 0
-            objs = find_objects(foreground, "largest", min_area)
-            if len(objs) == 0:
-                raise QueryImageError(f"the model finds no object in {path}")
+            if box is None:
+                objs = find_objects(foreground, "largest", min_area)
+                if len(objs) == 0:
+                    raise QueryImageError(f"the model finds no object in {path}")
+            else:
+                x0, y0, x1, y1 = box_on_canvas(box, (image.shape[1], image.shape[2], scale, top, left), cfg.image_size)
+                inside = torch.zeros_like(foreground)
+                inside[:, y0:y1, x0:x1] = True
+                region = inside & foreground if catalog.region == "mask" and (inside & foreground).any() else inside
+                one = torch.zeros(1, dtype=torch.long)
+                objs = Objects(image_index=one, component=one, bbox=torch.tensor([[x0, y0, x1, y1]]),
+                               area=region.sum().reshape(1), label_map=region.long(), label_value=one + 1)
             out.append(object_features(acts, objs, catalog.region).numpy()[0])
     return np.stack(out).astype(np.float32)

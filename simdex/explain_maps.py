@@ -183,16 +183,17 @@ def overlay(canvas: np.ndarray, heat: np.ndarray, vmax: float, alpha: float = 0.
 
 
 def draw_explanation(expl: PairExplanation, path: str | os.PathLike, tile: int = 128, small: int = 56,
-                     per_row: int = 9) -> Path:
+                     per_row: int | None = None) -> Path:
     """One row per image: the image, its pixel map over it (one colour scale for all images), then each
     layer's map carried to pixels (each on its own scale, captioned with its part of P). PNG."""
     from PIL import Image, ImageDraw
 
     cap = 12
     layer_names = list(expl.layer_parts)
+    per_row = per_row or (len(layer_names) if len(layer_names) <= 10 else -(-len(layer_names) // 2))
     rows_small = -(-len(layer_names) // per_row)
     block_h = max(tile + cap, rows_small * (small + cap))
-    width = 2 * tile + 16 + per_row * small
+    width = max(2 * tile + 16 + per_row * small, 560)
     title_h = 18
     sheet = Image.new("RGB", (width, title_h + len(expl.images) * (block_h + 8)), "white")
     draw = ImageDraw.Draw(sheet)
