@@ -23,8 +23,9 @@ def _weakest_layers(parts: dict, most: dict, n: int = 3) -> str:
 
 def _format_table(table, layer_weights: dict | None = None) -> str:
     rows = table.to_pylist()
-    cols = [c for c in ("rank", "object_id", "score", "label", "source", "layers") if c in table.column_names]
-    cells = [[f"{r[c]:.4f}" if c == "score" else _weakest_layers(r[c], layer_weights or {}) if c == "layers"
+    cols = [c for c in ("rank", "object_id", "score", "semantic", "spatial", "label", "source", "layers")
+            if c in table.column_names]
+    cells = [[f"{r[c]:.4f}" if c in ("score", "semantic", "spatial") else _weakest_layers(r[c], layer_weights or {}) if c == "layers"
               else ("" if r[c] is None else str(r[c])) for c in cols] for r in rows]
     header = ["P" if c == "score" else "weakest layers (match)" if c == "layers" else c for c in cols]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(header)]
@@ -68,10 +69,23 @@ def _format_table(table, layer_weights: dict | None = None) -> str:
 @click.option("--candidates", type=click.IntRange(min=1), default=None,
               help="Candidates reranked exactly per query centre.  [default: 1000]")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited.  [default: the build's]")
+@click.option("--permutation-invariant", "pi", is_flag=True,
+              help="Re-order the best --pi-candidates by semantic similarity (Wald et al.): Pearson's r of the "
+                   "objects' responses at --pi-layer after the best matching of their positions, so the same "
+                   "content in another arrangement still ranks high. Runs the model on every candidate.")
+@click.option("--pi-layer", default=None, metavar="LAYER", help="Layer of the response, e.g. C82.  [default: the "
+              "second-to-last layer of φ]")
+@click.option("--pi-grid", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Cells per side the object's window is pooled to (0 = every position of the whole map).")
+@click.option("--pi-candidates", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Results by P that the permutation-invariant mode re-orders.")
+@click.option("--pi-matcher", type=click.Choice(["optimal", "greedy"]), default="optimal", show_default=True,
+              help="Matching of positions: optimal (linear assignment) or greedy (approximate, for large sets).")
 def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], box: str | None, k: int, tau: float | None,
           membership: str, omega: str | None, where: str | None, exact: bool, fmt: str, output: Path | None,
           explain: bool, sheet: Path | None,
-          candidates: int | None, nprobe: int | None) -> None:
+          candidates: int | None, nprobe: int | None, pi: bool, pi_layer: str | None, pi_grid: int,
+          pi_candidates: int, pi_matcher: str) -> None:
     """Find the objects most similar to objects IDS (or to --image files), with their P.
 
     One id is a Gaussian query; several ids (or images) form one set, matched by the
@@ -87,6 +101,7 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], box: st
       simdex query --catalog cat/ 42 --where "label = 'Sneaker' AND split = 'test'" --format json
       simdex query --catalog cat/ --image boot.png --sheet boots.png
       simdex query --catalog cat/ --image street.png --box 40,10,120,90
+      simdex query --catalog cat/ 42 --permutation-invariant --pi-layer C82
     """
     from simdex.engine.catalog import CatalogError
     from simdex.engine.searcher import Searcher, SearchError
@@ -108,9 +123,11 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], box: st
                 features = image_features(searcher.catalog, list(images), boxes=boxes)
             except QueryImageError as exc:
                 raise click.ClickException(str(exc)) from None
-        table = searcher.search(ids=list(ids) or None, features=features, k=k, tau=tau, membership=membership,
-                                where=where, exact=exact, n_candidates=candidates, nprobe=nprobe, omega=omega,
-                                explain=explain)
+        table = searcher.search(ids=list(ids) or None, features=features, k=max(k, pi_candidates) if pi else k,
+                                tau=tau, membership=membership, where=where, exact=exact, n_candidates=candidates,
+                                nprobe=nprobe, omega=omega, explain=explain)
+        if pi:
+            table = _permutation_rerank(searcher, table, ids, images, box, k, pi_layer, pi_grid, pi_matcher)
     except (CatalogError, SearchError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -138,6 +155,21 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], box: st
             output.write_text(text + "\n")
     if sheet is not None:
         _draw_sheet(searcher, table, ids, images, sheet)
+
+
+def _permutation_rerank(searcher, table, ids, images, box, k, layer, grid, matcher):
+    from simdex.permutation_search import PermutationError, permutation_rerank
+
+    if box is not None:
+        raise click.UsageError("--permutation-invariant compares whole objects; it does not take --box")
+    if ids:
+        rows = searcher.metadata(list(ids), ["source", "component"]).to_pylist()
+    else:  # the largest object of each image, as the query by image uses
+        rows = [{"source": str(p), "component": 0} for p in images]
+    try:
+        return permutation_rerank(searcher, table, rows, k, layer=layer, grid=grid, matcher=matcher)
+    except PermutationError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _draw_sheet(searcher, table, ids, images, path: Path) -> None:

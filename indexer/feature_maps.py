@@ -86,3 +86,27 @@ def object_maps(catalog: Catalog, objects: list[dict], net=None) -> list[ObjectM
                               box=tuple(int(v) for v in found.bbox[k[0]].tolist()),
                               acts=[a[0].numpy() for a in acts], windows=windows, features=features))
     return out
+
+
+def response_cells(maps: ObjectMaps, layer: int, grid: int) -> np.ndarray:
+    """One object's response at model layer `layer` as a set of spatial vectors (n, C_l).
+
+    Args:
+        maps: from `object_maps`.
+        layer: index of the layer in φ's model layers.
+        grid: g > 0: the object's box window at that layer (DESIGN §3's rounding) pooled to g×g cells
+            (n = g², row-major; windows smaller than g repeat positions); 0: every position of the
+            whole map (n = h·w), Wald et al.'s whole-image response.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    from simdex.indexer.extract import bbox_windows
+
+    acts = torch.from_numpy(np.ascontiguousarray(maps.acts[layer]))  # (C, h, w)
+    c, h, w = acts.shape
+    if grid == 0:
+        return acts.reshape(c, h * w).T.numpy().astype(np.float32)
+    x0, y0, x1, y1 = bbox_windows(torch.tensor([maps.box]), tuple(maps.canvas.shape[1:]), (h, w))[0].tolist()
+    cells = F.adaptive_avg_pool2d(acts[None, :, y0:y1, x0:x1], grid)[0]  # (C, g, g)
+    return cells.reshape(c, grid * grid).T.numpy().astype(np.float32)

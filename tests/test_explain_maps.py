@@ -149,7 +149,8 @@ def test_cli_json_and_picture(image_catalog, tmp_path):
     for im in d["images"]:
         assert np.asarray(im["map"]).sum() == pytest.approx(d["P"], abs=1e-5)
         assert sum(np.asarray(m).sum() for m in im["layer_maps"].values()) == pytest.approx(d["P"], abs=1e-5)
-    pic = np.asarray(Image.open(png))
+    with Image.open(png) as f:
+        pic = np.asarray(f)
     assert pic.shape[0] > 100 and pic.std() > 0
     table = CliRunner().invoke(cli_main, ["explain", "-c", str(image_catalog), "3", "4"])
     assert table.exit_code == 0 and f"{d['P']:.4f}" in table.output and "C11" in table.output

@@ -45,7 +45,8 @@ def catalog_and_images(tmp_path_factory) -> tuple[Path, list[Path], list[tuple]]
 def test_box_of_the_object_equals_the_segmented_object(catalog_and_images):
     cat, paths, _ = catalog_and_images
     catalog = Catalog.open(cat)
-    big = np.asarray(Image.open(paths[0])) >= 200
+    with Image.open(paths[0]) as f:
+        big = np.asarray(f) >= 200
     ys, xs = np.nonzero(big)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     np.testing.assert_allclose(image_features(catalog, [paths[0]], boxes=[box]), image_features(catalog, [paths[0]]),
