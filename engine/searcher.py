@@ -211,7 +211,8 @@ class Searcher:
 
         Returns:
             a table with rank, object_id, score (P ∈ [0, 1]) and the objects' metadata
-            (label, source, …, or `columns`); fewer than k rows when fewer objects are allowed.
+            (label, source, …, or `columns`; none for `columns=[]`); fewer than k rows when fewer
+            objects are allowed.
             With `explain`, a struct column `layers`: for each layer of φ that has kept
             features, its part of P (the parts add up to P; `engine.explain`).
 
@@ -245,7 +246,7 @@ class Searcher:
                           "score": pa.array(P[0][keep], pa.float32())})
         if explain:
             table = table.append_column("layers", self._explain(m, rows[0][keep], weights))
-        meta = self.metadata(result_ids, columns)
+        meta = self.metadata(result_ids, columns) if columns != [] else pa.table({})  # [] = no metadata: no reads
         for name in meta.column_names:
             if name != "object_id":
                 table = table.append_column(name, meta.column(name))

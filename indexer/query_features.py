@@ -63,7 +63,7 @@ def box_on_canvas(box: tuple[int, int, int, int], placement: tuple[int, int, flo
 
 
 def image_features(catalog: Catalog, paths: list[str | os.PathLike], min_area: int = 1,
-                   boxes: list[tuple[int, int, int, int] | None] | None = None) -> np.ndarray:
+                   boxes: list[tuple[int, int, int, int] | None] | None = None, net=None) -> np.ndarray:
     """Features (len(paths), N) float32 of the largest object of each image, or of a box.
 
     Args:
@@ -71,29 +71,42 @@ def image_features(catalog: Catalog, paths: list[str | os.PathLike], min_area: i
             pixels: the region is then the box itself (query by a region, Stylianou et al.): the model
             still sees the whole image, and the catalog's region mode pools inside the box (`mask`:
             the predicted segment within the box, or the box where it holds none).
+        net: the catalog's model, if already loaded (`catalog_model`); else it is loaded here.
     Raises:
         QueryImageError: the catalog's model file is missing or different, an image cannot be
             decoded, the model finds no object in it, or a box is outside the image or cannot
             select anything (a catalog of `full` regions pools whole images).
     """
+    from simdex.indexer.sources import ImageReadError, decode_image
+
+    net = catalog_model(catalog) if net is None else net
+    images = []
+    for path in paths:
+        try:
+            images.append(decode_image(Path(path), net.config.in_channels))  # (C, H, W)
+        except ImageReadError as exc:
+            raise QueryImageError(f"cannot read {path}: {exc}") from None
+    return array_features(catalog, images, [str(p) for p in paths], min_area, boxes, net)
+
+
+def array_features(catalog: Catalog, images: list[np.ndarray], names: list[str], min_area: int = 1,
+                   boxes: list[tuple[int, int, int, int] | None] | None = None, net=None) -> np.ndarray:
+    """`image_features` for images already decoded (float32 (C, H, W) in [0, 1], as `decode_image` gives),
+    e.g. uploaded to `simdex serve`; `names` only name them in errors; `net` the catalog's model if loaded."""
     import torch
 
     from simdex.indexer.extract import Objects, find_objects, object_features
-    from simdex.indexer.sources import ImageReadError, decode_image, fit_to_size
+    from simdex.indexer.sources import fit_to_size
 
-    boxes = boxes or [None] * len(paths)
-    if len(boxes) != len(paths):
-        raise QueryImageError(f"{len(boxes)} boxes for {len(paths)} images")
+    boxes = boxes or [None] * len(images)
+    if len(boxes) != len(images):
+        raise QueryImageError(f"{len(boxes)} boxes for {len(images)} images")
     if catalog.region == "full" and any(b is not None for b in boxes):
         raise QueryImageError("this catalog pools whole images (region mode 'full'): a box cannot select a region")
-    net = catalog_model(catalog)
+    net = catalog_model(catalog) if net is None else net
     cfg = net.config
     out = []
-    for path, box in zip(paths, boxes, strict=True):
-        try:
-            image = decode_image(Path(path), cfg.in_channels)  # (C, H, W)
-        except ImageReadError as exc:
-            raise QueryImageError(f"cannot read {path}: {exc}") from None
+    for image, path, box in zip(images, names, boxes, strict=True):
         canvas, scale, top, left = fit_to_size(image, cfg.image_size)
         with torch.inference_mode():
             logits, acts = net(torch.from_numpy(canvas)[None])

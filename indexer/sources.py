@@ -87,8 +87,6 @@ def decode_image(path: str | os.PathLike, channels: int = 1, max_pixels: int = D
         ImageReadError: reason one of missing, empty_file, not_an_image, too_large,
             truncated, decode_error.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -96,10 +94,25 @@ def decode_image(path: str | os.PathLike, channels: int = 1, max_pixels: int = D
         raise ImageReadError("missing", str(exc)) from None
     if size == 0:
         raise ImageReadError("empty_file", str(path))
+    return _decode(path, str(path), channels, max_pixels)
+
+
+def decode_image_bytes(data: bytes, channels: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """`decode_image` for the bytes of an image file (an upload to `simdex serve`); the same errors."""
+    import io
+
+    if not data:
+        raise ImageReadError("empty_file", "no bytes")
+    return _decode(io.BytesIO(data), "the uploaded image", channels, max_pixels)
+
+
+def _decode(fp, name: str, channels: int, max_pixels: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(fp) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageReadError("too_large", f"{w}x{h} pixels exceeds the limit of {max_pixels}")
@@ -108,7 +121,7 @@ def decode_image(path: str | os.PathLike, channels: int = 1, max_pixels: int = D
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError("not_an_image", str(path)) from None
+        raise ImageReadError("not_an_image", name) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageReadError("too_large", str(exc)) from None
     except (OSError, SyntaxError) as exc:

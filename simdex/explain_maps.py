@@ -182,10 +182,11 @@ def overlay(canvas: np.ndarray, heat: np.ndarray, vmax: float, alpha: float = 0.
     return ((1 - alpha) * grey + alpha * colours).astype(np.uint8)
 
 
-def draw_explanation(expl: PairExplanation, path: str | os.PathLike, tile: int = 128, small: int = 56,
+def draw_explanation(expl: PairExplanation, path, tile: int = 128, small: int = 56,
                      per_row: int | None = None) -> Path:
     """One row per image: the image, its pixel map over it (one colour scale for all images), then each
-    layer's map carried to pixels (each on its own scale, captioned with its part of P). PNG."""
+    layer's map carried to pixels (each on its own scale, captioned with its part of P). PNG, to a path
+    or to a binary file object."""
     from PIL import Image, ImageDraw
 
     cap = 12
@@ -217,6 +218,7 @@ def draw_explanation(expl: PairExplanation, path: str | os.PathLike, tile: int =
             y0 = y + (k // per_row) * (small + cap)
             sheet.paste(tile_im, (x0, y0))
             draw.text((x0 + 1, y0 + small), f"{name} {expl.layer_parts[name]:.3f}", fill="black")
-    path = Path(path)
-    sheet.save(path)
+    if isinstance(path, str | os.PathLike):
+        path = Path(path)
+    sheet.save(path, format="PNG")  # a path, or a binary file object (the service sends the bytes)
     return path
