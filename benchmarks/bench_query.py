@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simdex.engine.build_files import BuildFiles
 from simdex.engine.candidates import DEFAULT_CANDIDATES, ClippedL2IVF, load_candidate_index
 from simdex.engine.membership import make_membership
 from simdex.engine.omega import ClassStats, OmegaInputs, make_omega
@@ -113,7 +114,7 @@ def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: fl
     t = time.perf_counter()
     index = ClippedL2IVF.build(Z, omega)
     build_index_s = time.perf_counter() - t
-    index.save(workdir)
+    index.save(BuildFiles(workdir))
     t = time.perf_counter()
     codes = np.empty(Z.shape, np.uint8)
     for a in range(0, len(Z), 65536):
@@ -122,7 +123,7 @@ def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: fl
     encode_s = time.perf_counter() - t
     del codes, index
     rss0 = rss_bytes()
-    (index, load_index_s) = timed(load_candidate_index, workdir)
+    (index, load_index_s) = timed(load_candidate_index, BuildFiles(workdir))
     rss_index = rss_bytes() - rss0
     rss0 = rss_bytes()
     scanner, load_scanner_s = timed(LutScanner, np.load(workdir / "codes.npy", mmap_mode="r"), 2)

@@ -4,19 +4,19 @@ Two streaming passes over the shards, memory bounded by one batch plus the N×N 
 
 1. statistics (`engine.pruning.FeatureStats`): active flags, XᵀX, Σx, Σx², min, max.
    The statistics of every shard the current build already covered are stored in
-   that build (`stats.npz`, with the list of shards) and are reused: only shards
+   that build (with the list of shards) and are reused: only shards
    committed since are read in this pass. Shards are append-only, so the old list
    is a prefix of the new one; if it is not (e.g. the catalog was re-created), all
    shards are read again.
 2. normalisation: the kept features of every object are z-scored and written as a
-   memory-mappable `z.npy` (n, d) float32 with `object_ids.npy`, plus their 8-bit
-   codes (`codes.npy`) for the exhaustive table scan; the class statistics for Ω
-   are accumulated in the same pass. This pass always reads every shard: new
+   memory-mappable (n, d) float32 matrix with the object ids, plus their 8-bit
+   codes for the exhaustive table scan (`engine.build_files` names every file of a
+   build); the class statistics for Ω are accumulated from it. This pass always reads every shard: new
    objects change the kept set, the means and the standard deviations.
 
 Then Ω, the candidate index (chosen by catalog size), and the candidate stage's
 recall@10 against the exact ranking on sampled queries, all recorded in
-`build.json`. The build is written into a temporary folder and published by the
+the build's info. The build is written into a temporary folder and published by the
 catalog's atomic pointer swap; readers holding the previous build keep reading it.
 
 The build before the new one is kept (`keep_builds`, default 2) so that a reader that
@@ -44,14 +44,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from simdex.engine.build_files import BuildFiles
 from simdex.engine.candidates import build_candidate_index
 from simdex.engine.catalog import Catalog, CatalogError
 from simdex.engine.omega import ClassStats, OmegaError, OmegaInputs, kmeans_labels, make_omega
 from simdex.engine.pruning import FeatureStats, Pruning, PruningError, format_table_iii
 from simdex.engine.quantized import LutScanner, UniformCodec
 from simdex.engine.searcher import QUANTIZED_SCAN_ABOVE
+from simdex.engine.shard_reader import column_values
 
 log = logging.getLogger(__name__)
 
@@ -86,26 +87,15 @@ class BuildResult:
     info: dict
 
 
-def _shard_batches(path: Path, num_features: int, batch_rows: int):
-    """(object_ids, features) of one shard file, as `Catalog.iter_features` reads them."""
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=["object_id", "features"]):
-        ids = batch.column(0).to_numpy().astype(np.int64, copy=False)
-        feats = batch.column(1)
-        values = feats.values.to_numpy(zero_copy_only=False)[feats.offset * num_features:(feats.offset + len(feats)) * num_features]
-        yield ids, values.reshape(len(ids), num_features).astype(np.float32, copy=False)
-
-
 def _previous_stats(catalog: Catalog, shards: list[str]) -> tuple[FeatureStats | None, list[str]]:
     """Statistics of the current build when its shards are a prefix of `shards`."""
-    current = catalog.current_build_dir()
-    if current is None or not (current / "stats.npz").is_file():
+    current = catalog.current_build()
+    if current is None or not current.has_stats():
         return None, []
     try:
-        covered = json.loads((current / "stats_shards.json").read_text())
-        stats = FeatureStats.load(current / "stats.npz")
+        stats, covered = current.read_stats()
     except (OSError, ValueError, KeyError) as exc:
-        log.warning("cannot reuse the statistics of %s (%s); reading every shard", current, exc)
+        log.warning("cannot reuse the statistics of %s (%s); reading every shard", current.folder, exc)
         return None, []
     if covered != shards[: len(covered)] or stats.num_features != catalog.num_features:
         return None, []
@@ -114,19 +104,20 @@ def _previous_stats(catalog: Catalog, shards: list[str]) -> tuple[FeatureStats |
 
 def _class_column(catalog: Catalog, config: BuildConfig, object_ids: np.ndarray) -> tuple[np.ndarray | None, str | None, str]:
     """Class of each row (object dtype, None where unknown) for Ω, the column used and the rows used."""
-    columns = sorted({c for p in catalog.shard_paths() for c in pq.read_schema(p).names} - {"features"})
+    reader = catalog.shards()
+    columns = sorted(reader.columns)
     name = config.clusters_from or "label"
     if name not in columns:
         if config.clusters_from:
             raise BuildError(f"--clusters-from {name}: no such column; the objects have {', '.join(columns)}")
         return None, None, "none"
     want = ["object_id", name] + (["split"] if "split" in columns and name != "split" else [])
-    table = catalog.read_objects(want)
+    table = reader.read(want)
     ids = table.column("object_id").to_numpy()
-    values = np.array(table.column(name).to_pylist(), dtype=object)
+    values = column_values(table, name)
     rows_used = "all"
     if "split" in want and config.omega_split != "all":
-        split = np.array(table.column("split").to_pylist(), dtype=object)
+        split = column_values(table, "split")
         chosen = "train" if config.omega_split == "auto" else config.omega_split
         if np.any(split == chosen):
             values = np.where(split == chosen, values, None)
@@ -144,6 +135,15 @@ def _class_column(catalog: Catalog, config: BuildConfig, object_ids: np.ndarray)
     return out, name, rows_used
 
 
+def _check_config(config: BuildConfig) -> None:
+    if config.omega not in OMEGA_CHOICES:
+        raise BuildError(f"unknown omega {config.omega!r}; choose one of {', '.join(OMEGA_CHOICES)}")
+    if not 0 < config.retain <= 1:
+        raise BuildError(f"retain must be in (0, 1], got {config.retain}")
+    if not config.tau > 0:
+        raise BuildError(f"tau must be positive, got {config.tau}")
+
+
 def build(catalog: Catalog, config: BuildConfig | None = None,
           progress: Callable[[str, int, int], None] | None = None) -> BuildResult:
     """Build and publish a new version of `catalog`'s search structures.
@@ -154,7 +154,7 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
         progress: optional callback (stage, done, total) for a progress bar.
 
     Returns:
-        the published version, its folder and the contents of its build.json.
+        the published version, its folder and its info (what `BuildFiles.read_info` returns).
 
     Raises:
         BuildError: empty catalog, bad option, Ω that cannot be estimated.
@@ -165,73 +165,100 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
         {'layer': 'total', 'initial': 1600, 'active': 700, 'kept': 451}
     """
     config = config or BuildConfig()
-    if config.omega not in OMEGA_CHOICES:
-        raise BuildError(f"unknown omega {config.omega!r}; choose one of {', '.join(OMEGA_CHOICES)}")
-    if not 0 < config.retain <= 1:
-        raise BuildError(f"retain must be in (0, 1], got {config.retain}")
-    if not config.tau > 0:
-        raise BuildError(f"tau must be positive, got {config.tau}")
+    _check_config(config)
     started = time.perf_counter()
     report = progress or (lambda stage, done, total: None)
-    num_features = catalog.num_features
-    paths = catalog.shard_paths()
-    shards = [p.name for p in paths]
-    n_objects = catalog.num_objects
-    if n_objects == 0:
+    shards = [p.name for p in catalog.shard_paths()]
+    if catalog.num_objects == 0:
         raise BuildError(f"catalog {catalog.root} has no objects; index images first with `simdex index`")
-
-    # ---- pass 1: statistics, reusing those of the shards the current build covered
-    stats, covered = _previous_stats(catalog, shards)
-    reused = len(covered)
-    stats = stats or FeatureStats(num_features)
-    done = stats.count
-    for path in paths[reused:]:
-        for _, x in _shard_batches(path, num_features, config.batch_rows):
-            stats.update(x)
-            done += len(x)
-            report("statistics", done, n_objects)
-    if stats.count != n_objects:
-        raise CatalogError(f"statistics cover {stats.count} objects, the catalog has {n_objects}: "
-                           "was the catalog modified during the build?")
+    timings = {}
+    stats, reused = _statistics(catalog, shards, config, report)
     try:
         pruning = Pruning.from_stats(stats, config.retain)
     except PruningError as exc:
         raise BuildError(str(exc)) from None
-    d = len(pruning.kept)
     table_iii = pruning.table_iii(catalog.phi)
     log.info("Table III\n%s", format_table_iii(table_iii))
-    t_stats = time.perf_counter() - started
+    timings["statistics"] = time.perf_counter() - started
 
-    tmp = catalog.new_build_dir()
-    stats.save(tmp / "stats.npz")
-    (tmp / "stats_shards.json").write_text(json.dumps(shards))
-    np.savez(tmp / "pruning.npz", active=pruning.active, v1=pruning.v1, kept=pruning.kept, mean=pruning.mean,
-             std=pruning.std, z_min=pruning.z_min, z_max=pruning.z_max)
+    files = BuildFiles(catalog.new_build_dir())
+    files.write_stats(stats, shards)
+    files.write_pruning(pruning)
     codec = UniformCodec(pruning.z_min, pruning.z_max)
-    np.savez(tmp / "codec.npz", lo=codec.lo, step=codec.step)
+    files.write_codec(codec)
+    Z, object_ids = _normalise(catalog, files, pruning, codec, config, report)
+    timings["normalise"] = time.perf_counter() - started - timings["statistics"]
 
-    # ---- pass 2: normalised kept features, their codes, their ids
-    z_out = np.lib.format.open_memmap(tmp / "z.npy", mode="w+", dtype=np.float32, shape=(n_objects, d))
-    codes_out = np.lib.format.open_memmap(tmp / "codes.npy", mode="w+", dtype=np.uint8, shape=(n_objects, d))
-    ids_out = np.lib.format.open_memmap(tmp / "object_ids.npy", mode="w+", dtype=np.int64, shape=(n_objects,))
+    omega, omega_record = _estimate_omega(catalog, files, Z, object_ids, pruning, config)
+    t0 = time.perf_counter()
+    index = build_candidate_index(Z, omega, config.index, **config.index_options)
+    index.save(files)
+    timings["candidate_index"] = time.perf_counter() - t0
+    recall = _measure_build_recall(catalog, files, Z, object_ids, omega, index, codec, config)
+    timings["total"] = time.perf_counter() - started
+
+    info = {
+        "format": BUILD_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": {k: v for k, v in asdict(config).items() if k != "index_options"},
+        "objects": catalog.num_objects, "num_features": catalog.num_features, "active": int(pruning.active.sum()),
+        "kept": len(pruning.kept), "retained": pruning.retained, "table_iii": table_iii, "omega": omega_record,
+        "candidates": index.info(), "recall": recall,
+        "shards": shards, "shards_reused_for_statistics": reused,
+        "model_sha256": catalog.model_sha256, "timings_s": timings,
+    }
+    files.write_info(info)
+    version = catalog.publish_build(files.folder)
+    removed = catalog.remove_old_builds(keep=max(1, config.keep_builds))
+    if removed:
+        log.info("removed old builds %s", ", ".join(removed))
+    return BuildResult(version, catalog.current_build_dir(), info)
+
+
+def _statistics(catalog: Catalog, shards: list[str], config: BuildConfig, report) -> tuple[FeatureStats, int]:
+    """Pass 1: FeatureStats over every object, reusing those of the shards the current build covered.
+    Returns the statistics and how many shards were reused."""
+    n_objects = catalog.num_objects
+    stats, covered = _previous_stats(catalog, shards)
+    stats = stats or FeatureStats(catalog.num_features)
+    done = stats.count
+    for _, x in catalog.shards(first=len(covered)).iter_features(config.batch_rows):
+        stats.update(x)
+        done += len(x)
+        report("statistics", done, n_objects)
+    if stats.count != n_objects:
+        raise CatalogError(f"statistics cover {stats.count} objects, the catalog has {n_objects}: "
+                           "was the catalog modified during the build?")
+    return stats, len(covered)
+
+
+def _normalise(catalog: Catalog, files: BuildFiles, pruning: Pruning, codec: UniformCodec, config: BuildConfig,
+               report) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 2: z-scores of the kept features, their 8-bit codes and their ids, written to the build.
+    Returns Z (memory-mapped) and the object ids."""
+    n_objects = catalog.num_objects
+    z_out, codes_out, ids_out = files.create_matrices(n_objects, len(pruning.kept))
     row = 0
-    for path in paths:
-        for ids, x in _shard_batches(path, num_features, config.batch_rows):
-            z = pruning.normalise(x)
-            z_out[row : row + len(ids)] = z
-            codes_out[row : row + len(ids)] = codec.encode(z)
-            ids_out[row : row + len(ids)] = ids
-            row += len(ids)
-            report("normalise", row, n_objects)
+    for ids, x in catalog.shards().iter_features(config.batch_rows):
+        z = pruning.normalise(x)
+        z_out[row : row + len(ids)] = z
+        codes_out[row : row + len(ids)] = codec.encode(z)
+        ids_out[row : row + len(ids)] = ids
+        row += len(ids)
+        report("normalise", row, n_objects)
     z_out.flush(), codes_out.flush(), ids_out.flush()
-    del z_out, codes_out
-    object_ids = np.load(tmp / "object_ids.npy")
+    del z_out, codes_out, ids_out
+    object_ids = np.array(files.object_ids())
     if np.any(np.diff(object_ids) <= 0):
         raise CatalogError("object ids in the shards are not strictly increasing; the catalog is inconsistent")
-    Z = np.load(tmp / "z.npy", mmap_mode="r")
-    t_normalise = time.perf_counter() - started - t_stats
+    return files.z(), object_ids
 
-    # ---- Ω
+
+def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_ids: np.ndarray, pruning: Pruning,
+                    config: BuildConfig) -> tuple[np.ndarray, dict]:
+    """Ω of the build (and the other class-based Ω a query may pick), written to the build.
+    Returns Ω and its record for the build's info."""
+    d = len(pruning.kept)
     omega_name = config.omega
     classes, class_column, rows_used = (None, None, "none")
     if omega_name in ("auto", "clusters", "welch"):
@@ -246,50 +273,26 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
             classes = kmeans_labels(Z, config.n_clusters, seed=config.seed).astype(object)
             class_column, rows_used = f"k-means ({config.n_clusters} clusters)", "all"
         class_stats = ClassStats(d)
-        for a in range(0, n_objects, config.batch_rows):
+        for a in range(0, len(Z), config.batch_rows):
             class_stats.update(np.asarray(Z[a : a + config.batch_rows]), classes[a : a + config.batch_rows])
-    omega_inputs = OmegaInputs(dim=d, v1=pruning.v1[pruning.kept], class_stats=class_stats)
+    omega_inputs = OmegaInputs(dim=d, v1=pruning.v1_kept, class_stats=class_stats)
     try:
-        omega = make_omega(omega_name).estimate(omega_inputs)
+        omega = make_omega(omega_name).estimate(omega_inputs).astype(np.float32)
     except OmegaError as exc:
         raise BuildError(str(exc)) from None
-    omega = omega.astype(np.float32)
-    np.save(tmp / "omega.npy", omega)
-    np.savez(tmp / "omegas.npz", **_class_omegas(omega_name, omega_inputs, labelled=class_column is not None
-                                                 and not class_column.startswith("k-means")))
+    labelled = class_column is not None and not class_column.startswith("k-means")
+    files.write_omega(omega, _class_omegas(omega_name, omega_inputs, labelled=labelled))
+    return omega, {"estimator": omega_name, "classes_from": class_column, "rows": rows_used}
 
-    # ---- candidate index and its measured recall
-    t0 = time.perf_counter()
-    index = build_candidate_index(Z, omega, config.index, **config.index_options)
-    index.save(tmp)
-    t_index = time.perf_counter() - t0
-    deleted = catalog.deleted_ids()
-    # the exact ranking comes from the scan `--exact` itself uses: 8-bit above QUANTIZED_SCAN_ABOVE objects
+
+def _measure_build_recall(catalog: Catalog, files: BuildFiles, Z, object_ids, omega, index, codec,
+                          config: BuildConfig) -> dict:
+    """The candidate stage's recall@10 against the scan `--exact` itself uses: 8-bit above
+    QUANTIZED_SCAN_ABOVE objects."""
     scanner = None
-    if index.kind != "exact" and config.recall_queries > 0 and n_objects > QUANTIZED_SCAN_ABOVE:
-        scanner = LutScanner(np.load(tmp / "codes.npy", mmap_mode="r"), threads=min(4, os.cpu_count() or 1))
-    recall = measure_recall(Z, object_ids, omega, index, deleted, config, scanner=scanner, codec=codec)
-    del scanner
-
-    info = {
-        "format": BUILD_FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": {k: v for k, v in asdict(config).items() if k != "index_options"},
-        "objects": n_objects, "num_features": num_features, "active": int(pruning.active.sum()), "kept": d,
-        "retained": pruning.retained, "table_iii": table_iii,
-        "omega": {"estimator": omega_name, "classes_from": class_column, "rows": rows_used},
-        "candidates": index.info(), "recall": recall,
-        "shards": shards, "shards_reused_for_statistics": reused,
-        "model_sha256": catalog.model_sha256,
-        "timings_s": {"statistics": t_stats, "normalise": t_normalise, "candidate_index": t_index,
-                      "total": time.perf_counter() - started},
-    }
-    (tmp / "build.json").write_text(json.dumps(info, indent=1))
-    version = catalog.publish_build(tmp)
-    removed = catalog.remove_old_builds(keep=max(1, config.keep_builds))
-    if removed:
-        log.info("removed old builds %s", ", ".join(removed))
-    return BuildResult(version, catalog.current_build_dir(), info)
+    if index.kind != "exact" and config.recall_queries > 0 and len(object_ids) > QUANTIZED_SCAN_ABOVE:
+        scanner = LutScanner(files.codes(), threads=min(4, os.cpu_count() or 1))
+    return measure_recall(Z, object_ids, omega, index, catalog.deleted_ids(), config, scanner=scanner, codec=codec)
 
 
 def _class_omegas(chosen: str, inputs: OmegaInputs, labelled: bool) -> dict[str, np.ndarray]:

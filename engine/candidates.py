@@ -19,14 +19,17 @@ Kinds (`make_candidate_index`):
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import math
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from simdex.engine.build_files import BuildFiles
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +69,15 @@ class CandidateIndex(ABC):
         """Candidate row ids for query centres (m, d) → int64 (m, n_candidates), −1 padded."""
 
     @abstractmethod
-    def save(self, folder: Path) -> None: ...
+    def save(self, files: BuildFiles) -> None:
+        """Write the index into a build folder (through its `BuildFiles`)."""
 
     def info(self) -> dict:
         return {"kind": self.kind}
+
+    def with_nprobe(self, nprobe: int) -> CandidateIndex:
+        """This index visiting `nprobe` lists (a copy where that matters; indexes without lists are shared)."""
+        return self
 
 
 class ExactIndex(CandidateIndex):
@@ -80,8 +88,8 @@ class ExactIndex(CandidateIndex):
     def search(self, centres, n_candidates, allow=None):
         raise NotImplementedError("the exact index has no candidate stage; engine.search scans the catalog")
 
-    def save(self, folder: Path) -> None:
-        (Path(folder) / "candidates.json").write_text(json.dumps(self.info()))
+    def save(self, files: BuildFiles) -> None:
+        files.write_candidates(self.info())
 
 
 class ClippedL2IVF(CandidateIndex):
@@ -94,6 +102,14 @@ class ClippedL2IVF(CandidateIndex):
         self.sqrt_omega = np.sqrt(np.asarray(omega, dtype=np.float32))
         self.clip = float(clip)
         self.nprobe = int(nprobe)
+
+    def with_nprobe(self, nprobe: int) -> ClippedL2IVF:
+        """The same index (shared FAISS structure) visiting `nprobe` lists; this one is unchanged."""
+        if nprobe < 1:
+            raise ValueError(f"nprobe must be ≥ 1, got {nprobe}")
+        other = copy.copy(self)
+        other.nprobe = int(nprobe)
+        return other
 
     def transform(self, z: np.ndarray) -> np.ndarray:
         y = np.clip(np.asarray(z, dtype=np.float32), -self.clip, self.clip)
@@ -169,13 +185,11 @@ class ClippedL2IVF(CandidateIndex):
         return {"kind": self.kind, "nlist": int(ivf.nlist), "nprobe": self.nprobe, "clip": self.clip,
                 "dim": int(ivf.d), "ntotal": int(self.index.ntotal), "lists": "flat"}
 
-    def save(self, folder: Path) -> None:
+    def save(self, files: BuildFiles) -> None:
         import faiss
 
-        folder = Path(folder)
-        faiss.write_index(self.index, str(folder / "candidates.faiss"))
-        np.save(folder / "candidates_omega.npy", self.sqrt_omega**2)
-        (folder / "candidates.json").write_text(json.dumps(self.info()))
+        faiss.write_index(self.index, str(files.candidates_index_path))
+        files.write_candidates(self.info(), omega=self.sqrt_omega**2)
 
 
 def build_candidate_index(Z: np.ndarray, omega: np.ndarray, kind: str = "auto", **options) -> CandidateIndex:
@@ -189,18 +203,16 @@ def build_candidate_index(Z: np.ndarray, omega: np.ndarray, kind: str = "auto", 
     raise ValueError(f"unknown candidate index {kind!r}; choose auto, exact or ivf")
 
 
-def load_candidate_index(folder: Path) -> CandidateIndex:
+def load_candidate_index(files: BuildFiles) -> CandidateIndex:
     """Load what `save` wrote; the IVF lists are memory-mapped where FAISS allows it."""
-    folder = Path(folder)
-    info = json.loads((folder / "candidates.json").read_text())
+    info, omega = files.read_candidates()
     if info["kind"] == "exact":
         return ExactIndex()
     import faiss
 
-    path = str(folder / "candidates.faiss")
+    path = str(files.candidates_index_path)
     try:
         index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError:
         index = faiss.read_index(path)
-    omega = np.load(folder / "candidates_omega.npy")
     return ClippedL2IVF(index, omega, info["clip"], info["nprobe"])

@@ -11,8 +11,8 @@ A catalog is a folder::
     deleted.parquet         tombstones: object ids hidden from every result
     .lock                   held (flock) by the one job writing to the catalog
 
-Nobody else joins paths into a catalog: readers use `shard_paths()`, `iter_features()`,
-`read_objects()`, `read_errors()`; the indexer uses `lock()`, `begin_job()`, `new_temp_path()`
+Nobody else joins paths into a catalog: readers use `shards()` (the one `ShardReader`), `iter_features()`,
+`read_objects()`, `read_errors()`, and `current_build()` (a build's files: `BuildFiles`); the indexer uses `lock()`, `begin_job()`, `new_temp_path()`
 and `commit()`; the build uses `new_build_dir()` and `publish_build()`.
 
 Commit protocol (what makes SIGKILL safe): a shard is written under a temporary name,
@@ -43,6 +43,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from simdex.engine.build_files import BuildFiles
+from simdex.engine.shard_reader import ShardReader
 
 log = logging.getLogger(__name__)
 
@@ -360,47 +363,35 @@ class Catalog:
         """Committed errors files, in commit order."""
         return [self.root / c["errors"] for c in self._commits() if c.get("errors")]
 
+    def shards(self, first: int = 0) -> ShardReader:
+        """The one reader of the committed object shards (from the `first`-th shard on)."""
+        fields = [f if f.name != "features" else pa.field("features", pa.list_(pa.float32(), self.num_features))
+                  for f in OBJECT_BASE_SCHEMA]
+        return ShardReader(self.shard_paths()[first:], self.num_features, pa.schema(fields))
+
     def iter_features(self, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Stream (object_ids int64 (n,), features float32 (n, N)) over the shards, at most
         `batch_rows` rows at a time (memory is bounded by one batch). Tombstoned objects are
         included; filter with `deleted_ids()`."""
-        n = self.num_features
-        for path in self.shard_paths():
-            pf = pq.ParquetFile(path)
-            for batch in pf.iter_batches(batch_size=batch_rows, columns=["object_id", "features"]):
-                ids = batch.column(0).to_numpy().astype(np.int64, copy=False)
-                values = batch.column(1).flatten().to_numpy(zero_copy_only=False)  # respects slicing
-                yield ids, values.reshape(len(ids), n).astype(np.float32, copy=False)
+        return self.shards().iter_features(batch_rows)
 
     def read_objects(self, columns: Sequence[str] | None = None) -> pa.Table:
         """The object rows without the `features` column (all columns, or `columns`),
         shards of different sources unified by column name (missing columns are null)."""
-        return self._read_tables(self.shard_paths(), columns, drop=("features",), empty=self._empty_objects)
+        reader = self.shards()
+        if columns is not None and not reader.paths:
+            columns = [c for c in columns if c in reader.columns]
+        try:
+            return reader.read(columns)
+        except KeyError as exc:
+            raise CatalogError(exc.args[0]) from None
 
     def read_errors(self) -> pa.Table:
         """The errors table: image_id, source, ordinal, label, reason, detail."""
-        return self._read_tables(self.error_shard_paths(), None, drop=(), empty=lambda: ERRORS_SCHEMA.empty_table())
-
-    def _empty_objects(self) -> pa.Table:
-        return pa.schema([f for f in OBJECT_BASE_SCHEMA if f.name != "features"]).empty_table()
-
-    @staticmethod
-    def _read_tables(paths, columns, drop, empty) -> pa.Table:
-        tables = []
-        for p in paths:
-            names = [n for n in pq.read_schema(p).names if n not in drop]
-            want = names if columns is None else [c for c in columns if c in names]
-            tables.append(pq.read_table(p, columns=want))
+        tables = [pq.read_table(p) for p in self.error_shard_paths()]
         if not tables:
-            t = empty()
-            return t if columns is None else t.select([c for c in columns if c in t.column_names])
-        table = pa.concat_tables(tables, promote_options="default")
-        if columns is not None:
-            unknown = [c for c in columns if c not in table.column_names]
-            if unknown:
-                raise CatalogError(f"no column {', '.join(unknown)} in {table.column_names}")
-            table = table.select(list(columns))
-        return table
+            return ERRORS_SCHEMA.empty_table()
+        return pa.concat_tables(tables, promote_options="default")
 
     # ------------------------------------------------------------------ builds
 
@@ -441,6 +432,11 @@ class Catalog:
         """The folder of the current build, or None before the first build."""
         v = self.current_version
         return None if v is None else self.root / BUILDS_DIR / v
+
+    def current_build(self) -> BuildFiles | None:
+        """The files of the current build, or None before the first build."""
+        folder = self.current_build_dir()
+        return None if folder is None else BuildFiles(folder)
 
     def remove_old_builds(self, keep: int = 2) -> list[str]:
         """Delete all but the newest `keep` builds (never the current one); return their versions."""

@@ -35,9 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from simdex.engine.catalog import Catalog
+from simdex.engine.omega import ClassStats
+from simdex.engine.shard_reader import column_values, feature_arrays
 
 log = logging.getLogger(__name__)
 
@@ -79,67 +80,42 @@ def label_statistics(catalog: Catalog, column: str = "label", split: str | None 
     Raises:
         LabelError: no such column, no such split, or fewer than 2 labels.
     """
-    paths = catalog.shard_paths()
-    columns = sorted({c for p in paths for c in pq.read_schema(p).names} - {"features"})
+    reader = catalog.shards()
+    columns = sorted(reader.columns)
     if column not in columns:
         raise LabelError(f"no column {column!r} in the objects; they have {', '.join(columns) or 'no rows'}")
     if split is not None and split_column not in columns:
         raise LabelError(f"--split {split}: the objects have no {split_column!r} column "
                          f"(columns: {', '.join(columns)}); leave --split out to use every object")
-    n = catalog.num_features
     deleted = catalog.deleted_ids()
-    acc: dict[object, list] = {}  # label -> [count, Σx (N,), Σx² (N,)] in float64
+    acc = ClassStats(catalog.num_features)  # per label: count, Σx (N,), Σx² (N,) in float64
     seen_splits: set = set()
     done = 0
-    for path in paths:
-        pf = pq.ParquetFile(path)
-        names = pf.schema_arrow.names
-        if column not in names:
-            continue  # a source without labels
-        want = ["object_id", column, "features"] + ([split_column] if split is not None and split_column in names else [])
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=want):
-            ids = batch.column("object_id").to_numpy()
-            labels = np.array(batch.column(column).to_pylist(), dtype=object)
-            keep = ~np.isin(ids, deleted) if len(deleted) else np.ones(len(ids), bool)
-            if split is not None:
-                values = np.array(batch.column(split_column).to_pylist(), dtype=object) \
-                    if split_column in batch.schema.names else np.full(len(ids), None, dtype=object)
-                seen_splits.update(v for v in values if v is not None)
-                keep &= values == split
-            feats = batch.column("features")
-            x = feats.values.to_numpy(zero_copy_only=False)[feats.offset * n:(feats.offset + len(feats)) * n]
-            x = x.reshape(len(ids), n)
-            if keep.any():
-                _accumulate(acc, x[keep], labels[keep])
-            done += len(ids)
-            if progress:
-                progress(done)
+    want = ["object_id", column, "features"] + ([split_column] if split is not None else [])
+    for batch in reader.batches(want, batch_rows):
+        ids, x = feature_arrays(batch, catalog.num_features)
+        labels = column_values(batch, column)
+        keep = ~np.isin(ids, deleted) if len(deleted) else np.ones(len(ids), bool)
+        if split is not None:
+            values = column_values(batch, split_column)
+            seen_splits.update(v for v in values if v is not None)
+            keep &= values == split
+        if keep.any():
+            labels = np.array([None if v is None else str(v) for v in labels[keep]], dtype=object)
+            acc.update(x[keep], labels)
+        done += len(ids)
+        if progress:
+            progress(done)
     if split is not None and split not in seen_splits:
         raise LabelError(f"--split {split}: no object has {split_column} = {split!r}; "
                          f"values: {', '.join(sorted(map(str, seen_splits)))}")
-    if len(acc) < 2:
-        raise LabelError(f"label similarity needs at least 2 labels in column {column!r}, found {len(acc)}")
-    order = sorted(acc, key=str)
+    if len(acc.classes) < 2:
+        raise LabelError(f"label similarity needs at least 2 labels in column {column!r}, found {len(acc.classes)}")
+    order = sorted(acc.classes)
+    slots = [acc.classes[c] for c in order]
     return LabelStatistics(column=column, rows="all" if split is None else f"{split_column} = {split}",
-                           labels=[str(c) for c in order], counts=np.array([acc[c][0] for c in order], np.float64),
-                           sums=np.stack([acc[c][1] for c in order]), sumsq=np.stack([acc[c][2] for c in order]))
-
-
-def _accumulate(acc: dict, x: np.ndarray, labels: np.ndarray) -> None:
-    """Add rows x (rows, N) to the per-label count, Σx, Σx²; rows with a null label are skipped."""
-    present = np.array([v is not None for v in labels], dtype=bool)
-    if not present.all():
-        x, labels = x[present], labels[present]
-    if len(labels) == 0:
-        return
-    values, inverse = np.unique(labels.astype(str), return_inverse=True)
-    x64 = x.astype(np.float64)  # (rows, N)
-    for i, value in enumerate(values):
-        rows = x64[inverse == i]
-        slot = acc.setdefault(value, [0, np.zeros(x.shape[1]), np.zeros(x.shape[1])])
-        slot[0] += len(rows)
-        slot[1] += rows.sum(axis=0)
-        slot[2] += np.square(rows).sum(axis=0)
+                           labels=list(order), counts=acc.counts[slots],
+                           sums=acc.sums()[slots], sumsq=acc.sumsq()[slots])
 
 
 # ---------------------------------------------------------------------- Student's t, no scipy

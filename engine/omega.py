@@ -57,6 +57,14 @@ class ClassStats:
     def counts(self) -> np.ndarray:
         return np.asarray(self._count)
 
+    def sums(self) -> np.ndarray:
+        """Σz per class (classes, d), classes in the order of `classes`' values."""
+        return np.stack(self._sum)
+
+    def sumsq(self) -> np.ndarray:
+        """Σz² per class (classes, d)."""
+        return np.stack(self._sumsq)
+
     def means(self) -> np.ndarray:
         """(classes, d)."""
         return np.stack(self._sum) / self.counts[:, None]

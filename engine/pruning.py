@@ -139,6 +139,11 @@ class Pruning:
                    z_min=(stats.min[kept] - mean) / std, z_max=(stats.max[kept] - mean) / std,
                    retain=retain, retained=float(cumulative[n_keep - 1]))
 
+    @property
+    def v1_kept(self) -> np.ndarray:
+        """Loadings of the kept features on v_1 (the `svd` Ω)."""
+        return self.v1[self.kept]
+
     def normalise(self, x: np.ndarray) -> np.ndarray:
         """Raw features (rows, N) → z-scored kept features (rows, n) float32."""
         z = (np.asarray(x)[:, self.kept] - self.mean) / self.std

@@ -12,22 +12,20 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from simdex.engine.build_files import BuildFiles
 from simdex.engine.candidates import load_candidate_index
 from simdex.engine.catalog import Catalog
 from simdex.engine.explain import layer_of_features
 from simdex.engine.membership import MembershipError, make_membership
 from simdex.engine.omega import OmegaInputs, make_omega
-from simdex.engine.quantized import LutScanner, UniformCodec
+from simdex.engine.quantized import LutScanner
 from simdex.engine.search import search
 
 log = logging.getLogger(__name__)
@@ -50,20 +48,20 @@ class Query:
 class Searcher:
     """The current build of a catalog, ready to answer queries."""
 
-    def __init__(self, catalog: Catalog, build_dir: Path):
+    def __init__(self, catalog: Catalog, build: BuildFiles | str | os.PathLike):
         self.catalog = catalog
-        self.build_dir = Path(build_dir)
-        self.version = self.build_dir.name
+        self.files = build if isinstance(build, BuildFiles) else BuildFiles(build)
+        self.build_dir = self.files.folder
+        self.version = self.files.version
         try:
-            self.info = json.loads((self.build_dir / "build.json").read_text())
-            with np.load(self.build_dir / "pruning.npz") as f:
-                self.kept, self.mean, self.std = f["kept"], f["mean"], f["std"]
-                self.v1 = f["v1"][self.kept]  # loadings of the kept features on v_1 (the svd Ω)
-            with np.load(self.build_dir / "codec.npz") as f:
-                self.codec = UniformCodec(f["lo"], f["lo"] + f["step"] * 255)
-            self.omega = np.load(self.build_dir / "omega.npy")
-            self.Z = np.load(self.build_dir / "z.npy", mmap_mode="r")
-            self.object_ids = np.load(self.build_dir / "object_ids.npy", mmap_mode="r")
+            self.info = self.files.read_info()
+            self.pruning = self.files.read_pruning()
+            self.kept, self.mean, self.std = self.pruning.kept, self.pruning.mean, self.pruning.std
+            self.v1 = self.pruning.v1_kept  # loadings of the kept features on v_1 (the svd Ω)
+            self.codec = self.files.read_codec()
+            self.omega = self.files.read_omega()
+            self.Z = self.files.z()
+            self.object_ids = self.files.object_ids()
         except (OSError, ValueError, KeyError) as exc:
             raise SearchError(f"build {self.build_dir} is incomplete or unreadable ({exc}); run `simdex build` again") from None
         self._index = None
@@ -84,17 +82,17 @@ class Searcher:
             SearchError: the catalog has no build yet.
         """
         catalog = Catalog.open(root)
-        build_dir = catalog.current_build_dir()
-        if build_dir is None:
+        build = catalog.current_build()
+        if build is None:
             raise SearchError(f"catalog {root} has no build yet; run `simdex build --catalog {root}` first")
-        return cls(catalog, build_dir)
+        return cls(catalog, build)
 
     # ------------------------------------------------------------------ parts loaded on demand
 
     @property
     def index(self):
         if self._index is None:
-            self._index = load_candidate_index(self.build_dir)
+            self._index = load_candidate_index(self.files)
         return self._index
 
     @property
@@ -102,7 +100,7 @@ class Searcher:
         if self._scanner is None and len(self.object_ids) > QUANTIZED_SCAN_ABOVE:
             # one shard per core, at most 4: each shard holds its own 118 MB identity codebook
             threads = min(4, os.cpu_count() or 1)
-            self._scanner = LutScanner(np.load(self.build_dir / "codes.npy", mmap_mode="r"), threads=threads)
+            self._scanner = LutScanner(self.files.codes(), threads=threads)
         return self._scanner
 
     @property
@@ -112,10 +110,7 @@ class Searcher:
         if self._omegas is None:
             inputs = OmegaInputs(dim=len(self.kept), v1=self.v1)
             omegas = {name: make_omega(name).estimate(inputs).astype(np.float32) for name in ("uniform", "svd")}
-            path = self.build_dir / "omegas.npz"
-            if path.exists():
-                with np.load(path) as f:
-                    omegas.update({name: f[name] for name in f.files})
+            omegas.update(self.files.read_other_omegas())
             omegas[self.info["omega"]["estimator"]] = self.omega
             self._omegas = omegas
         return self._omegas
@@ -173,14 +168,15 @@ class Searcher:
             raise SearchError("--where takes one SQL predicate (no ';'), e.g. \"label = 'Sneaker' AND split = 'test'\"")
         import duckdb
 
-        objects = self.catalog.read_objects()
+        shards = self.catalog.shards()
         con = duckdb.connect(":memory:")
         try:
-            con.register("objects", objects)
+            con.register("_shards", shards.dataset())
+            con.execute("CREATE VIEW objects AS SELECT * EXCLUDE (features) FROM _shards")
             result = con.execute(f"SELECT object_id FROM objects WHERE {where}").fetchnumpy()
         except duckdb.Error as exc:
             first = str(exc).splitlines()[0]
-            raise SearchError(f"bad --where predicate {where!r}: {first}; columns are {', '.join(objects.column_names)}") from None
+            raise SearchError(f"bad --where predicate {where!r}: {first}; columns are {', '.join(shards.columns)}") from None
         finally:
             con.close()
         return np.asarray(result["object_id"], dtype=np.int64)
@@ -234,7 +230,7 @@ class Searcher:
         allow = self.allow_mask(where)
         index = None if exact else self.index
         if index is not None and nprobe is not None:
-            index.nprobe = nprobe
+            index = index.with_nprobe(nprobe)  # a copy: the cached index keeps its own nprobe
         options = {} if n_candidates is None else {"n_candidates": n_candidates}
         scanner = self.scanner if (exact or index is None or index.kind == "exact") else None
         P, rows = search(self.Z, [m], weights, k, index=index, allow=allow, exact=exact,
@@ -269,33 +265,5 @@ class Searcher:
                                           names=[self.catalog.phi[i]["name"] for i in used])
 
     def metadata(self, object_ids: np.ndarray, columns: list[str] | None = None) -> pa.Table:
-        """Metadata rows of `object_ids`, in that order, reading only the row groups that hold them.
-
-        Rows are picked by slicing, not with `Table.filter/take`: those import pyarrow.compute,
-        which alone costs a query by id ~0.3 s of start-up.
-        """
-        object_ids = np.asarray(object_ids, dtype=np.int64)
-        wanted = set(object_ids.tolist())
-        found: dict[int, pa.Table] = {}
-        for path in self.catalog.shard_paths():
-            if len(found) == len(wanted):
-                break
-            pf = pq.ParquetFile(path)
-            names = [n for n in pf.schema_arrow.names if n != "features"]
-            if columns is not None:
-                names = ["object_id"] + [c for c in columns if c in names and c != "object_id"]
-            col = pf.schema_arrow.get_field_index("object_id")
-            groups = []
-            for g in range(pf.num_row_groups):
-                st = pf.metadata.row_group(g).column(col).statistics
-                if st is None or not st.has_min_max or any(st.min <= i <= st.max for i in wanted):
-                    groups.append(g)
-            if groups:
-                t = pf.read_row_groups(groups, columns=names)
-                for row, oid in enumerate(t.column("object_id").to_numpy()):
-                    if int(oid) in wanted:
-                        found[int(oid)] = t.slice(row, 1)
-        parts = [found[i] for i in object_ids.tolist() if i in found]
-        if not parts:
-            return pa.table({"object_id": pa.array([], pa.int64())})
-        return pa.concat_tables(parts, promote_options="default")
+        """Metadata rows of `object_ids`, in that order (`ShardReader.take`: only the row groups that hold them)."""
+        return self.catalog.shards().take(object_ids, columns)

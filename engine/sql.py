@@ -126,15 +126,14 @@ class SqlSession:
     def __init__(self, catalog: Catalog, searches: Sequence[SearchSpec] = (), tau: float | None = None,
                  exact: bool = False):
         import duckdb
-        import pyarrow.dataset as ds
 
         self.catalog = catalog
         self.searcher = None
-        build_dir = catalog.current_build_dir()
-        if build_dir is not None:
+        build = catalog.current_build()
+        if build is not None:
             from simdex.engine.searcher import Searcher
 
-            self.searcher = Searcher(catalog, build_dir)
+            self.searcher = Searcher(catalog, build)
         elif searches:
             raise SqlError(f"catalog {catalog.root} has no build yet, so it cannot be searched; "
                            f"run `simdex build --catalog {catalog.root}` first")
@@ -145,7 +144,7 @@ class SqlSession:
         self._duckdb = duckdb
         self.con = duckdb.connect(":memory:")
         try:
-            self._register_objects(ds)
+            self._register_objects()
             self._register_small_tables()
             if self.searcher is not None:
                 self._register_build()
@@ -167,21 +166,9 @@ class SqlSession:
         self.con.execute(f"CREATE VIEW {name} AS {sql}")
         self.views[name] = what
 
-    def _register_objects(self, ds) -> None:
-        import pyarrow.parquet as pq
-
-        paths = [str(p) for p in self.catalog.shard_paths()]
-        if paths:
-            # shards of different sources carry different metadata columns: scan them under one schema
-            schema = pa.unify_schemas([pq.read_schema(p) for p in paths], promote_options="permissive")
-            dataset = ds.dataset(paths, schema=schema, format="parquet")
-        else:
-            from simdex.engine.catalog import OBJECT_BASE_SCHEMA
-
-            fields = [f if f.name != "features" else pa.field("features", pa.list_(pa.float32(), self.catalog.num_features))
-                      for f in OBJECT_BASE_SCHEMA]
-            dataset = ds.dataset(pa.schema(fields).empty_table())
-        self.con.register("_shards", dataset)
+    def _register_objects(self) -> None:
+        # shards of different sources carry different metadata columns: the reader scans them under one schema
+        self.con.register("_shards", self.catalog.shards().dataset())
         self.con.register("_deleted", pa.table({"object_id": pa.array(self.catalog.deleted_ids(), pa.int64())}))
         self._view("deleted", "SELECT object_id FROM _deleted", "object_id of every tombstoned (hidden) object")
         live = "WHERE object_id NOT IN (SELECT object_id FROM _deleted)"
@@ -204,8 +191,7 @@ class SqlSession:
     def _register_build(self) -> None:
         s = self.searcher
         info = s.info
-        with np.load(s.build_dir / "pruning.npz") as f:
-            v1, z_min, z_max = f["v1"][s.kept], f["z_min"], f["z_max"]
+        v1, z_min, z_max = s.pruning.v1_kept, s.pruning.z_min, s.pruning.z_max
         kept = np.asarray(s.kept, dtype=np.int64)
         offsets = np.array([p["offset"] for p in self.catalog.phi])
         which = np.searchsorted(offsets, kept, side="right") - 1

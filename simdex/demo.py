@@ -40,13 +40,10 @@ class DemoResult:
 
 
 def _build_is_current(catalog: Catalog) -> bool:
-    import json
-
-    current = catalog.current_build_dir()
+    current = catalog.current_build()
     if current is None:
         return False
-    info = json.loads((current / "build.json").read_text())
-    return info.get("shards") == [p.name for p in catalog.shard_paths()]
+    return current.read_info().get("shards") == [p.name for p in catalog.shard_paths()]
 
 
 def pick_examples(catalog: Catalog) -> tuple[list[tuple[str, int]], list[int]]:

@@ -212,7 +212,7 @@ def evaluate(root, config: EvalConfig | None = None,
     if fuzzy:
         stats = ClassStats(d)
         stats.update(zg, labels_g)
-        v1 = searcher_v1(searcher)
+        v1 = searcher.v1
         for name in fuzzy:
             omegas[name] = make_omega(FUZZY_METHODS[name]).estimate(
                 OmegaInputs(dim=d, v1=v1, class_stats=stats)).astype(np.float32)
@@ -229,12 +229,6 @@ def evaluate(root, config: EvalConfig | None = None,
     return {"catalog": str(root), "build": searcher.version, "queries": int(len(q_rows)),
             "gallery": int(len(g_rows)), "tau": tau, "kept_features": d, **splits, "ks": list(config.ks),
             "results": results}
-
-
-def searcher_v1(searcher) -> np.ndarray:
-    """v_1² loadings of the kept features (for Ω = SVD), from the build's pruning file."""
-    with np.load(searcher.build_dir / "pruning.npz") as f:
-        return f["v1"][f["kept"]]
 
 
 def _raw_vectors(catalog, object_ids: np.ndarray, q_rows, g_rows, report) -> tuple[np.ndarray, np.ndarray]:

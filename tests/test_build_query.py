@@ -15,6 +15,7 @@ from synth_catalog import append_objects, class_objects, new_catalog
 
 from simdex.cli.main import main as cli_main
 from simdex.engine.build import BuildConfig, BuildError, build, format_build_summary
+from simdex.engine.build_files import BuildFiles
 from simdex.engine.catalog import Catalog
 from simdex.engine.membership import make_membership
 from simdex.engine.pruning import FeatureStats
@@ -49,17 +50,18 @@ def test_build_writes_normalised_matrix_table_iii_and_omega(catalog):
     result = build(catalog, BuildConfig(retain=0.99))
     info = result.info
     ids, x = all_features(catalog)
-    kept = np.load(result.path / "pruning.npz")["kept"]
+    files = BuildFiles(result.path)
+    kept = files.read_pruning().kept
     assert not set(kept) & {12, 13}
-    z = np.load(result.path / "z.npy", mmap_mode="r")
+    z = files.z()
     np.testing.assert_allclose(z, (x[:, kept] - x[:, kept].mean(0)) / x[:, kept].std(0), atol=1e-4)
-    np.testing.assert_array_equal(np.load(result.path / "object_ids.npy"), ids)
+    np.testing.assert_array_equal(files.object_ids(), ids)
     table = {r["layer"]: r for r in info["table_iii"]}
     assert table["C21"] == {"layer": "C21", "initial": 8, "active": 6, "kept": int(np.sum(kept >= 12))}
     assert table["total"]["kept"] == len(kept) == info["kept"]
     # Ω defaults to eq. 5 from the label column, on the train split only
     assert info["omega"] == {"estimator": "clusters", "classes_from": "label", "rows": "split = train"}
-    omega = np.load(result.path / "omega.npy")
+    omega = files.read_omega()
     zt = z[:200]
     labels = np.array(catalog.read_objects(["label"]).column("label").to_pylist())[:200]
     means = np.stack([zt[labels == c].mean(0) for c in CLASSES])
@@ -175,7 +177,7 @@ def test_append_then_rebuild_reuses_statistics_and_finds_new_objects(catalog):
     stats = FeatureStats(N)
     for _, xb in catalog.iter_features():
         stats.update(xb)
-    np.testing.assert_allclose(FeatureStats.load(second.path / "stats.npz").gram, stats.gram, rtol=1e-10)
+    np.testing.assert_allclose(BuildFiles(second.path).read_stats()[0].gram, stats.gram, rtol=1e-10)
     new = Searcher.open(catalog.root)
     assert new.search(ids=[320], k=1).column("object_id").to_pylist() == [320]
     # the reader that opened the old build keeps working on it
@@ -198,6 +200,19 @@ def test_ivf_build_records_recall_and_equals_exact_with_all_candidates(tmp_path)
     exact = s.search(ids=[11], k=10, exact=True)
     full = s.search(ids=[11], k=10, n_candidates=3000, nprobe=16)
     assert full.column("object_id").to_pylist() == exact.column("object_id").to_pylist()
+
+
+def test_nprobe_of_one_search_does_not_change_later_searches(tmp_path):
+    cat = new_catalog(tmp_path / "cat", LAYERS)
+    x, labels = synthetic_objects(3000, seed=3)
+    append_objects(cat, x, labels, "a")
+    build(cat, BuildConfig(index="ivf", recall_queries=0, index_options={"nlist": 16, "nprobe": 16}))
+    s = Searcher.open(cat.root)
+    before = s.search(ids=[11], k=10, n_candidates=3000).column("object_id").to_pylist()
+    narrow = s.search(ids=[11], k=10, n_candidates=3000, nprobe=1).column("object_id").to_pylist()
+    assert s.index.nprobe == 16
+    assert narrow != before  # one list of 16 cannot hold every candidate of the full probe …
+    assert s.search(ids=[11], k=10, n_candidates=3000).column("object_id").to_pylist() == before  # … and it did not stick
 
 
 def test_ivf_build_of_tiny_catalogs_and_without_recall_queries(tmp_path):
@@ -271,3 +286,37 @@ def test_query_by_id_does_not_import_torch_or_duckdb(catalog):
             "print('LOADED', 'torch' in sys.modules, 'duckdb' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "LOADED False False" in out.stdout, out.stdout + out.stderr
+
+
+def test_shard_reader_unifies_sources_and_keeps_commit_order(tmp_path):
+    cat = new_catalog(tmp_path / "cat", LAYERS)
+    x, labels = synthetic_objects(30, seed=5)
+    append_objects(cat, x[:10], labels[:10], "a", split="train")
+    append_objects(cat, x[10:], labels[10:], "b", split=None)  # a source without a split column
+    reader = cat.shards()
+    assert "split" in reader.columns and "features" not in reader.columns
+    batches = list(reader.batches(["object_id", "split", "features"], batch_rows=7))
+    assert max(b.num_rows for b in batches) <= 7
+    ids = np.concatenate([b.column("object_id").to_numpy() for b in batches])
+    np.testing.assert_array_equal(ids, np.arange(30))
+    splits = sum((b.column("split").to_pylist() for b in batches), [])
+    assert splits == ["train"] * 10 + [None] * 20
+    got = np.concatenate([X for _, X in reader.iter_features(batch_rows=4)])
+    np.testing.assert_array_equal(got, x)
+    assert cat.shards(first=1).read(["object_id"]).column("object_id").to_pylist() == list(range(10, 30))
+    assert reader.take(np.array([25, 3]), ["label"]).column("object_id").to_pylist() == [25, 3]
+    with pytest.raises(KeyError, match="no column nope"):
+        reader.read(["nope"])
+
+
+def test_build_files_round_trip(catalog):
+    result = build(catalog)
+    files = catalog.current_build()
+    assert files.folder == result.path and files.version == result.version
+    assert files.read_info() == json.loads(json.dumps(result.info))
+    pruning = files.read_pruning()
+    assert pruning.retained == pytest.approx(result.info["retained"])
+    assert files.z().shape == (300, len(pruning.kept)) == files.codes().shape
+    stats, shards = files.read_stats()
+    assert stats.count == 300 and shards == result.info["shards"]
+    np.testing.assert_allclose(files.read_codec().decode(files.codes()[:5]), files.z()[:5], atol=0.1)

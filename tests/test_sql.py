@@ -72,24 +72,24 @@ def test_views_match_the_catalog_and_the_build(built):
             {"layer": "C11", "channels": 6, "first_feature": 0}, {"layer": "C12", "channels": 6, "first_feature": 6},
             {"layer": "C21", "channels": 8, "first_feature": 12}]
         # the build: kept features with their layer and channel, z-score, Ω; Table III
-        bdir = built.current_build_dir()
-        with np.load(bdir / "pruning.npz") as f:
-            kept, mean, std = f["kept"], f["mean"], f["std"]
+        files = built.current_build()
+        pruning = files.read_pruning()
+        kept, mean, std = pruning.kept, pruning.mean, pruning.std
         kf = s.query("SELECT * FROM kept_features ORDER BY j")
         np.testing.assert_array_equal(kf.column("feature").to_numpy(), kept)
         np.testing.assert_allclose(kf.column("mean").to_numpy(), mean)
         np.testing.assert_allclose(kf.column("std").to_numpy(), std)
-        np.testing.assert_allclose(kf.column("omega").to_numpy(), np.load(bdir / "omega.npy"), rtol=1e-6)
+        np.testing.assert_allclose(kf.column("omega").to_numpy(), files.read_omega(), rtol=1e-6)
         assert 12 not in kept
         for r in kf.to_pylist():
             layer = "C11" if r["feature"] < 6 else "C12" if r["feature"] < 12 else "C21"
             assert r["layer"] == layer and r["channel"] == r["feature"] - {"C11": 0, "C12": 6, "C21": 12}[layer]
-        info = json.loads((bdir / "build.json").read_text())
+        info = files.read_info()
         assert s.query("SELECT * FROM table_iii").to_pylist() == info["table_iii"]
         assert s.query("SELECT sum(omega) AS w, count(*) AS n FROM kept_features").to_pylist() == [
             {"w": pytest.approx(1.0), "n": info["kept"]}]
         b = s.query("SELECT version, objects, kept, tau FROM build").to_pylist()[0]
-        assert b == {"version": bdir.name, "objects": 300, "kept": info["kept"], "tau": 1.0}
+        assert b == {"version": files.version, "objects": 300, "kept": info["kept"], "tau": 1.0}
 
 
 def test_results_view_joins_with_objects_and_equals_the_searcher(built):

@@ -1,0 +1,157 @@
+"""The files of one build: the only module that knows their names.
+
+A build folder (`builds/<version>/`, which `Catalog` places and publishes) holds::
+
+    build.json              what the build is: config, counts, Table III, Ω, candidates, recall, timings
+    stats.npz               the streaming statistics (`FeatureStats`), reused by the next build
+    stats_shards.json       the shards those statistics cover
+    pruning.npz             active flags, v_1, kept features, their mean and std, z range
+    codec.npz               the 8-bit codec of z (lo, step) for the exhaustive table scan
+    z.npy                   (n, d) float32 z-scores of the kept features, memory-mapped by readers
+    codes.npy               (n, d) uint8 codes of z
+    object_ids.npy          (n,) int64, ascending: the object of each row
+    omega.npy               Ω of the build (d,)
+    omegas.npz              the class-based Ω a query may pick instead (clusters, welch)
+    candidates.json         the candidate index's kind and parameters
+    candidates.faiss        the FAISS index (IVF builds only)
+    candidates_omega.npy    the Ω the candidate index was weighted with
+
+The build writes through `BuildFiles`; the searcher, SQL, evaluation, the demo and the
+candidate index read through it. Nobody else joins a file name onto a build folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from simdex.engine.pruning import FeatureStats, Pruning
+from simdex.engine.quantized import UniformCodec
+
+_INFO = "build.json"
+_STATS, _STATS_SHARDS = "stats.npz", "stats_shards.json"
+_PRUNING, _CODEC = "pruning.npz", "codec.npz"
+_Z, _CODES, _OBJECT_IDS = "z.npy", "codes.npy", "object_ids.npy"
+_OMEGA, _OMEGAS = "omega.npy", "omegas.npz"
+_CANDIDATES_INFO, _CANDIDATES_INDEX, _CANDIDATES_OMEGA = "candidates.json", "candidates.faiss", "candidates_omega.npy"
+
+
+class BuildFiles:
+    """Names, paths, reading and writing of every file in one build folder.
+
+    Example:
+        >>> files = BuildFiles(Catalog.open("cat/").current_build_dir())   # doctest: +SKIP
+        >>> files.read_info()["kept"], files.z().shape                     # doctest: +SKIP
+        (70, (70000, 70))
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    @property
+    def version(self) -> str:
+        return self.folder.name
+
+    def __repr__(self) -> str:
+        return f"BuildFiles({str(self.folder)!r})"
+
+    # ------------------------------------------------------------------ build.json
+
+    def read_info(self) -> dict:
+        return json.loads((self.folder / _INFO).read_text())
+
+    def write_info(self, info: dict) -> None:
+        (self.folder / _INFO).write_text(json.dumps(info, indent=1))
+
+    # ------------------------------------------------------------------ statistics (reused by the next build)
+
+    def has_stats(self) -> bool:
+        return (self.folder / _STATS).is_file()
+
+    def read_stats(self) -> tuple[FeatureStats, list[str]]:
+        """The statistics and the shard names they cover (OSError/ValueError/KeyError when unreadable)."""
+        shards = json.loads((self.folder / _STATS_SHARDS).read_text())
+        return FeatureStats.load(self.folder / _STATS), shards
+
+    def write_stats(self, stats: FeatureStats, shards: list[str]) -> None:
+        stats.save(self.folder / _STATS)
+        (self.folder / _STATS_SHARDS).write_text(json.dumps(shards))
+
+    # ------------------------------------------------------------------ pruning and the 8-bit codec
+
+    def write_pruning(self, pruning: Pruning) -> None:
+        np.savez(self.folder / _PRUNING, active=pruning.active, v1=pruning.v1, kept=pruning.kept, mean=pruning.mean,
+                 std=pruning.std, z_min=pruning.z_min, z_max=pruning.z_max,
+                 retain=np.float64(pruning.retain), retained=np.float64(pruning.retained))
+
+    def read_pruning(self) -> Pruning:
+        with np.load(self.folder / _PRUNING) as f:
+            scalars = {k: float(f[k]) if k in f.files else float("nan") for k in ("retain", "retained")}
+            return Pruning(active=f["active"], v1=f["v1"], kept=f["kept"], mean=f["mean"], std=f["std"],
+                           z_min=f["z_min"], z_max=f["z_max"], **scalars)
+
+    def write_codec(self, codec: UniformCodec) -> None:
+        np.savez(self.folder / _CODEC, lo=codec.lo, step=codec.step)
+
+    def read_codec(self) -> UniformCodec:
+        with np.load(self.folder / _CODEC) as f:
+            return UniformCodec(f["lo"], f["lo"] + f["step"] * 255)
+
+    # ------------------------------------------------------------------ the row matrices
+
+    def create_matrices(self, n: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Writable memory maps (z (n, d) float32, codes (n, d) uint8, object_ids (n,) int64)."""
+        open_memmap = np.lib.format.open_memmap
+        return (open_memmap(self.folder / _Z, mode="w+", dtype=np.float32, shape=(n, d)),
+                open_memmap(self.folder / _CODES, mode="w+", dtype=np.uint8, shape=(n, d)),
+                open_memmap(self.folder / _OBJECT_IDS, mode="w+", dtype=np.int64, shape=(n,)))
+
+    def z(self) -> np.ndarray:
+        """(n, d) float32 z-scores, memory-mapped read-only."""
+        return np.load(self.folder / _Z, mmap_mode="r")
+
+    def codes(self) -> np.ndarray:
+        """(n, d) uint8 codes of z, memory-mapped read-only."""
+        return np.load(self.folder / _CODES, mmap_mode="r")
+
+    def object_ids(self) -> np.ndarray:
+        """(n,) int64 object ids of the rows, memory-mapped read-only."""
+        return np.load(self.folder / _OBJECT_IDS, mmap_mode="r")
+
+    # ------------------------------------------------------------------ Ω
+
+    def write_omega(self, omega: np.ndarray, others: dict[str, np.ndarray]) -> None:
+        """The build's Ω and the class-based ones a query may choose instead."""
+        np.save(self.folder / _OMEGA, omega)
+        np.savez(self.folder / _OMEGAS, **others)
+
+    def read_omega(self) -> np.ndarray:
+        return np.load(self.folder / _OMEGA)
+
+    def read_other_omegas(self) -> dict[str, np.ndarray]:
+        path = self.folder / _OMEGAS
+        if not path.exists():
+            return {}
+        with np.load(path) as f:
+            return {name: f[name] for name in f.files}
+
+    # ------------------------------------------------------------------ the candidate index
+
+    def write_candidates(self, info: dict, omega: np.ndarray | None = None) -> None:
+        """The candidate index's description (and the Ω it is weighted with); the FAISS index
+        itself is written by its owner to `candidates_index_path`."""
+        if omega is not None:
+            np.save(self.folder / _CANDIDATES_OMEGA, omega)
+        (self.folder / _CANDIDATES_INFO).write_text(json.dumps(info))
+
+    def read_candidates(self) -> tuple[dict, np.ndarray | None]:
+        info = json.loads((self.folder / _CANDIDATES_INFO).read_text())
+        path = self.folder / _CANDIDATES_OMEGA
+        return info, (np.load(path) if path.exists() else None)
+
+    @property
+    def candidates_index_path(self) -> Path:
+        return self.folder / _CANDIDATES_INDEX
