@@ -144,6 +144,17 @@ def _check_config(config: BuildConfig) -> None:
         raise BuildError(f"tau must be positive, got {config.tau}")
 
 
+def _prune(catalog: Catalog, stats: FeatureStats, config: BuildConfig) -> tuple[Pruning, list[dict]]:
+    """The kept features (SVD pruning) and the paper's Table III."""
+    try:
+        pruning = Pruning.from_stats(stats, config.retain)
+    except PruningError as exc:
+        raise BuildError(str(exc)) from None
+    table_iii = pruning.table_iii(catalog.phi)
+    log.info("Table III\n%s", format_table_iii(table_iii))
+    return pruning, table_iii
+
+
 def build(catalog: Catalog, config: BuildConfig | None = None,
           progress: Callable[[str, int, int], None] | None = None) -> BuildResult:
     """Build and publish a new version of `catalog`'s search structures.
@@ -173,19 +184,10 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
         raise BuildError(f"catalog {catalog.root} has no objects; index images first with `simdex index`")
     timings = {}
     stats, reused = _statistics(catalog, shards, config, report)
-    try:
-        pruning = Pruning.from_stats(stats, config.retain)
-    except PruningError as exc:
-        raise BuildError(str(exc)) from None
-    table_iii = pruning.table_iii(catalog.phi)
-    log.info("Table III\n%s", format_table_iii(table_iii))
+    pruning, table_iii = _prune(catalog, stats, config)
     timings["statistics"] = time.perf_counter() - started
 
-    files = BuildFiles(catalog.new_build_dir())
-    files.write_stats(stats, shards)
-    files.write_pruning(pruning)
-    codec = UniformCodec(pruning.z_min, pruning.z_max)
-    files.write_codec(codec)
+    files, codec = _new_build_folder(catalog, stats, shards, pruning)
     Z, object_ids = _normalise(catalog, files, pruning, codec, config, report)
     timings["normalise"] = time.perf_counter() - started - timings["statistics"]
 
@@ -203,8 +205,7 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
         "config": {k: v for k, v in asdict(config).items() if k != "index_options"},
         "objects": catalog.num_objects, "num_features": catalog.num_features, "active": int(pruning.active.sum()),
         "kept": len(pruning.kept), "retained": pruning.retained, "table_iii": table_iii, "omega": omega_record,
-        "candidates": index.info(), "recall": recall,
-        "shards": shards, "shards_reused_for_statistics": reused,
+        "candidates": index.info(), "recall": recall, "shards": shards, "shards_reused_for_statistics": reused,
         "model_sha256": catalog.model_sha256, "timings_s": timings,
     }
     files.write_info(info)
@@ -230,6 +231,17 @@ def _statistics(catalog: Catalog, shards: list[str], config: BuildConfig, report
         raise CatalogError(f"statistics cover {stats.count} objects, the catalog has {n_objects}: "
                            "was the catalog modified during the build?")
     return stats, len(covered)
+
+
+def _new_build_folder(catalog: Catalog, stats: FeatureStats, shards: list[str],
+                      pruning: Pruning) -> tuple[BuildFiles, UniformCodec]:
+    """A temporary build folder holding the statistics, the pruning and the 8-bit codec of z."""
+    files = BuildFiles(catalog.new_build_dir())
+    files.write_stats(stats, shards)
+    files.write_pruning(pruning)
+    codec = UniformCodec(pruning.z_min, pruning.z_max)
+    files.write_codec(codec)
+    return files, codec
 
 
 def _normalise(catalog: Catalog, files: BuildFiles, pruning: Pruning, codec: UniformCodec, config: BuildConfig,

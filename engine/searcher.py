@@ -221,12 +221,7 @@ class Searcher:
             raise SearchError(f"k must be ≥ 1, got {k}")
         weights = self.omega_named(omega)
         query = self.query_from_ids(ids) if features is None else self.query_from_features(features)
-        if membership == "auto":
-            membership = "gaussian" if len(query.z) == 1 else "trapezoid"
-        try:
-            m = make_membership(membership, query.z, self.tau if tau is None else tau)
-        except MembershipError as exc:
-            raise SearchError(str(exc)) from None
+        m = self.membership_of(query, membership, tau)
         allow = self.allow_mask(where)
         index = None if exact else self.index
         if index is not None and nprobe is not None:
@@ -235,13 +230,27 @@ class Searcher:
         scanner = self.scanner if (exact or index is None or index.kind == "exact") else None
         P, rows = search(self.Z, [m], weights, k, index=index, allow=allow, exact=exact,
                          scanner=scanner, codec=self.codec if scanner is not None else None, **options)
-        keep = rows[0] >= 0
-        result_ids = np.asarray(self.object_ids[rows[0][keep]], dtype=np.int64)
+        return self._result_table(P[0], rows[0], m if explain else None, weights, columns)
+
+    def membership_of(self, query: Query, membership: str = "auto", tau: float | None = None):
+        """The fuzzy set of a query: Gaussian for one vector, trapezoid for several (`auto`), or the named one."""
+        if membership == "auto":
+            membership = "gaussian" if len(query.z) == 1 else "trapezoid"
+        try:
+            return make_membership(membership, query.z, self.tau if tau is None else tau)
+        except MembershipError as exc:
+            raise SearchError(str(exc)) from None
+
+    def _result_table(self, P: np.ndarray, rows: np.ndarray, explain_membership, weights: np.ndarray,
+                      columns: list[str] | None) -> pa.Table:
+        """rank, object_id, score (+ layers when explaining) and the metadata of one query's hits."""
+        keep = rows >= 0
+        result_ids = np.asarray(self.object_ids[rows[keep]], dtype=np.int64)
         table = pa.table({"rank": pa.array(np.arange(1, keep.sum() + 1), pa.int32()),
                           "object_id": pa.array(result_ids, pa.int64()),
-                          "score": pa.array(P[0][keep], pa.float32())})
-        if explain:
-            table = table.append_column("layers", self._explain(m, rows[0][keep], weights))
+                          "score": pa.array(P[keep], pa.float32())})
+        if explain_membership is not None:
+            table = table.append_column("layers", self._explain(explain_membership, rows[keep], weights))
         meta = self.metadata(result_ids, columns) if columns != [] else pa.table({})  # [] = no metadata: no reads
         for name in meta.column_names:
             if name != "object_id":

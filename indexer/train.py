@@ -250,6 +250,62 @@ def _save_last(out: Path, model, opt, cfg: TrainConfig, epoch_done: int, history
 ProgressFn = Callable[[dict], None]
 
 
+def _resume_state(out: Path, cfg: TrainConfig) -> tuple[TrainConfig, dict, list[EpochMetrics], int, float]:
+    """What out/last.pt holds: the run's options (but `cfg.epochs`), the saved state, the metrics so far,
+    the epoch to start at and the best selection score."""
+    last = out / "last.pt"
+    if not last.is_file():
+        raise FileNotFoundError(f"nothing to resume: {last} does not exist (start without --resume)")
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    header = json.loads(saved["header"])
+    epochs = cfg.epochs
+    cfg = TrainConfig.from_dict(header["config"])
+    cfg.epochs = epochs
+    history = [EpochMetrics(**m) for m in header["history"]]
+    return cfg, saved, history, header["epoch_done"] + 1, header["best_score"]
+
+
+def _train_epoch(model, opt, convs, train_loader, cfg: TrainConfig, gen, epoch: int,
+                 progress: ProgressFn | None) -> dict[str, float]:
+    """One pass over the training images with the sparsity objective R(θ) = L_task + λ·L_sp·γ;
+    returns the means of the loss, the task loss and R_sp^0 over its steps."""
+    model.train()
+    sums = {"loss": 0.0, "task": 0.0, "r": 0.0}
+    steps = 0
+    for batch in train_loader:
+        if batch is None:
+            continue
+        x, mask, bg = batch
+        if cfg.augment:
+            x, mask = augment_batch(x, mask, bg, cfg, gen)
+        logits, acts = model(x)
+        task = F.cross_entropy(logits, mask.long())
+        r_sp = active_ratio(acts)
+        gamma = sparsity_gamma(r_sp, cfg.beta, cfg.alpha)
+        loss = task + cfg.lam * gamma * weight_sparsity_loss(convs) if gamma > 0 else task
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+        sums["loss"] += loss.item()
+        sums["task"] += task.item()
+        sums["r"] += 1.0 - r_sp
+        if progress:
+            progress({"epoch": epoch, "step": steps, "steps": len(train_loader), "loss": loss.item(),
+                      "task_loss": task.item(), "r_sp0": 1.0 - r_sp})
+    return {key: value / max(steps, 1) for key, value in sums.items()}
+
+
+def _save_interrupted(out: Path, model, opt, cfg: TrainConfig, epoch: int, history: list[EpochMetrics],
+                      best_score: float) -> None:
+    """Keep the weights of the interrupted epoch; resuming runs that epoch again."""
+    _save_last(out, model, opt, cfg, epoch - 1, history, best_score)
+    if history:
+        write_metrics(out, history)
+    if not (out / "model.pt").exists():
+        save_model(model, out / "model.pt", meta={"train": asdict(cfg), "epoch": epoch - 1, "interrupted": True})
+
+
 def train(source: ImageSource, out: str | Path, cfg: TrainConfig, resume: bool = False,
           progress: ProgressFn | None = None) -> list[EpochMetrics]:
     """Train a sparse U-Net on `source` and write model.pt, last.pt, metrics.csv, curves.png into `out`.
@@ -267,20 +323,7 @@ def train(source: ImageSource, out: str | Path, cfg: TrainConfig, resume: bool =
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    history: list[EpochMetrics] = []
-    start_epoch, best_score = 1, -math.inf
-    saved = None
-    if resume:
-        last = out / "last.pt"
-        if not last.is_file():
-            raise FileNotFoundError(f"nothing to resume: {last} does not exist (start without --resume)")
-        saved = torch.load(last, map_location="cpu", weights_only=True)
-        header = json.loads(saved["header"])
-        epochs = cfg.epochs
-        cfg = TrainConfig.from_dict(header["config"])
-        cfg.epochs = epochs
-        history = [EpochMetrics(**m) for m in header["history"]]
-        start_epoch, best_score = header["epoch_done"] + 1, header["best_score"]
+    cfg, saved, history, start_epoch, best_score = _resume_state(out, cfg) if resume else (cfg, None, [], 1, -math.inf)
 
     torch.manual_seed(cfg.seed + start_epoch)
     model = build_model(UNetConfig(width=cfg.width, in_channels=cfg.in_channels, image_size=cfg.image_size))
@@ -300,35 +343,11 @@ def train(source: ImageSource, out: str | Path, cfg: TrainConfig, resume: bool =
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
-            model.train()
             t0 = time.perf_counter()
-            sums = {"loss": 0.0, "task": 0.0, "r": 0.0}
-            steps = 0
-            for batch in train_loader:
-                if batch is None:
-                    continue
-                x, mask, bg = batch
-                if cfg.augment:
-                    x, mask = augment_batch(x, mask, bg, cfg, gen)
-                logits, acts = model(x)
-                task = F.cross_entropy(logits, mask.long())
-                r_sp = active_ratio(acts)
-                gamma = sparsity_gamma(r_sp, cfg.beta, cfg.alpha)
-                loss = task + cfg.lam * gamma * weight_sparsity_loss(convs) if gamma > 0 else task
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                steps += 1
-                sums["loss"] += loss.item()
-                sums["task"] += task.item()
-                sums["r"] += 1.0 - r_sp
-                if progress:
-                    progress({"epoch": epoch, "step": steps, "steps": len(train_loader), "loss": loss.item(),
-                              "task_loss": task.item(), "r_sp0": 1.0 - r_sp})
+            means = _train_epoch(model, opt, convs, train_loader, cfg, gen, epoch, progress)
             val = evaluate(model, val_loader)
-            m = EpochMetrics(epoch, sums["loss"] / max(steps, 1), sums["task"] / max(steps, 1),
-                             sums["r"] / max(steps, 1), val["task_loss"], val["dice"], val["r_sp0"],
-                             time.perf_counter() - t0)
+            m = EpochMetrics(epoch, means["loss"], means["task"], means["r"], val["task_loss"], val["dice"],
+                             val["r_sp0"], time.perf_counter() - t0)
             history.append(m)
             score = _selection_score(m, cfg)
             if score > best_score:
@@ -341,11 +360,6 @@ def train(source: ImageSource, out: str | Path, cfg: TrainConfig, resume: bool =
             if progress:
                 progress({"epoch_done": m})
     except KeyboardInterrupt:
-        # Keep the weights of the interrupted epoch; resuming runs that epoch again.
-        _save_last(out, model, opt, cfg, epoch - 1, history, best_score)
-        if history:
-            write_metrics(out, history)
-        if not (out / "model.pt").exists():
-            save_model(model, out / "model.pt", meta={"train": asdict(cfg), "epoch": epoch - 1, "interrupted": True})
+        _save_interrupted(out, model, opt, cfg, epoch, history, best_score)
         raise
     return history
