@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, file: null, image: null, box: null, lastQuery: null };
+const state = { info: null, file: null, image: null, box: null, lastQuery: null, seq: 0 };
 const COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"];
 
 async function api(path, options) {
@@ -43,10 +43,12 @@ async function searchIds(ids) {
   showError("");
   state.lastQuery = { ids };
   setQueryStrip(ids.map((id) => thumbUrl(id, 64)), `object${ids.length > 1 ? "s" : ""} ${ids.join(", ")}`);
+  const my = ++state.seq;  // only the newest request may draw: answers can arrive out of order
   try {
-    render(await api("/api/search", { method: "POST", headers: { "content-type": "application/json" },
-                                      body: JSON.stringify({ ids, ...options() }) }));
-  } catch (e) { fail(e); }
+    const answer = await api("/api/search", { method: "POST", headers: { "content-type": "application/json" },
+                                              body: JSON.stringify({ ids, ...options() }) });
+    if (my === state.seq) render(answer);
+  } catch (e) { if (my === state.seq) fail(e); }
 }
 
 async function searchImage() {
@@ -59,14 +61,17 @@ async function searchImage() {
   if (state.box) form.append("box", state.box.join(","));
   setQueryStrip([URL.createObjectURL(state.file)], state.box ? `region ${state.box.join(",")} of ${state.file.name}`
                                                              : state.file.name);
+  const my = ++state.seq;
   try {
-    render(await api("/api/search/image", { method: "POST", body: form }));
-  } catch (e) { fail(e); }
+    const answer = await api("/api/search/image", { method: "POST", body: form });
+    if (my === state.seq) render(answer);
+  } catch (e) { if (my === state.seq) fail(e); }
 }
 
 function fail(e) {
   showError(e.message);
   $("results").replaceChildren();
+  $("legend").replaceChildren();
   $("status").textContent = "";
 }
 
@@ -91,6 +96,13 @@ function render(answer) {
   const layerNames = Object.keys(answer.layer_most || {});
   const cards = answer.results.map((r) => card(r, answer, layerNames));
   $("results").replaceChildren(...cards);
+  $("legend").replaceChildren(...(layerNames.length ? [document.createTextNode("parts of P by layer: ")] : []),
+    ...layerNames.map((name, i) => {
+      const item = document.createElement("span");
+      item.style.setProperty("--swatch", COLOURS[i % COLOURS.length]);
+      item.textContent = name;
+      return item;
+    }));
 }
 
 function card(r, answer, layerNames) {
