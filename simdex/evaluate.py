@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simdex.engine.membership import Gaussian
 from simdex.engine.omega import ClassStats, OmegaInputs, make_omega
+from simdex.engine.shard_reader import column_values
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +66,6 @@ def rank_metrics(scores: np.ndarray, relevant: np.ndarray, ks=(1, 10, 100)) -> d
     return {"ap": ap, **{f"p@{k}": float(rel[:k].mean()) for k in ks}}
 
 
-def gaussian_memberships(zg: np.ndarray, zq: np.ndarray, tau: float) -> np.ndarray:
-    """g_ij = exp(−((z_ij − z_qj)/τ)²) for every gallery row: (n, d) float32."""
-    g = np.subtract(zg, zq, dtype=np.float32)
-    g *= np.float32(1.0 / tau)
-    np.square(g, out=g)
-    np.negative(g, out=g)
-    return np.exp(g, out=g)
-
-
 def evaluate_arrays(
     zq: np.ndarray, zg: np.ndarray, labels_q: np.ndarray, labels_g: np.ndarray, omegas: dict[str, np.ndarray],
     tau: float, raw_q: np.ndarray | None = None, raw_g: np.ndarray | None = None,
@@ -104,7 +97,7 @@ def evaluate_arrays(
         relevant = labels_g == labels_q[q]
         out = {}
         if W is not None:
-            P = gaussian_memberships(zg, zq[q], tau) @ W  # (n, m): every Ω from one pass
+            P = Gaussian(zq[q], tau)(zg) @ W  # (n, m): every Ω from one pass (eq. 2, then eq. 4)
             for j, name in enumerate(names):
                 out[name] = rank_metrics(P[:, j], relevant, ks)
         # L2: rank by −‖a − b‖² = 2 a·b − ‖b‖² (the query's own norm does not change the order)
@@ -173,7 +166,32 @@ def evaluate(root, config: EvalConfig | None = None,
     except SearchError as exc:
         raise EvaluationError(str(exc)) from None
     catalog: Catalog = searcher.catalog
-    columns = catalog.read_objects().column_names
+    labels, sources, q_rows, g_rows, splits = _queries_and_gallery(searcher, config)
+
+    Z = searcher.Z
+    zq, zg = np.asarray(Z[q_rows]), np.asarray(Z[g_rows])
+    labels_q, labels_g = labels[q_rows], labels[g_rows]
+    d = Z.shape[1]
+    omegas = _gallery_omegas(zg, labels_g, searcher.v1, config.methods)
+    raw_q = raw_g = pix_q = pix_g = None
+    if "cosine, raw vectors" in config.methods:
+        raw_q, raw_g = _raw_vectors(catalog, np.asarray(searcher.object_ids), q_rows, g_rows, report)
+    if "L2, raw pixels" in config.methods:
+        report("pixels", 0, 1)
+        pix_q, pix_g = _pixels(list(sources[q_rows])), _pixels(list(sources[g_rows]))
+    tau = searcher.tau if config.tau is None else config.tau
+    results = evaluate_arrays(zq, zg, labels_q, labels_g, omegas, tau, raw_q, raw_g, pix_q, pix_g, config.ks,
+                              config.threads, progress=lambda a, b: report("queries", a, b))
+    results = {m: results[m] for m in config.methods if m in results}
+    return {"catalog": str(root), "build": searcher.version, "queries": int(len(q_rows)),
+            "gallery": int(len(g_rows)), "tau": tau, "kept_features": d, **splits, "ks": list(config.ks),
+            "results": results}
+
+
+def _queries_and_gallery(searcher, config: EvalConfig):
+    """Label and source of every build row, the query and gallery rows, and how they were split."""
+    catalog = searcher.catalog
+    columns = catalog.shards().columns
     if config.label_column not in columns:
         raise EvaluationError(f"no '{config.label_column}' column to judge relevance; columns: {', '.join(columns)}")
     want = ["object_id", config.label_column, "source"] + (["split"] if "split" in columns else [])
@@ -181,12 +199,12 @@ def evaluate(root, config: EvalConfig | None = None,
     ids = table.column("object_id").to_numpy()
     order = np.argsort(ids)
     pos = order[np.searchsorted(ids[order], np.asarray(searcher.object_ids))]  # table row of each build row
-    labels = np.array(table.column(config.label_column).to_pylist(), dtype=object)[pos]
-    sources = np.array(table.column("source").to_pylist(), dtype=object)[pos]
+    labels = column_values(table, config.label_column)[pos]
+    sources = column_values(table, "source")[pos]
     usable = searcher.allowed & np.array([lab is not None for lab in labels])
     rng = np.random.default_rng(config.seed)
     if "split" in columns:
-        split = np.array(table.column("split").to_pylist(), dtype=object)[pos]
+        split = column_values(table, "split")[pos]
         q_rows = np.flatnonzero(usable & (split == config.query_split))
         g_rows = np.flatnonzero(usable & (split == config.gallery_split))
         splits = {"query_split": config.query_split, "gallery_split": config.gallery_split}
@@ -202,33 +220,19 @@ def evaluate(root, config: EvalConfig | None = None,
                               f"{config.gallery_split!r} (gallery: {len(g_rows)})")
     if config.num_queries and len(q_rows) > config.num_queries:
         q_rows = np.sort(rng.choice(q_rows, config.num_queries, replace=False))
+    return labels, sources, q_rows, g_rows, splits
 
-    Z = searcher.Z
-    zq, zg = np.asarray(Z[q_rows]), np.asarray(Z[g_rows])
-    labels_q, labels_g = labels[q_rows], labels[g_rows]
-    d = Z.shape[1]
-    omegas = {}
-    fuzzy = [m for m in config.methods if m in FUZZY_METHODS]
-    if fuzzy:
-        stats = ClassStats(d)
-        stats.update(zg, labels_g)
-        v1 = searcher.v1
-        for name in fuzzy:
-            omegas[name] = make_omega(FUZZY_METHODS[name]).estimate(
-                OmegaInputs(dim=d, v1=v1, class_stats=stats)).astype(np.float32)
-    raw_q = raw_g = pix_q = pix_g = None
-    if "cosine, raw vectors" in config.methods:
-        raw_q, raw_g = _raw_vectors(catalog, np.asarray(searcher.object_ids), q_rows, g_rows, report)
-    if "L2, raw pixels" in config.methods:
-        report("pixels", 0, 1)
-        pix_q, pix_g = _pixels(list(sources[q_rows])), _pixels(list(sources[g_rows]))
-    tau = searcher.tau if config.tau is None else config.tau
-    results = evaluate_arrays(zq, zg, labels_q, labels_g, omegas, tau, raw_q, raw_g, pix_q, pix_g, config.ks,
-                              config.threads, progress=lambda a, b: report("queries", a, b))
-    results = {m: results[m] for m in config.methods if m in results}
-    return {"catalog": str(root), "build": searcher.version, "queries": int(len(q_rows)),
-            "gallery": int(len(g_rows)), "tau": tau, "kept_features": d, **splits, "ks": list(config.ks),
-            "results": results}
+
+def _gallery_omegas(zg: np.ndarray, labels_g: np.ndarray, v1: np.ndarray, methods) -> dict[str, np.ndarray]:
+    """Ω of every fuzzy ranking asked for, estimated on the gallery's labels only."""
+    fuzzy = [m for m in methods if m in FUZZY_METHODS]
+    if not fuzzy:
+        return {}
+    d = zg.shape[1]
+    stats = ClassStats(d)
+    stats.update(zg, labels_g)
+    return {name: make_omega(FUZZY_METHODS[name]).estimate(OmegaInputs(dim=d, v1=v1, class_stats=stats)).astype(np.float32)
+            for name in fuzzy}
 
 
 def _raw_vectors(catalog, object_ids: np.ndarray, q_rows, g_rows, report) -> tuple[np.ndarray, np.ndarray]:
