@@ -11,17 +11,15 @@ FORMATS = ("table", "json", "csv")
 
 
 def _format_table(result) -> str:
+    from simdex.engine.text_table import text_table
+
     rows = result.table.to_pylist()
     header = ["rank", "label", "Welch sim", "shared ch", "proto rank", "proto cos", "objects"]
     cells = [[str(r["welch_rank"]), r["label"], f"{r['welch_similarity']:.4f}",
               f"{r['shared_channels']}/{result.significant_channels}", str(r["prototype_rank"]),
               f"{r['prototype_cosine']:.4f}", f"{r['objects']:,}"] for r in rows]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(header)]
-    left = {1}
-    lines = ["  ".join(h.ljust(w) if i in left else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    lines += ["  ".join(v.ljust(w) if i in left else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths)))
-              for c in cells]
-    return "\n".join([result.summary(), ""] + lines)
+    table = text_table(header, cells, right={0, 2, 3, 4, 5, 6})
+    return "\n".join([result.summary(), "", table])
 
 
 @click.command(name="labels")

@@ -22,16 +22,15 @@ def _weakest_layers(parts: dict, most: dict, n: int = 3) -> str:
 
 
 def _format_table(table, layer_weights: dict | None = None) -> str:
+    from simdex.engine.text_table import text_table
+
     rows = table.to_pylist()
     cols = [c for c in ("rank", "object_id", "score", "semantic", "spatial", "label", "source", "layers")
             if c in table.column_names]
     cells = [[f"{r[c]:.4f}" if c in ("score", "semantic", "spatial") else _weakest_layers(r[c], layer_weights or {}) if c == "layers"
               else ("" if r[c] is None else str(r[c])) for c in cols] for r in rows]
     header = ["P" if c == "score" else "weakest layers (match)" if c == "layers" else c for c in cols]
-    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
+    return text_table(header, cells)
 
 
 @click.command(name="query")
@@ -175,11 +174,16 @@ def _permutation_rerank(searcher, table, ids, images, box, k, layer, grid, match
 def _draw_sheet(searcher, table, ids, images, path: Path) -> None:
     from simdex.sheet import SheetError, draw_result_sheet
 
+    missing: list[str] = []
     try:
-        draw_result_sheet(searcher, table, path, query_ids=list(ids), query_images=list(images))
-    except SheetError as exc:
-        raise click.ClickException(str(exc)) from None
+        draw_result_sheet(searcher, table, path, query_ids=list(ids), query_images=list(images),
+                          on_missing=lambda source, reason: missing.append(source))
+    except (SheetError, OSError) as exc:
+        raise click.ClickException(f"cannot write the contact sheet {path}: {exc}") from None
     click.echo(f"contact sheet: {path}", err=True)
+    if missing:
+        click.echo(f"note: {len(missing)} image(s) of the catalog could not be read (first: {missing[0]}); "
+                   "they are drawn as crossed grey cells", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,13 +31,10 @@ def _cell(value) -> str:
 
 
 def format_table(names: list[str], rows: list[dict], numeric: list[bool], more: bool, total: int) -> str:
+    from simdex.engine.text_table import text_table
+
     cells = [[_cell(r[n]) for n in names] for r in rows]
-    widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
-
-    def line(values):
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
-
-    out = [line(names), line(["-" * w for w in widths])] + [line(c) for c in cells]
+    out = [text_table(names, cells, right=numeric, rule=True, strip=True)]
     out.append(f"({total} rows shown; more rows follow: use --max-rows, or --format csv|json|parquet)" if more
                else f"({total} row{'s' if total != 1 else ''})")
     return "\n".join(out)

@@ -172,6 +172,7 @@ class Pruning:
 
 def format_table_iii(rows: list[dict]) -> str:
     """Table III as aligned text."""
-    lines = [f"{'layer':<10}{'initial':>9}{'active':>9}{'kept':>9}"]
-    lines += [f"{r['layer']:<10}{r['initial']:>9}{r['active']:>9}{r['kept']:>9}" for r in rows]
-    return "\n".join(lines)
+    from simdex.engine.text_table import text_table
+
+    cells = [[str(r["layer"]), str(r["initial"]), str(r["active"]), str(r["kept"])] for r in rows]
+    return text_table(["layer", "initial", "active", "kept"], cells, right={1, 2, 3}, sep="", min_widths=(10, 9, 9, 9))

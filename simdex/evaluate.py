@@ -28,6 +28,7 @@ import numpy as np
 from simdex.engine.membership import Gaussian
 from simdex.engine.omega import ClassStats, OmegaInputs, make_omega
 from simdex.engine.shard_reader import column_values
+from simdex.engine.text_table import text_table
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +261,4 @@ def format_table(result: dict) -> str:
     rows = []
     for name, m in result["results"].items():
         rows.append([name] + [f"{m[f'p@{k}']:.4f}" for k in ks] + [f"{m['map']:.4f}"])
-    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
+    return text_table(head, rows, rule=True)

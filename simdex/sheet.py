@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,14 +49,39 @@ def contact_sheet(queries: list[tuple[str, np.ndarray]], results: list[tuple[str
     return path
 
 
+def placeholder_tile(size: int = 28) -> np.ndarray:
+    """A light grey tile crossed in grey: the cell of an image that cannot be read. uint8 (size, size, 3)."""
+    tile = np.full((size, size, 3), 225, np.uint8)
+    idx = np.arange(size)
+    tile[idx, idx] = tile[idx, size - 1 - idx] = 150
+    return tile
+
+
 def draw_result_sheet(searcher, results, path: str | os.PathLike, query_ids=(), query_images=(),
-                      tile: int = 112, columns: int = 6) -> Path:
+                      tile: int = 112, columns: int = 6,
+                      on_missing: Callable[[str, str], None] | None = None) -> Path:
     """Contact sheet of a search: the query objects (by id) or query image files, then the results
-    (a table with rank, score and source) captioned with rank and P."""
+    (a table with rank, score and source) captioned with rank and P.
+
+    An image that cannot be read any more (moved, deleted) becomes a crossed grey cell captioned
+    "image gone"; `on_missing(source, reason)` is told about each one.
+    """
+    def image(source: str) -> tuple[np.ndarray, bool]:
+        try:
+            return read_catalog_image(source), True
+        except SheetError as exc:
+            if on_missing is not None:
+                on_missing(source, str(exc))
+            return placeholder_tile(), False
+
+    def cell(caption: str, source: str) -> tuple[str, np.ndarray]:
+        img, ok = image(source)
+        return (caption if ok else f"{caption} image gone"[:24]), img
+
     queries = []
     if len(query_ids):
         meta = searcher.metadata(np.asarray(query_ids, np.int64), ["source"])
-        queries = [(f"query {i}", read_catalog_image(s)) for i, s in zip(query_ids, meta.column("source").to_pylist(), strict=True)]
-    queries += [(Path(p).name[:16], read_catalog_image(str(p))) for p in query_images]
-    tiles = [(f"#{r['rank']} P={r['score']:.3f}", read_catalog_image(r["source"])) for r in results.to_pylist()]
+        queries = [cell(f"query {i}", s) for i, s in zip(query_ids, meta.column("source").to_pylist(), strict=True)]
+    queries += [cell(Path(p).name[:16], str(p)) for p in query_images]
+    tiles = [cell(f"#{r['rank']} P={r['score']:.3f}", r["source"]) for r in results.to_pylist()]
     return contact_sheet(queries, tiles, path, tile=tile, columns=max(columns, len(queries)))

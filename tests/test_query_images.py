@@ -66,6 +66,25 @@ def test_contact_sheet(image_catalog, tmp_path):
     assert im.size[0] > 0 and im.size[1] > 0 and np.asarray(im).std() > 0
 
 
+def test_contact_sheet_with_a_source_image_gone(image_catalog, tmp_path):
+    cat, _ = image_catalog
+    source = Path(Searcher.open(cat).metadata(np.array([0]), ["source"]).column("source")[0].as_py())
+    hidden = source.with_name(source.name + ".away")
+    source.rename(hidden)
+    try:
+        sheet = tmp_path / "sheet.png"
+        out = CliRunner().invoke(cli_main, ["query", "--catalog", str(cat), "0", "-k", "4", "--sheet", str(sheet)])
+    finally:
+        hidden.rename(source)
+    assert out.exit_code == 0, out.output
+    assert "Traceback" not in out.output and "could not be read" in out.output and str(source) in out.output
+    with Image.open(sheet) as im:
+        assert im.size[0] > 0
+    # a sheet that cannot be written is one line, not a traceback
+    out = CliRunner().invoke(cli_main, ["query", "--catalog", str(cat), "0", "--sheet", str(tmp_path / "no" / "s.png")])
+    assert out.exit_code == 1 and out.output.count("\n") <= 12 and "cannot write the contact sheet" in out.output
+
+
 def test_read_catalog_image_from_idx(tmp_path):
     images = np.arange(2 * 4 * 5, dtype=np.uint8).reshape(2, 4, 5)
     path = tmp_path / "x-images-idx3-ubyte"
