@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from simdex.cli.progress import ProgressBar
-from simdex.indexer.runner import DEFAULT_BATCH_SIZE, DEFAULT_MIN_AREA
+from simdex.indexer.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_AREA
 
 
 class _IndexBar:

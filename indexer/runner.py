@@ -30,15 +30,13 @@ import torch
 
 from simdex.engine.catalog import Catalog, CatalogError, region_cells, region_grid
 from simdex.indexer.checkpoint import LoadedModel, load_model
+from simdex.indexer.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_AREA, DEFAULT_SHARD_IMAGES
 from simdex.indexer.extract import OBJECT_MODES, REGION_MODES, find_objects, object_features
 from simdex.indexer.shards import ShardWriter, metadata_schema, object_schema
 from simdex.indexer.sources import IdxSource, ImageReadError, ImageSource, fit_to_size, open_source
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 256
-DEFAULT_SHARD_IMAGES = 16384
-DEFAULT_MIN_AREA = 4
 
 
 @dataclass
