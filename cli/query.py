@@ -113,15 +113,7 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], box: st
         raise click.UsageError("--format parquet needs --output FILE")
     try:
         searcher = Searcher.open(catalog)
-        features = None
-        if images:
-            from simdex.indexer.query_features import QueryImageError, image_features, parse_box
-
-            try:
-                boxes = None if box is None else [parse_box(box)]
-                features = image_features(searcher.catalog, list(images), boxes=boxes)
-            except QueryImageError as exc:
-                raise click.ClickException(str(exc)) from None
+        features = _image_features(searcher, images, box) if images else None
         table = searcher.search(ids=list(ids) or None, features=features, k=max(k, pi_candidates) if pi else k,
                                 tau=tau, membership=membership, where=where, exact=exact, n_candidates=candidates,
                                 nprobe=nprobe, omega=omega, explain=explain)
@@ -133,27 +125,43 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], box: st
     if table.num_rows == 0:
         click.echo("no object matches" + (f" --where {where!r}" if where else "") + " (deleted objects are never "
                    "returned)", err=True)
+    _write_results(table, fmt, output, searcher.omega_per_layer(omega) if explain and fmt == "table" else None)
+    if sheet is not None:
+        _draw_sheet(searcher, table, ids, images, sheet)
+
+
+def _image_features(searcher, images, box):
+    """Raw feature vectors of the query images (the one path that runs the model, so imports torch)."""
+    from simdex.indexer.query_features import QueryImageError, image_features, parse_box
+
+    try:
+        boxes = None if box is None else [parse_box(box)]
+        return image_features(searcher.catalog, list(images), boxes=boxes)
+    except QueryImageError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _write_results(table, fmt: str, output: Path | None, layer_weights: dict | None) -> None:
+    """The results as a table, JSON lines or CSV on standard output or in `output`; Parquet in `output`."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
         pq.write_table(table, output)
+        return
+    if fmt == "table":
+        text = _format_table(table, layer_weights)
+    elif fmt == "json":
+        text = "\n".join(json.dumps(row, default=str) for row in table.to_pylist())
     else:
-        if fmt == "table":
-            text = _format_table(table, searcher.omega_per_layer(omega) if explain else None)
-        elif fmt == "json":
-            text = "\n".join(json.dumps(row, default=str) for row in table.to_pylist())
-        else:
-            import pyarrow.csv as pacsv
+        import pyarrow.csv as pacsv
 
-            buf = __import__("io").BytesIO()
-            pacsv.write_csv(table.flatten(), buf)  # layers → layers.C11, layers.C12, …
-            text = buf.getvalue().decode().rstrip("\n")
-        if output is None:
-            click.echo(text)
-        else:
-            output.write_text(text + "\n")
-    if sheet is not None:
-        _draw_sheet(searcher, table, ids, images, sheet)
+        buf = __import__("io").BytesIO()
+        pacsv.write_csv(table.flatten(), buf)  # layers → layers.C11, layers.C12, …
+        text = buf.getvalue().decode().rstrip("\n")
+    if output is None:
+        click.echo(text)
+    else:
+        output.write_text(text + "\n")
 
 
 def _permutation_rerank(searcher, table, ids, images, box, k, layer, grid, matcher):

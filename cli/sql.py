@@ -130,34 +130,38 @@ def sql(statement: str | None, catalog: Path, searches: tuple[str, ...], k: int,
         try:
             if list_views:
                 table = session.describe()
-                result = (table.schema, iter(table.to_batches()))
-                fmt_views = "json" if fmt == "json" else fmt
-                if fmt_views == "table":
+                if fmt == "table":
                     for row in table.to_pylist():
                         click.echo(f"{row['view']}: {row['holds']}\n    {row['columns']}")
                     return
+                result = (table.schema, iter(table.to_batches()))
             else:
                 result = session.batches(statement)
             if result is None:
                 click.echo("OK (the statement returned no rows; the session's memory is discarded on exit)", err=True)
                 return
-            schema, batches = result
-            if fmt == "parquet":
-                import pyarrow.parquet as pq
-
-                try:
-                    with pq.ParquetWriter(output, schema) as writer:
-                        for batch in batches:
-                            writer.write_batch(batch)
-                except SqlError:
-                    output.unlink(missing_ok=True)  # no half-written file
-                    raise
-                return
-            if output is None:
-                _write_text(schema, batches, fmt, sys.stdout, max_rows)
-            else:
-                with open(output, "w", newline="") as out:
-                    _write_text(schema, batches, fmt, out, max_rows)
+            _write_result(*result, fmt, output, max_rows)
         except SqlError as exc:
             raise click.ClickException(str(exc)) from None
 
+
+def _write_result(schema, batches, fmt: str, output: Path | None, max_rows: int) -> None:
+    """Stream the result's batches to a Parquet file, or as text (table, json, csv) to `output` or stdout."""
+    from simdex.engine.sql import SqlError
+
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            with pq.ParquetWriter(output, schema) as writer:
+                for batch in batches:
+                    writer.write_batch(batch)
+        except SqlError:
+            output.unlink(missing_ok=True)  # no half-written file
+            raise
+        return
+    if output is None:
+        _write_text(schema, batches, fmt, sys.stdout, max_rows)
+    else:
+        with open(output, "w", newline="") as out:
+            _write_text(schema, batches, fmt, out, max_rows)
