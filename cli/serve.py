@@ -17,7 +17,10 @@ import click
               "(starts without importing torch).")
 @click.option("--torch-threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Threads of one model run (requests run side by side).")
-def serve(catalog: Path, host: str, port: int, no_model: bool, torch_threads: int) -> None:
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Searches computed at once; more requests wait their turn (each answer says how long in "
+                   "queue_ms).  [default: the number of cores]")
+def serve(catalog: Path, host: str, port: int, no_model: bool, torch_threads: int, workers: int | None) -> None:
     """Serve a catalog: a JSON API and a search page, with the model and the build loaded once.
 
     The page is at http://HOST:PORT/, the API under /api (described at /docs and
@@ -44,7 +47,7 @@ def serve(catalog: Path, host: str, port: int, no_model: bool, torch_threads: in
                    f" at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)", err=True)
 
     try:
-        run(catalog, host=host, port=port, load_model=not no_model, torch_threads=torch_threads, on_ready=ready,
-            log_level="warning")
+        run(catalog, host=host, port=port, load_model=not no_model, torch_threads=torch_threads, workers=workers,
+            on_ready=ready, log_level="warning")
     except ServiceError as exc:
         raise click.ClickException(str(exc)) from None

@@ -28,7 +28,7 @@ def create_app(service: CatalogService):
 
 
 def run(root: str | os.PathLike, host: str = "127.0.0.1", port: int = 8080, load_model: bool = True,
-        torch_threads: int = 1, log_level: str = "info", on_ready=None) -> None:
+        torch_threads: int = 1, workers: int | None = None, log_level: str = "info", on_ready=None) -> None:
     """Serve the catalog at `root` on http://host:port until interrupted.
 
     Raises:
@@ -40,9 +40,10 @@ def run(root: str | os.PathLike, host: str = "127.0.0.1", port: int = 8080, load
     except ImportError:
         raise ServiceError("simdex serve needs FastAPI and uvicorn: pip install 'simdex[serve]'") from None
     _check_can_listen(host, port)
-    service = CatalogService.open(root, load_model=load_model, torch_threads=torch_threads)
+    service = CatalogService.open(root, load_model=load_model, torch_threads=torch_threads, workers=workers)
     if on_ready is not None:
         on_ready(service)
+    # HTTP runs on uvicorn's event loop; searches in FastAPI's thread pool, `workers` of them computing at once
     uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=False)
 
 
