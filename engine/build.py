@@ -48,6 +48,7 @@ import numpy as np
 from simdex.engine.build_files import BuildFiles
 from simdex.engine.candidates import build_candidate_index
 from simdex.engine.catalog import Catalog, CatalogError
+from simdex.engine.errors import SimdexError
 from simdex.engine.omega import ClassStats, OmegaError, OmegaInputs, kmeans_labels, make_omega
 from simdex.engine.pruning import FeatureStats, Pruning, PruningError, format_table_iii
 from simdex.engine.quantized import LutScanner, UniformCodec
@@ -60,7 +61,7 @@ BUILD_FORMAT = "simdex-build/1"
 OMEGA_CHOICES = ("auto", "uniform", "svd", "clusters", "welch")
 
 
-class BuildError(Exception):
+class BuildError(SimdexError):
     """A build that cannot be made as asked; the message says what to change."""
 
 

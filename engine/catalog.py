@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simdex.engine.build_files import BuildFiles
+from simdex.engine.errors import SimdexError
 from simdex.engine.shard_reader import ShardReader
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ _BUILD_RE = re.compile(r"^v(\d{6})-")
 _REQUIRED_INFO = ("sha256", "config", "phi", "num_features", "region")
 
 
-class CatalogError(Exception):
+class CatalogError(SimdexError):
     """A catalog that is missing, not a catalog, of another format, or used inconsistently."""
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from simdex.engine.catalog import Catalog
+from simdex.engine.errors import SimdexError
 from simdex.engine.omega import ClassStats
 from simdex.engine.shard_reader import column_values, feature_arrays
 
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ALPHA = 0.01
 
 
-class LabelError(ValueError):
+class LabelError(SimdexError, ValueError):
     """A label similarity that cannot be computed as asked; the message says how to fix it."""
 
 

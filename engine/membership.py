@@ -23,8 +23,10 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from simdex.engine.errors import SimdexError
 
-class MembershipError(ValueError):
+
+class MembershipError(SimdexError, ValueError):
     """Bad membership name, τ or query set."""
 
 

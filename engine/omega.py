@@ -23,8 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simdex.engine.errors import SimdexError
 
-class OmegaError(ValueError):
+
+class OmegaError(SimdexError, ValueError):
     """Ω cannot be estimated as asked (unknown name, missing labels, a single class)."""
 
 

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from simdex.engine.errors import SimdexError
 
-class PruningError(ValueError):
+
+class PruningError(SimdexError, ValueError):
     """Statistics that cannot be pruned (no rows, no active feature, bad retain)."""
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 from simdex.engine.build_files import BuildFiles
 from simdex.engine.candidates import load_candidate_index
 from simdex.engine.catalog import Catalog
+from simdex.engine.errors import SimdexError
 from simdex.engine.explain import layer_of_features
 from simdex.engine.membership import MembershipError, make_membership
 from simdex.engine.omega import OmegaInputs, make_omega
@@ -35,7 +36,7 @@ QUANTIZED_SCAN_ABOVE = 200_000
 RESULT_COLUMNS = ("rank", "object_id", "score")
 
 
-class SearchError(Exception):
+class SearchError(SimdexError):
     """A query that cannot be answered as asked; the message says how to fix it."""
 
 

@@ -71,6 +71,27 @@ class ShardReader:
         for batch in self.batches(["object_id", "features"], batch_rows):
             yield feature_arrays(batch, self.num_features)
 
+    def features_of(self, object_ids) -> np.ndarray:
+        """Raw feature vectors (len(object_ids), N) float32 of the given objects, in that order.
+
+        Raises:
+            KeyError: an id no shard holds.
+        """
+        want = np.asarray(object_ids, dtype=np.int64).ravel()
+        out = np.empty((len(want), self.num_features), np.float32)
+        found = np.zeros(len(want), bool)
+        for ids, x in self.iter_features():
+            hit = np.isin(want, ids)
+            if hit.any():
+                pos = np.searchsorted(ids, want[hit]) if np.all(np.diff(ids) > 0) else \
+                    np.array([np.flatnonzero(ids == i)[0] for i in want[hit]])
+                out[hit], found[hit] = x[pos], True
+            if found.all():
+                break
+        if not found.all():
+            raise KeyError(f"no object {', '.join(map(str, want[~found][:5]))} in the shards")
+        return out
+
     def read(self, columns: Sequence[str] | None = None) -> pa.Table:
         """The rows without `features` (every column, or `columns` in that order)."""
         want = self.columns if columns is None else list(columns)

@@ -50,6 +50,7 @@ import numpy as np
 import pyarrow as pa
 
 from simdex.engine.catalog import Catalog
+from simdex.engine.errors import SimdexError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ BUILD_VIEWS = ("build", "kept_features", "table_iii")
 _NO_RESULTS_HINT = "the results view exists only with searches: simdex sql --search \"ID [k]\" …"
 
 
-class SqlError(Exception):
+class SqlError(SimdexError):
     """A SQL statement that failed or was refused; the message is DuckDB's, with a hint."""
 
 

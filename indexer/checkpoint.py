@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
+from simdex.engine.errors import SimdexError
 from simdex.indexer.model import SparseUNet, UNetConfig, build_model
 
 FORMAT = "simdex-model/1"
 DEFAULT_MODEL_PATH = Path(__file__).parent / "models" / "default.pt"
 
 
-class ModelFileError(Exception):
+class ModelFileError(SimdexError):
     """A model file that is missing, not a simdex model, tampered with or unsafe."""
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from simdex.engine.catalog import Catalog, region_cells
+from simdex.engine.errors import SimdexError
 
 
-class FeatureMapError(Exception):
+class FeatureMapError(SimdexError):
     """An object whose maps cannot be re-computed (image gone, model changed, object not found again)."""
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from simdex.engine.catalog import Catalog
+from simdex.engine.errors import SimdexError
 
 
-class QueryImageError(Exception):
+class QueryImageError(SimdexError):
     """An image that cannot be turned into a query (unreadable, no object, model missing)."""
 
 

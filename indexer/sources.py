@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simdex.engine.errors import SimdexError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -42,11 +44,11 @@ DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MASK_THRESHOLD = 0.05
 
 
-class SourceError(Exception):
+class SourceError(SimdexError):
     """A source that cannot be opened at all (wrong path, unknown format, missing column)."""
 
 
-class ImageReadError(Exception):
+class ImageReadError(SimdexError):
     """One image that cannot be decoded; `reason` is a short code for the errors table."""
 
     def __init__(self, reason: str, detail: str = ""):

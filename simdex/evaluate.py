@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simdex.engine.errors import SimdexError
 from simdex.engine.membership import Gaussian
 from simdex.engine.omega import ClassStats, OmegaInputs, make_omega
 from simdex.engine.shard_reader import column_values
@@ -38,7 +39,7 @@ OTHER_METHODS = ("cosine, raw vectors", "L2, z-scored kept features", "L2, raw p
 METHODS = tuple(FUZZY_METHODS) + OTHER_METHODS
 
 
-class EvaluationError(ValueError):
+class EvaluationError(SimdexError, ValueError):
     """The catalog cannot be evaluated as asked (no labels, empty split, no build)."""
 
 

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from simdex.engine.catalog import region_cells
+from simdex.engine.errors import SimdexError
 from simdex.engine.membership import MembershipError, make_membership
 from simdex.engine.simmap import EntryLayout, entry_maps, feature_terms, pixel_map, to_pixels
 
 
-class ExplainError(Exception):
+class ExplainError(SimdexError):
     """A pair that cannot be explained as asked; the message says why."""
 
 

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from simdex.engine.errors import SimdexError
 from simdex.engine.permutation import MATCHERS, semantic_similarity, spatial_similarity
 
 
-class PermutationError(Exception):
+class PermutationError(SimdexError):
     """A permutation-invariant query or RSM that cannot be computed as asked."""
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from simdex.engine.errors import SimdexError
 
-class SheetError(Exception):
+
+class SheetError(SimdexError):
     """The sheet cannot be drawn (an image of the catalog is gone, Pillow is missing)."""
 
 
