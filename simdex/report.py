@@ -8,7 +8,6 @@ Everything is written into one folder: index.html and its PNG files.
 
 from __future__ import annotations
 
-import html
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,75 +34,81 @@ def omega_by_layer(searcher) -> list[tuple[str, float, int]]:
     return out
 
 
-def _table_html(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def write_report(out_dir: str | Path, searcher, examples: list[Example], curves_png: Path | None = None,
                  training_rows: list[dict] | None = None, evaluation: dict | None = None,
                  notes: list[str] | None = None) -> Path:
-    """Write index.html and its pictures into `out_dir`; returns the path of index.html."""
-    from simdex.indexer.plots import bar_chart
-    from simdex.sheet import draw_result_sheet
+    """Write index.html and its pictures into `out_dir`; returns the path of index.html.
 
+    The markup is `templates/report.html`, rendered by Jinja2 with autoescaping: every value
+    (labels, paths, notes) is escaped, whatever it holds."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = searcher.info
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>simdex report</title><style>"
-             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
-             "text-align:right}th{background:#f3f3f3}img{border:1px solid #ddd;margin:4px 0}"
-             "</style></head><body>",
-             "<h1>simdex report</h1>",
-             f"<p>Catalog <code>{html.escape(str(searcher.catalog.root))}</code>: {info['objects']:,} objects, "
-             f"build <code>{html.escape(searcher.version)}</code>, {info['kept']} kept features of "
-             f"{info['num_features']} ({info['active']} active), Ω = {html.escape(info['omega']['estimator'])} "
-             f"from {html.escape(str(info['omega'].get('classes_from')))} ({html.escape(str(info['omega'].get('rows')))}), "
-             f"τ = {info['config']['tau']}, candidate stage recall@10 = "
-             + ("not measured" if info["recall"]["recall_at_10_mean"] is None
-                else f"{info['recall']['recall_at_10_mean']:.3f}") + ".</p>"]
-    for note in notes or []:
-        parts.append(f"<p>{html.escape(note)}</p>")
+    recall = info["recall"]["recall_at_10_mean"]
+    context = {
+        "catalog": str(searcher.catalog.root), "version": searcher.version, "info": info,
+        "recall": "not measured" if recall is None else f"{recall:.3f}", "notes": notes or [],
+        "examples": _draw_examples(out, searcher, examples),
+        "curves": _copy_curves(out, curves_png), "training": _training_table(training_rows),
+        "table_iii": [[r["layer"], r["initial"], r["active"], r["kept"]] for r in info["table_iii"]],
+        "omega_png": "omega_layers.png", "omega_layers": _draw_omega_layers(out, searcher),
+        "evaluation": _evaluation_table(evaluation),
+    }
+    index = out / "index.html"
+    index.write_text(_template().render(**context), encoding="utf-8")
+    return index
 
-    parts.append("<h2>Example queries</h2><p>Each sheet shows the query object(s) in the first row, then the "
-                 "ten most similar objects of the training split with their probabilistic similarity P.</p>")
+
+def _template():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("simdex", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.get_template("report.html")
+
+
+def _draw_examples(out: Path, searcher, examples: list[Example]) -> list[dict]:
+    """A contact sheet per example query (query_NN.png) and what the page says about it."""
+    from simdex.sheet import draw_result_sheet
+
+    drawn = []
     for i, ex in enumerate(examples):
         png = draw_result_sheet(searcher, ex.results, out / f"query_{i:02d}.png", query_ids=ex.query_ids,
                                 tile=84, columns=5)
         labels = ex.results.column("label").to_pylist() if "label" in ex.results.column_names else []
-        parts.append(f"<h3>{html.escape(ex.title)}</h3><p>membership: {ex.membership}; result labels: "
-                     f"{html.escape(', '.join(str(x) for x in labels))}</p><img src='{png.name}'>")
+        drawn.append({"title": ex.title, "membership": ex.membership, "labels": [str(x) for x in labels],
+                      "png": png.name})
+    return drawn
 
-    if curves_png is not None and Path(curves_png).is_file():
-        shutil.copyfile(curves_png, out / "training_curves.png")
-        parts.append("<h2>Training of the model</h2><p>Task loss, validation Dice and R_sp^0 per epoch "
-                     "(the paper's Table II).</p><img src='training_curves.png'>")
-    if training_rows:
-        keys = ["epoch", "val_task_loss", "val_dice", "val_r_sp0"]
-        parts.append(_table_html(keys, [[r.get(k, "") for k in keys] for r in training_rows]))
 
-    t3 = info["table_iii"]
-    parts.append("<h2>Pruning (the paper's Table III)</h2>")
-    parts.append(_table_html(["layer", "initial", "active", "kept"],
-                             [[r["layer"], r["initial"], r["active"], r["kept"]] for r in t3]))
+def _copy_curves(out: Path, curves_png: Path | None) -> str | None:
+    if curves_png is None or not Path(curves_png).is_file():
+        return None
+    shutil.copyfile(curves_png, out / "training_curves.png")
+    return "training_curves.png"
+
+
+def _training_table(training_rows: list[dict] | None) -> dict | None:
+    if not training_rows:
+        return None
+    keys = ["epoch", "val_task_loss", "val_dice", "val_r_sp0"]
+    return {"header": keys, "rows": [[r.get(k, "") for k in keys] for r in training_rows]}
+
+
+def _draw_omega_layers(out: Path, searcher) -> list[list]:
+    """The share of Ω per layer as a bar chart (omega_layers.png) and as table rows."""
+    from simdex.indexer.plots import bar_chart
 
     layers = omega_by_layer(searcher)
     bar_chart(out / "omega_layers.png", [name for name, _, _ in layers], [w for _, w, _ in layers],
               "share of Omega per layer of phi (the paper's Fig. 4)")
-    parts.append("<h2>Ω over the layers (the paper's Fig. 4)</h2><img src='omega_layers.png'>")
-    parts.append(_table_html(["layer", "Σ ω", "kept features"], [[n, f"{w:.4f}", k] for n, w, k in layers]))
+    return [[n, f"{w:.4f}", k] for n, w, k in layers]
 
-    if evaluation:
-        ks = evaluation["ks"]
-        parts.append(f"<h2>Retrieval quality</h2><p>{evaluation['queries']} queries from the "
-                     f"{html.escape(evaluation['query_split'])} split ranked against {evaluation['gallery']:,} "
-                     f"objects of the {html.escape(evaluation['gallery_split'])} split; relevant = same label.</p>")
-        rows = [[name] + [f"{m[f'p@{k}']:.4f}" for k in ks] + [f"{m['map']:.4f}"]
-                for name, m in evaluation["results"].items()]
-        parts.append(_table_html(["ranking"] + [f"P@{k}" for k in ks] + ["mAP"], rows))
-    parts.append("</body></html>")
-    index = out / "index.html"
-    index.write_text("\n".join(parts), encoding="utf-8")
-    return index
+
+def _evaluation_table(evaluation: dict | None) -> dict | None:
+    if not evaluation:
+        return None
+    ks = evaluation["ks"]
+    rows = [[name] + [f"{m[f'p@{k}']:.4f}" for k in ks] + [f"{m['map']:.4f}"]
+            for name, m in evaluation["results"].items()]
+    return {**evaluation, "header": ["ranking"] + [f"P@{k}" for k in ks] + ["mAP"], "rows": rows}
