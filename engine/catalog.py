@@ -439,6 +439,18 @@ class Catalog:
         folder = self.current_build_dir()
         return None if folder is None else BuildFiles(folder)
 
+    def change_signature(self) -> tuple:
+        """What changes when a build is published or objects are deleted (inode, mtime and size of
+        the current pointer and of the tombstones): a long-lived reader compares it to reload."""
+        out = []
+        for name in (CURRENT_FILE, DELETED_FILE):
+            try:
+                st = os.stat(self.root / name)
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
     def remove_old_builds(self, keep: int = 2) -> list[str]:
         """Delete all but the newest `keep` builds (never the current one); return their versions."""
         builds = self.root / BUILDS_DIR

@@ -255,21 +255,11 @@ def index_source(
     src = source if isinstance(source, ImageSource) else open_source(source)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     net = loaded.model.eval()
-    existing = _open_existing(catalog)
-    if options.region is None:
-        options.region = existing.region if existing is not None else "bbox"
-    info = model_info(loaded, options.region)
-    cat = existing if existing is not None else Catalog.create(catalog, info)
-    cat.check_compatible(info)
+    cat, info = _catalog_for(catalog, loaded, options)
     if options.workers is None:  # in-memory sources decode faster than a worker could ship them
         options.workers = 0 if isinstance(src, IdxSource) else min(4, max(1, (os.cpu_count() or 2) - 1))
-
     job_id = job_id_for(src)
-    earlier = cat.journal(job_id)
-    if options.objects is None:
-        options.objects = earlier["objects"] if earlier else "largest"
-    if options.min_area is None:
-        options.min_area = earlier["min_area"] if earlier else DEFAULT_MIN_AREA
+    _job_defaults(options, cat.journal(job_id))
     meta = metadata_schema(src.records, src.metadata_columns)
     schema = object_schema(info["num_features"], meta)
     spec = {"source": str(src.spec), "num_images": len(src), "objects": options.objects,
@@ -291,6 +281,26 @@ def index_source(
     result.elapsed_s = time.perf_counter() - t0
     result.catalog_objects = cat.num_objects
     return result
+
+
+def _catalog_for(root, loaded: LoadedModel, options: IndexOptions) -> tuple[Catalog, dict]:
+    """The catalog at `root` (created if new) and the model's info; options.region defaults to the
+    catalog's (bbox for a new one). CatalogError if the model or region does not match it."""
+    existing = _open_existing(root)
+    if options.region is None:
+        options.region = existing.region if existing is not None else "bbox"
+    info = model_info(loaded, options.region)
+    cat = existing if existing is not None else Catalog.create(root, info)
+    cat.check_compatible(info)
+    return cat, info
+
+
+def _job_defaults(options: IndexOptions, earlier: dict | None) -> None:
+    """objects and min_area are fixed per job: a resumed job keeps its own, a new one the defaults."""
+    if options.objects is None:
+        options.objects = earlier["objects"] if earlier else "largest"
+    if options.min_area is None:
+        options.min_area = earlier["min_area"] if earlier else DEFAULT_MIN_AREA
 
 
 def _open_existing(root) -> Catalog | None:

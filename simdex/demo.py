@@ -59,6 +59,32 @@ def pick_examples(catalog: Catalog) -> tuple[list[tuple[str, int]], list[int]]:
     return sorted(per_class.items(), key=lambda kv: kv[1]), boots
 
 
+def run_examples(searcher: Searcher, catalog: Catalog) -> list[Example]:
+    """The report's queries against the training split: one Gaussian query per class, and two
+    test ankle boots as one trapezoid query (eq. 3)."""
+    per_class, boots = pick_examples(catalog)
+    examples = []
+    where, columns = "split = 'train'", ["label", "source", "split"]
+    for label, oid in per_class:
+        table = searcher.search(ids=[oid], membership="gaussian", where=where, columns=columns)
+        examples.append(Example(f"{label} (object {oid})", [oid], "gaussian", table))
+    if len(boots) == 2:
+        table = searcher.search(ids=boots, membership="trapezoid", where=where, columns=columns)
+        examples.append(Example(f"two {TRAPEZOID_CLASS.lower()}s as one query (objects {boots[0]}, {boots[1]})",
+                                boots, "trapezoid (eq. 3)", table))
+    return examples
+
+
+def _model_training(model_path: Path) -> tuple[Path, list[dict] | None]:
+    """The training curves picture and metrics rows saved beside a model file (None when absent)."""
+    curves = model_path.with_name(model_path.stem + "_curves.png")
+    metrics = model_path.with_name(model_path.stem + "_metrics.csv")
+    if not metrics.is_file():
+        return curves, None
+    with metrics.open(newline="") as f:
+        return curves, list(csv.DictReader(f))
+
+
 def run_demo(catalog_dir: str | Path = "catalogs/fmnist", report_dir: str | Path = "report",
              eval_queries: int = 500, source: str = "fashion-mnist", model: str | Path | None = None,
              index_progress: Callable[[IndexProgress], None] | None = None,
@@ -92,16 +118,7 @@ def run_demo(catalog_dir: str | Path = "catalogs/fmnist", report_dir: str | Path
 
     t = time.perf_counter()
     searcher = Searcher.open(catalog_dir)
-    per_class, boots = pick_examples(catalog)
-    examples = []
-    where, columns = "split = 'train'", ["label", "source", "split"]
-    for label, oid in per_class:
-        table = searcher.search(ids=[oid], membership="gaussian", where=where, columns=columns)
-        examples.append(Example(f"{label} (object {oid})", [oid], "gaussian", table))
-    if len(boots) == 2:
-        table = searcher.search(ids=boots, membership="trapezoid", where=where, columns=columns)
-        examples.append(Example(f"two {TRAPEZOID_CLASS.lower()}s as one query (objects {boots[0]}, {boots[1]})",
-                                boots, "trapezoid (eq. 3)", table))
+    examples = run_examples(searcher, catalog)
     result.timings_s["queries"] = time.perf_counter() - t
     say(f"ran {len(examples)} example queries")
 
@@ -111,13 +128,7 @@ def run_demo(catalog_dir: str | Path = "catalogs/fmnist", report_dir: str | Path
         result.evaluation = evaluate(catalog_dir, EvalConfig(num_queries=eval_queries), progress)
     result.timings_s["evaluation"] = time.perf_counter() - t
 
-    model_path = Path(model) if model is not None else DEFAULT_MODEL_PATH
-    curves = model_path.with_name(model_path.stem + "_curves.png")
-    metrics = model_path.with_name(model_path.stem + "_metrics.csv")
-    rows = None
-    if metrics.is_file():
-        with metrics.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+    curves, rows = _model_training(Path(model) if model is not None else DEFAULT_MODEL_PATH)
     result.report = write_report(report_dir, searcher, examples, curves, rows, result.evaluation)
     result.timings_s["total"] = time.perf_counter() - t0
     return result

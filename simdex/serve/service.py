@@ -131,15 +131,8 @@ class Snapshot:
 
 
 def _signature(catalog: Catalog) -> tuple:
-    """What changes when a build is published or objects are deleted: inode and mtime of both files."""
-    out = []
-    for name in ("CURRENT", "deleted.parquet"):
-        try:
-            st = os.stat(catalog.root / name)
-            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-        except FileNotFoundError:
-            out.append(None)
-    return tuple(out)
+    """What changes when a build is published or objects are deleted (the catalog knows its files)."""
+    return catalog.change_signature()
 
 
 def _load_snapshot(catalog: Catalog) -> Snapshot:
