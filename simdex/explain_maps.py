@@ -25,7 +25,6 @@ import numpy as np
 
 from simdex.engine.catalog import region_cells
 from simdex.engine.errors import SimdexError
-from simdex.engine.membership import MembershipError, make_membership
 from simdex.engine.simmap import EntryLayout, entry_maps, feature_terms, pixel_map, to_pixels
 
 
@@ -81,6 +80,36 @@ class PairExplanation:
         }
 
 
+def _parts(terms: np.ndarray, layout, names: list[str], layer_names: list[str]) -> tuple[dict, dict]:
+    """P split by entry of φ (a layer, or a layer's cell) and by layer: both sum to P."""
+    entry_parts = {names[e]: float(terms[layout.entry == e].sum()) for e in np.unique(layout.entry)}
+    layer_parts: dict[str, float] = {}
+    for e in np.unique(layout.entry):
+        name = layer_names[layout.layer_of_entry[e]]
+        layer_parts[name] = layer_parts.get(name, 0.0) + entry_parts[names[e]]
+    return entry_parts, layer_parts
+
+
+def _image_maps(searcher, ids, meta, maps, terms, layout, names, layer_names, z_stored) -> list[ImageMap]:
+    """Each image's maps (per entry, per layer, in pixels) of the terms of P, and how far its features
+    computed again are from the stored ones (z_error)."""
+    images = []
+    for i, (row, om) in enumerate(zip(meta, maps, strict=True)):
+        size = om.canvas.shape[1:]
+        per_entry = entry_maps(terms, layout, om.acts, om.windows)
+        per_layer: dict[str, np.ndarray] = {}
+        for e, mp in per_entry.items():
+            name = layer_names[layout.layer_of_entry[e]]
+            per_layer[name] = per_layer[name] + mp if name in per_layer else mp
+        z_again = (om.features[searcher.kept] - searcher.mean) / searcher.std
+        images.append(ImageMap(
+            object_id=ids[i], role="answer" if i == len(ids) - 1 else "query", source=row["source"],
+            canvas=om.canvas, placement=om.placement, box=om.box, pixel_map=pixel_map(per_entry, size),
+            layer_maps=per_layer, entry_maps={names[e]: mp for e, mp in per_entry.items()},
+            z_error=float(np.max(np.abs(z_again - z_stored[i]))) if len(z_again) else 0.0))
+    return images
+
+
 def explain_pair(searcher, query_ids, answer_id: int, membership: str = "auto", tau: float | None = None,
                  omega: str | None = None, net=None) -> PairExplanation:
     """The similarity maps of the query objects and the answer.
@@ -106,14 +135,8 @@ def explain_pair(searcher, query_ids, answer_id: int, membership: str = "auto", 
         weights = searcher.omega_named(omega)
         query = searcher.query_from_ids(query_ids)
         answer_row = searcher.rows_of([answer_id])[0]
+        m = searcher.membership_of(query, membership, tau)
     except SearchError as exc:
-        raise ExplainError(str(exc)) from None
-    if membership == "auto":
-        membership = "gaussian" if len(query_ids) == 1 else "trapezoid"
-    tau = searcher.tau if tau is None else float(tau)
-    try:
-        m = make_membership(membership, query.z, tau)
-    except MembershipError as exc:
         raise ExplainError(str(exc)) from None
     z_answer = np.asarray(searcher.Z[answer_row], np.float32)
     terms = feature_terms(m(z_answer[None])[0], weights)  # (d,), sums to P
@@ -122,11 +145,7 @@ def explain_pair(searcher, query_ids, answer_id: int, membership: str = "auto", 
     layout = EntryLayout.from_phi(searcher.kept, catalog.phi, cells)
     names = [p["name"] for p in catalog.phi]
     layer_names = [n.split("@")[0] for n in names[::cells]]
-    entry_parts = {names[e]: float(terms[layout.entry == e].sum()) for e in np.unique(layout.entry)}
-    layer_parts: dict[str, float] = {}
-    for e in np.unique(layout.entry):
-        name = layer_names[layout.layer_of_entry[e]]
-        layer_parts[name] = layer_parts.get(name, 0.0) + entry_parts[names[e]]
+    entry_parts, layer_parts = _parts(terms, layout, names, layer_names)
 
     ids = query_ids + [int(answer_id)]
     meta = searcher.metadata(np.asarray(ids, np.int64), ["source", "component"]).to_pylist()
@@ -135,22 +154,9 @@ def explain_pair(searcher, query_ids, answer_id: int, membership: str = "auto", 
     except FeatureMapError as exc:
         raise ExplainError(str(exc)) from None
     z_stored = np.concatenate([query.z[np.argsort(np.argsort(query_ids))], z_answer[None]])  # in `ids` order
-    images = []
-    for i, (row, om) in enumerate(zip(meta, maps, strict=True)):
-        size = om.canvas.shape[1:]
-        per_entry = entry_maps(terms, layout, om.acts, om.windows)
-        per_layer: dict[str, np.ndarray] = {}
-        for e, mp in per_entry.items():
-            name = layer_names[layout.layer_of_entry[e]]
-            per_layer[name] = per_layer[name] + mp if name in per_layer else mp
-        z_again = (om.features[searcher.kept] - searcher.mean) / searcher.std
-        images.append(ImageMap(
-            object_id=ids[i], role="answer" if i == len(ids) - 1 else "query", source=row["source"],
-            canvas=om.canvas, placement=om.placement, box=om.box, pixel_map=pixel_map(per_entry, size),
-            layer_maps=per_layer, entry_maps={names[e]: mp for e, mp in per_entry.items()},
-            z_error=float(np.max(np.abs(z_again - z_stored[i]))) if len(z_again) else 0.0))
+    images = _image_maps(searcher, ids, meta, maps, terms, layout, names, layer_names, z_stored)
     return PairExplanation(query_ids=query_ids, answer_id=int(answer_id), P=float(terms.sum()),
-                           membership=membership, tau=tau,
+                           membership=m.name, tau=m.tau,
                            omega=omega or searcher.info["omega"]["estimator"], layer_parts=layer_parts,
                            entry_parts=entry_parts, images=images)
 
