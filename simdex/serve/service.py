@@ -172,6 +172,7 @@ class CatalogService:
         # 16 searches sharing 2 cores all finish late; queued, each runs at full speed and p50 stays low.
         self.workers = max(1, int(workers or os.cpu_count() or 1))
         self._slots = threading.BoundedSemaphore(self.workers)
+        self._cache_lock = threading.Lock()
         self._snapshot = _load_snapshot(catalog)
         self._reload_lock = threading.Lock()
         self._failed_signature: tuple | None = None
@@ -394,9 +395,10 @@ class CatalogService:
         buf = io.BytesIO()
         im.save(buf, format="PNG")
         png = buf.getvalue()
-        snap.thumbnails[key] = png
-        while len(snap.thumbnails) > THUMBNAIL_CACHE:
-            snap.thumbnails.popitem(last=False)
+        with self._cache_lock:
+            snap.thumbnails[key] = png
+            while len(snap.thumbnails) > THUMBNAIL_CACHE:
+                snap.thumbnails.popitem(last=False)
         return png
 
     def explain_map(self, query_ids: list[int], answer_id: int, membership: str = "auto", tau: float | None = None,
