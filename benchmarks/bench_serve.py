@@ -206,8 +206,9 @@ def client(port: int, kind: str, n_objects: int, images: list[bytes], seed: int,
     conn.close()
 
 
-def phase(port: int, kind: str, seconds: float, clients: int, n_objects: int, images: list[bytes], publish) -> dict:
+def phase(port: int, kind: str, seconds: float, clients: int, cat: Catalog, images: list[bytes], publish) -> dict:
     """`clients` threads for `seconds`; `publish()` runs at half time. The first second is warm-up (discarded)."""
+    n_objects = cat.num_objects
     stop = threading.Event()
     records: list = []
     threads = [threading.Thread(target=client, args=(port, kind, n_objects, images, i, stop, records))
@@ -218,8 +219,10 @@ def phase(port: int, kind: str, seconds: float, clients: int, n_objects: int, im
     time.sleep(seconds / 2)
     t_pub = time.perf_counter()
     new_version = publish()
-    t_published = time.perf_counter()
-    time.sleep(max(0.0, seconds - (t_published - t_start)))
+    t_done = time.perf_counter()
+    # the moment CURRENT changed (`simdex build` goes on a little after publishing), on this clock
+    t_published = t_done - (time.time() - os.stat(cat.root / "CURRENT").st_mtime)
+    time.sleep(max(0.0, seconds - (t_done - t_start)))
     stop.set()
     for t in threads:
         t.join()
@@ -241,7 +244,7 @@ def phase(port: int, kind: str, seconds: float, clients: int, n_objects: int, im
         "queue_ms": {"p50": pct(queue, 50), "p99": pct(queue, 99)},
         "builds": {"before": versions[0] if versions else None, "published": new_version,
                    "answers_from_new": sum(v == new_version for v in versions),
-                   "publish_s": round(t_published - t_pub, 2),
+                   "publish_s": round(t_published - t_pub, 2),  # from the start of the publication to CURRENT's swap
                    "new_build_first_answer_after_publish_s": None if first_new is None
                    else round(first_new - t_published, 2)},
     }
@@ -287,7 +290,7 @@ def main() -> None:
             try:
                 load1 = os.getloadavg()
                 for kind in ("id", "image"):
-                    res = phase(port, kind, args.seconds, args.clients, cat.num_objects, images, publish)
+                    res = phase(port, kind, args.seconds, args.clients, cat, images, publish)
                     res.update({"objects": cat.num_objects, "catalog": "fashion-mnist" if size == 70_000 else "synthetic",
                                 "publish": how, "server_start_s": round(start_s, 1), "loadavg_before": load1})
                     rows.append(res)

@@ -8,6 +8,7 @@ description at `/openapi.json`, its browsable form at `/docs`.
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from typing import Annotated
 
@@ -74,34 +75,36 @@ def create_app(service: CatalogService) -> FastAPI:
     def info() -> dict:
         return service.info()
 
-    @app.post("/api/search", summary="Search by object id(s) or raw feature vector(s)")
-    def search(req: Annotated[SearchRequest, Body()]) -> dict:
+    @app.post("/api/search", summary="Search by object id(s) or raw feature vector(s)", response_class=JSONResponse)
+    def search(req: Annotated[SearchRequest, Body()]):
         if bool(req.ids) == bool(req.features):
             raise ServiceError("give `ids` or `features` (one of them)")
-        return service.search(ids=req.ids or None, features=req.features, k=req.k, where=req.where,
+        return _json(service.search(ids=req.ids or None, features=req.features, k=req.k, where=req.where,
                               membership=req.membership, tau=req.tau, omega=req.omega, exact=req.exact,
-                              explain=req.explain, n_candidates=req.candidates)
+                              explain=req.explain, n_candidates=req.candidates))
 
-    @app.get("/api/search", summary="Search by object id(s), as a GET (ids=42 or ids=42&ids=43)")
+    @app.get("/api/search", summary="Search by object id(s), as a GET (ids=42 or ids=42&ids=43)",
+             response_class=JSONResponse)
     def search_get(ids: Annotated[list[int], Query()], k: int = Query(10, ge=1, le=MAX_K), where: str | None = None,
                    membership: str = "auto", tau: float | None = Query(None, gt=0), omega: str | None = None,
-                   exact: bool = False, explain: bool = False) -> dict:
-        return service.search(ids=ids, k=k, where=where, membership=membership, tau=tau, omega=omega, exact=exact,
-                              explain=explain)
+                   exact: bool = False, explain: bool = False):
+        return _json(service.search(ids=ids, k=k, where=where, membership=membership, tau=tau, omega=omega,
+                                    exact=exact, explain=explain))
 
-    @app.post("/api/search/image", summary="Search by uploaded image(s), or a box in one")
+    @app.post("/api/search/image", summary="Search by uploaded image(s), or a box in one", response_class=JSONResponse)
     def search_image(image: Annotated[list[UploadFile], File(description="Image file(s); several form one set.")],
                      box: Annotated[str | None, Form(description="x0,y0,x1,y1 in image pixels: search by this "
                                                                  "region of the (one) image")] = None,
                      k: Annotated[int, Form(ge=1, le=MAX_K)] = 10, where: Annotated[str | None, Form()] = None,
                      membership: Annotated[str, Form()] = "auto",
                      tau: Annotated[float | None, Form(gt=0)] = None, omega: Annotated[str | None, Form()] = None,
-                     exact: Annotated[bool, Form()] = False, explain: Annotated[bool, Form()] = False) -> dict:
+                     exact: Annotated[bool, Form()] = False, explain: Annotated[bool, Form()] = False):
         if box and len(image) != 1:
             raise ServiceError("a box selects a region of one image")
         data = [_read_upload(f) for f in image]
-        return service.search_images(data, [box or None] * len(data) if box else None, k=k, where=where or None,
-                                     membership=membership, tau=tau, omega=omega or None, exact=exact, explain=explain)
+        return _json(service.search_images(data, [box] if box else None, k=k, where=where or None,
+                                           membership=membership, tau=tau, omega=omega or None, exact=exact,
+                                           explain=explain))
 
     @app.get("/api/objects/{object_id}", summary="An object's metadata")
     def get_object(object_id: int) -> dict:
@@ -137,6 +140,13 @@ def create_app(service: CatalogService) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
+
+
+def _json(answer: dict) -> Response:
+    """The service's answers hold only JSON types already: skip FastAPI's re-encoding (jsonable_encoder took
+    0.6 ms of an answer at k = 10, json.dumps 0.06 ms; a search by id at 70k objects computes in ≈ 4 ms)."""
+    return Response(json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(),
+                    media_type="application/json")
 
 
 def _read_upload(f: UploadFile) -> bytes:
