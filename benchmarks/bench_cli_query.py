@@ -50,21 +50,27 @@ N_RAW, LAYER, N_REAL, N_INACTIVE = 832, 64, 680, 100
 SIMDEX = str(Path(sys.executable).with_name("simdex"))
 
 
-def write_catalog(root: Path, n_objects: int, shard_rows: int = 100_000, seed: int = 0) -> Catalog:
-    phi = [{"name": f"L{i}", "channels": LAYER, "stride": 1, "offset": i * LAYER} for i in range(N_RAW // LAYER)]
-    cat = Catalog.create(root, {"sha256": "f" * 64, "config": {"synthetic": True}, "phi": phi,
-                                "num_features": N_RAW, "region": "bbox"})
+def write_catalog(root: Path, n_objects: int, shard_rows: int = 100_000, seed: int = 0,
+                  info: dict | None = None) -> Catalog:
+    """The synthetic catalog of the module docstring. `info`: the catalog's record of its model (default: a
+    synthetic one, 13 layers of 64 channels); with a real model's (bench_serve.py), its φ and its N raw
+    features (N_REAL real, N_INACTIVE never active, the rest faint), so queries by image run that model."""
+    if info is None:
+        phi = [{"name": f"L{i}", "channels": LAYER, "stride": 1, "offset": i * LAYER} for i in range(N_RAW // LAYER)]
+        info = {"sha256": "f" * 64, "config": {"synthetic": True}, "phi": phi, "num_features": N_RAW, "region": "bbox"}
+    n_raw = info["num_features"]
+    cat = Catalog.create(root, info)
     rng = np.random.default_rng(seed)
-    columns = rng.permutation(N_RAW)  # spread real, inactive and faint features over the layers
+    columns = rng.permutation(n_raw)  # spread real, inactive and faint features over the layers
     real, faint = columns[:N_REAL], columns[N_REAL + N_INACTIVE :]
     xr, labels = synthetic_features(n_objects, n_features=N_REAL, seed=seed)
     names = np.array([f"class{c}" for c in range(10)], dtype=object)
-    schema = object_schema(N_RAW, [("split", "split", pa.string())])
+    schema = object_schema(n_raw, [("split", "split", pa.string())])
     with cat.lock():
         cat.begin_job("synthetic", {"source": "synthetic", "num_images": n_objects})
         for a in range(0, n_objects, shard_rows):
             n = min(shard_rows, n_objects - a)
-            x = np.zeros((n, N_RAW), np.float32)
+            x = np.zeros((n, n_raw), np.float32)
             x[:, real] = xr[a : a + n]
             x[:, faint] = 0.01 * xr[a : a + n, : len(faint)]
             nxt = cat.counters()

@@ -17,10 +17,12 @@ build answered it, so the swap is seen, and every request must succeed (0 errors
 - 70,000 objects: Fashion-MNIST indexed with the shipped model (`simdex index fashion-mnist`,
   `simdex build`); query images are test images scaled to 64×64; the mid-run build is a real
   `simdex build` process (so it also competes for the cores).
-- 1,000,000 objects: synthetic raw vectors of the shipped model's φ (benchmarks/bench_query.py's
-  generator: sparse, skewed, correlated, 10 classes) written as `simdex index` writes shards,
-  then `simdex build`; the catalog records the shipped model, so a query by image runs the real
-  model and searches the 1M build. The mid-run build is the current one published again under a
+- 1,000,000 objects: benchmarks/bench_cli_query.py's synthetic catalog (bench_query.py's
+  generator: sparse, skewed, correlated, 10 classes; 680 real, 100 never active and 20 faint
+  features) laid out as the shipped model's 800 features and written as `simdex index` writes
+  shards, then `simdex build` (≈ 450 kept features, as in bench_query and bench_cli_query); the
+  catalog records the shipped model, so a query by image runs the real model and searches the 1M
+  build. The mid-run build is the current one published again under a
   new version (hard links): the service reloads everything as for any new build, without the
   ≈ 2 min a real 1M rebuild would take inside a 60 s window.
 
@@ -51,10 +53,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_query import synthetic_features  # noqa: E402
+from bench_cli_query import write_catalog  # noqa: E402
 
 from simdex.engine.catalog import Catalog  # noqa: E402
 
@@ -73,39 +74,17 @@ def fashion_catalog(root: Path) -> Catalog:
     return Catalog.open(root)
 
 
-def synthetic_catalog(root: Path, n_objects: int, shard_rows: int = 100_000) -> Catalog:
-    """n_objects synthetic vectors laid out as the shipped model's φ, recorded as made by that model; built."""
+def synthetic_catalog(root: Path, n_objects: int) -> Catalog:
+    """bench_cli_query.py's synthetic catalog laid out as the shipped model's φ and recorded as made by it
+    (so a query by image runs that model), built."""
     if (root / "catalog.json").exists() and Catalog.open(root).current_version is not None:
         return Catalog.open(root)
     if root.exists():
         shutil.rmtree(root)
     from simdex.indexer.checkpoint import load_model
     from simdex.indexer.runner import model_info
-    from simdex.indexer.shards import ShardWriter, object_schema
 
-    info = model_info(load_model(None), "bbox")
-    n_features = info["num_features"]
-    cat = Catalog.create(root, info)
-    names = np.array([f"class{c}" for c in range(10)], dtype=object)
-    schema = object_schema(n_features, [("split", "split", pa.string())])
-    with cat.lock():
-        cat.begin_job("synthetic", {"source": "synthetic", "num_images": n_objects})
-        for a in range(0, n_objects, shard_rows):
-            n = min(shard_rows, n_objects - a)
-            x, labels = synthetic_features(n, n_features=n_features, seed=a)
-            nxt = cat.counters()
-            ids = np.arange(nxt["object_id"], nxt["object_id"] + n)
-            w = ShardWriter(cat, schema, row_group_rows=8192)
-            w.add_objects({"object_id": ids, "image_id": ids, "source": [f"synthetic#{i}" for i in ids],
-                           "ordinal": ids, "component": np.zeros(n, np.int32), "label": names[labels],
-                           "split": np.where(ids % 7 == 0, "test", "train"), "x0": np.zeros(n, np.int32),
-                           "y0": np.zeros(n, np.int32), "x1": np.full(n, 31, np.int32),
-                           "y1": np.full(n, 31, np.int32), "area": np.full(n, 400)}, x)
-            shard_tmp, errors_tmp = w.close()
-            cat.commit("synthetic", shard_tmp=shard_tmp, errors_tmp=errors_tmp, ordinal_start=a, next_ordinal=a + n,
-                       first_object_id=nxt["object_id"], rows=n, first_image_id=nxt["image_id"], images=n,
-                       error_rows=0)
-            print(f"  wrote {a + n:,} objects", flush=True)
+    write_catalog(root, n_objects, info=model_info(load_model(None), "bbox"))
     run([SIMDEX, "build", "--catalog", str(root)])
     return Catalog.open(root)
 

@@ -142,15 +142,19 @@ def _load_snapshot(catalog: Catalog) -> Snapshot:
     if build_dir is None:
         raise ServiceError(f"catalog {catalog.root} has no build yet; run `simdex build --catalog {catalog.root}` first")
     searcher = FilteredSearcher(catalog, build_dir)
-    # warm: load the candidate index (and the 8-bit codes) before the swap, so that the first request
-    # on the new build pays nothing more than the ones before it
-    _ = searcher.index, searcher.scanner
-    objects = catalog.read_objects()
+    _ = searcher.index  # warm: loaded before the swap, so the first request on the new build pays nothing more
+    objects = catalog.read_objects().combine_chunks()  # one chunk: taking 10 rows of 1M 0.2 ms instead of 5
     ids = objects.column("object_id").to_numpy().astype(np.int64)
     if len(ids) > 1 and np.any(np.diff(ids) < 0):
         order = np.argsort(ids, kind="stable")
         objects, ids = objects.take(pa.array(order)), ids[order]
     return Snapshot(searcher, objects, ids, signature, time.perf_counter() - t0)
+
+
+def _warm_exact_scan(snap: Snapshot) -> None:
+    """Load the 8-bit codes of an exhaustive scan (above 200k objects; seconds at 1M) once the build is
+    being served, in the background: queries go on meanwhile, and the first `exact` one waits less."""
+    threading.Thread(target=lambda: snap.searcher.scanner, daemon=True, name="simdex-warm").start()
 
 
 class CatalogService:
@@ -174,6 +178,7 @@ class CatalogService:
         self._slots = threading.BoundedSemaphore(self.workers)
         self._cache_lock = threading.Lock()
         self._snapshot = _load_snapshot(catalog)
+        _warm_exact_scan(self._snapshot)
         self._reload_lock = threading.Lock()
         self._failed_signature: tuple | None = None
         self.reloads = 0
@@ -243,6 +248,7 @@ class CatalogService:
         old, self._snapshot = self._snapshot, snap  # one assignment: requests see the old build or the new one
         self.reloads += 1
         log.info("now serving build %s (was %s; loaded in %.2f s)", snap.version, old.version, snap.loaded_s)
+        _warm_exact_scan(snap)
 
     # ------------------------------------------------------------------ info
 
