@@ -68,7 +68,8 @@ def main() -> None:
             wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .card")) == args.k)
             wait.until(lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
                                      for i in d.find_elements(By.CSS_SELECTOR, "#results .card img")))
-            driver.find_elements(By.CSS_SELECTOR, "#results .card summary")[1].click()
+            details = driver.find_elements(By.CSS_SELECTOR, "#results .card details")[1]
+            driver.execute_script("arguments[0].open = true", details)  # the second answer's per-layer parts
             time.sleep(0.3)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(args.out))
