@@ -301,3 +301,49 @@ def test_cli_errors_are_one_line(tmp_path):
     assert out.exit_code == 1 and "no build yet" in out.output and "Traceback" not in out.output
     out = CliRunner().invoke(cli_main, ["serve", "--catalog", str(tmp_path / "nothing"), "--port", str(port)])
     assert out.exit_code == 1 and "Error:" in out.output and "Traceback" not in out.output
+
+
+def test_deleted_objects_disappear_without_a_restart(tmp_path):
+    cat = make_image_catalog(tmp_path, per_label=4)
+    client = TestClient(create_app(CatalogService.open(cat, load_model=False)))
+    assert client.post("/api/search", json={"ids": [2], "k": 1}).json()["results"][0]["object_id"] == 2
+    out = CliRunner().invoke(cli_main, ["delete", "--catalog", str(cat), "3"])
+    assert out.exit_code == 0, out.output
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        ids = [r["object_id"] for r in client.post("/api/search", json={"ids": [2], "k": 8}).json()["results"]]
+        if 3 not in ids:
+            break
+        time.sleep(0.05)
+    assert 3 not in ids and len(ids) == 7
+    assert client.get("/api/info").json()["catalog"]["deleted"] == 1
+
+
+def test_simdex_serve_process_answers_on_localhost(served):
+    import http.client
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    cat, _, _ = served
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with subprocess.Popen([str(Path(sys.executable).with_name("simdex")), "serve", "--catalog", str(cat),
+                           "--port", str(port), "--no-model"], stderr=subprocess.PIPE, text=True) as proc:
+        deadline, info = time.time() + 60, None
+        while time.time() < deadline and info is None and proc.poll() is None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            try:
+                conn.request("GET", "/api/info")
+                info = json.loads(conn.getresponse().read())
+            except OSError:
+                time.sleep(0.1)
+            finally:
+                conn.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert info is not None, err
+    assert info["build"]["objects"] == 24 and not info["model"]["loaded"]
+    assert f"at http://127.0.0.1:{port}/" in err  # localhost unless told otherwise
