@@ -249,7 +249,9 @@ def test_page_docs_and_openapi(served):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/search", "/api/search/image", "/api/sql", "/api/info", "/api/objects/{object_id}/thumbnail",
             "/api/explain"} <= set(paths)
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
 
 
 def test_a_new_build_is_picked_up_under_load_without_a_failed_request(tmp_path):

@@ -132,3 +132,11 @@ def test_filter_and_errors_on_the_page(page):
     driver.find_element(By.CSS_SELECTOR, "#id-form button").click()
     wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
     assert "nosuchcolumn" in driver.find_element(By.ID, "error").text and not cards(driver)
+
+
+def test_api_docs_render_without_a_cdn(page):
+    _, driver, url = page
+    driver.get(url + "/docs")
+    WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 6)
+    text = driver.find_element(By.TAG_NAME, "body").text
+    assert "/api/search/image" in text and "/api/sql" in text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
@@ -58,7 +59,7 @@ def _one_line_validation(exc: RequestValidationError) -> str:
 
 def create_app(service: CatalogService) -> FastAPI:
     """The ASGI app serving `service`: JSON API under /api, the page at /, docs at /docs."""
-    app = FastAPI(title="simdex", version=__version__,
+    app = FastAPI(title="simdex", version=__version__, docs_url=None, redoc_url=None,
                   description="Search an image catalog by object id, image, region or feature vector; every "
                               "answer carries its probabilistic similarity P ∈ [0, 1].")
     app.state.service = service
@@ -139,7 +140,32 @@ def create_app(service: CatalogService) -> FastAPI:
         return FileResponse(str(STATIC / "index.html"), media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    _mount_docs(app)
     return app
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI from the swagger-ui-py package's files (FastAPI's default loads it from a CDN,
+    which an offline machine cannot reach); without that package, /docs says where the description is."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+
+    try:
+        import swagger_ui
+    except ImportError:
+        @app.get("/docs", include_in_schema=False)
+        def docs_missing() -> HTMLResponse:
+            return HTMLResponse('<p>The API is described at <a href="/openapi.json">/openapi.json</a>; install '
+                                "swagger-ui-py (the serve extra) to browse it here.</p>")
+        return
+    assets = Path(swagger_ui.__file__).parent / "static"
+    app.mount("/docs-assets", StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="simdex API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="data:,")
 
 
 def _json(answer: dict) -> Response:
