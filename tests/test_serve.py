@@ -349,3 +349,20 @@ def test_simdex_serve_process_answers_on_localhost(served):
     assert info is not None, err
     assert info["build"]["objects"] == 24 and not info["model"]["loaded"]
     assert f"at http://127.0.0.1:{port}/" in err  # localhost unless told otherwise
+
+
+def test_a_broken_new_build_is_refused_and_the_old_one_still_answers(tmp_path):
+    cat = make_image_catalog(tmp_path, per_label=4)
+    service = CatalogService.open(cat, load_model=False)
+    client = TestClient(create_app(service))
+    good = client.get("/api/info").json()["build"]["version"]
+    catalog = Catalog.open(cat)
+    broken = catalog.new_build_dir()
+    (broken / "build.json").write_text("{}")  # a build with nothing else in it
+    bad = catalog.publish_build(broken)
+    assert service.reload() == good  # the load fails: the service keeps the build it had
+    for _ in range(3):
+        r = client.post("/api/search", json={"ids": [1], "k": 2})
+        assert r.status_code == 200 and r.json()["version"] == good
+    fixed = build(catalog, BuildConfig(retain=1.0)).version
+    assert service.reload() == fixed != bad
