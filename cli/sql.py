@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -87,8 +90,12 @@ def _write_text(schema, batches, fmt: str, out, max_rows: int) -> None:
 @click.option("--max-rows", type=click.IntRange(min=1), default=100, show_default=True,
               help="Rows printed by the table format.")
 @click.option("--views", "list_views", is_flag=True, help="List the views and their columns.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="Stop a statement that runs longer than this many seconds (0: no limit).")
+@click.option("--memory-limit", default="2GB", show_default=True,
+              help="DuckDB's memory limit; a statement needing more fails (nothing spills to disk).")
 def sql(statement: str | None, catalog: Path, searches: tuple[str, ...], k: int, tau: float | None, exact: bool,
-        fmt: str, output: Path | None, max_rows: int, list_views: bool) -> None:
+        fmt: str, output: Path | None, max_rows: int, list_views: bool, timeout_s: float, memory_limit: str) -> None:
     """Run SQL STATEMENT (or - to read it from standard input) over a catalog.
 
     \b
@@ -100,7 +107,9 @@ def sql(statement: str | None, catalog: Path, searches: tuple[str, ...], k: int,
     and Ω; simdex_z(a) is the z-scored kept features of a raw vector.
 
     The session reads only the catalog and writes nothing: COPY, ATTACH, read_csv,
-    read_parquet, INSTALL/LOAD and SET are refused. Save rows with --output.
+    read_parquet, INSTALL/LOAD and SET are refused. Save rows with --output (a
+    file outside the catalog). A statement is stopped past --timeout, fails past
+    --memory-limit, and stops at once on Ctrl-C or SIGTERM.
 
     \b
     Examples:
@@ -121,12 +130,15 @@ def sql(statement: str | None, catalog: Path, searches: tuple[str, ...], k: int,
         statement = sys.stdin.read()
     if fmt == "parquet" and output is None:
         raise click.UsageError("--format parquet needs --output FILE")
+    if output is not None:
+        _check_output(output, catalog)
     try:
         specs = [SearchSpec.parse(s, default_k=k) for s in searches]
-        session = SqlSession.open(catalog, specs, tau=tau, exact=exact)
+        session = SqlSession.open(catalog, specs, tau=tau, exact=exact, timeout_s=timeout_s,
+                                  memory_limit=memory_limit)
     except (CatalogError, SearchError, SqlError) as exc:
         raise click.ClickException(str(exc)) from None
-    with session:
+    with session, _sigterm_as_interrupt():
         try:
             if list_views:
                 table = session.describe()
@@ -143,25 +155,58 @@ def sql(statement: str | None, catalog: Path, searches: tuple[str, ...], k: int,
             _write_result(*result, fmt, output, max_rows)
         except SqlError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted: the statement was stopped") from None
+
+
+def _check_output(output: Path, catalog: Path) -> None:
+    """--output must be a new or existing file in an existing folder, and never inside the catalog."""
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise click.BadParameter(f"folder {folder} does not exist", param_hint="--output")
+    if output.resolve().is_relative_to(catalog.resolve()):
+        raise click.BadParameter(f"{output} is inside the catalog {catalog}; write results outside it",
+                                 param_hint="--output")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops the running statement like Ctrl-C (the session interrupts DuckDB)."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside a test runner's thread): leave it
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _write_result(schema, batches, fmt: str, output: Path | None, max_rows: int) -> None:
-    """Stream the result's batches to a Parquet file, or as text (table, json, csv) to `output` or stdout."""
-    from simdex.engine.sql import SqlError
+    """Stream the result's batches to a Parquet file, or as text (table, json, csv) to `output` or stdout.
 
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            with pq.ParquetWriter(output, schema) as writer:
-                for batch in batches:
-                    writer.write_batch(batch)
-        except SqlError:
-            output.unlink(missing_ok=True)  # no half-written file
-            raise
-        return
+    A file is written beside `output` and renamed onto it when complete, so a failed, stopped or
+    out-of-space statement leaves no half-written file (and an existing one untouched)."""
     if output is None:
         _write_text(schema, batches, fmt, sys.stdout, max_rows)
-    else:
-        with open(output, "w", newline="") as out:
-            _write_text(schema, batches, fmt, out, max_rows)
+        return
+    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            with pq.ParquetWriter(partial, schema) as writer:
+                for batch in batches:
+                    writer.write_batch(batch)
+        else:
+            with open(partial, "w", newline="") as out:
+                _write_text(schema, batches, fmt, out, max_rows)
+        os.replace(partial, output)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+    finally:
+        partial.unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 
 `Searcher.open(root)` loads the build that is current at that moment (its matrix is
 memory-mapped; a later build does not disturb it) and the catalog's tombstones.
-Nothing here imports torch; DuckDB is imported only for a `where` filter.
+Nothing here imports torch; DuckDB is imported only for a `where` filter (in engine.sql's sandbox).
 
 Example:
     >>> s = Searcher.open("cat/")                                  # doctest: +SKIP
@@ -164,23 +164,16 @@ class Searcher:
         return allow
 
     def filter_ids(self, where: str) -> np.ndarray:
-        """Object ids whose metadata satisfy the SQL predicate `where` (DuckDB)."""
-        if ";" in where:
-            raise SearchError("--where takes one SQL predicate (no ';'), e.g. \"label = 'Sneaker' AND split = 'test'\"")
-        import duckdb
+        """Object ids whose metadata satisfy the SQL predicate `where`, run in the locked, read-only
+        session of `simdex sql` (engine.sql: no file access, one expression, time and memory limits)."""
+        from simdex.engine.sql import SqlError, SqlSession
 
-        shards = self.catalog.shards()
-        con = duckdb.connect(":memory:")
         try:
-            con.register("_shards", shards.dataset())
-            con.execute("CREATE VIEW objects AS SELECT * EXCLUDE (features) FROM _shards")
-            result = con.execute(f"SELECT object_id FROM objects WHERE {where}").fetchnumpy()
-        except duckdb.Error as exc:
-            first = str(exc).splitlines()[0]
-            raise SearchError(f"bad --where predicate {where!r}: {first}; columns are {', '.join(shards.columns)}") from None
-        finally:
-            con.close()
-        return np.asarray(result["object_id"], dtype=np.int64)
+            with SqlSession(self.catalog, searcher=self) as session:
+                return session.object_ids_where(where)
+        except SqlError as exc:
+            columns = ", ".join(self.catalog.shards().columns)
+            raise SearchError(f"bad --where predicate {where!r}: {str(exc).splitlines()[0]}; columns are {columns}") from None
 
     def search(
         self,

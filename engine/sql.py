@@ -26,10 +26,15 @@ Macros:
 Safety: everything is registered from Python (Arrow datasets over the catalog's shard files
 and in-memory tables), then the connection is locked: `enable_external_access = false`
 (no file, extension or network access from SQL: COPY, ATTACH, read_csv/read_parquet, INSTALL,
-LOAD of anything not built in, EXPORT all fail), Python replacement scans off, spilling to a
-temporary folder off (`temp_directory = ''`), and `lock_configuration = true` so no SET, RESET
-or PRAGMA can undo it. The database is in memory: a CREATE TABLE lives and dies with the
-session, and nothing reaches the disk.
+LOAD of anything not built in, EXPORT all fail), extension autoinstall/autoload off, Python
+replacement scans off, spilling to a temporary folder off (`temp_directory = ''`), a memory
+limit (`memory_limit`, default DEFAULT_MEMORY_LIMIT), and `lock_configuration = true` so no
+SET, RESET or PRAGMA can undo it. The database is in memory: a CREATE TABLE lives and dies
+with the session, and nothing reaches the disk. Every statement runs in a worker thread under
+a time limit (default DEFAULT_TIMEOUT_S); past it, or on Ctrl-C / SIGTERM in the caller's
+thread, the statement is stopped at once with `connection.interrupt()`. `--where` filters run
+in this same session (`object_ids_where`): the predicate is parsed as exactly one SQL
+expression (`duckdb.SQLExpression`), so `1=0 UNION SELECT 5` or a second statement is refused.
 
 Example:
     >>> with SqlSession.open("cat/") as s:                                    # doctest: +SKIP
@@ -43,7 +48,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +62,10 @@ from simdex.engine.errors import SimdexError
 log = logging.getLogger(__name__)
 
 DEFAULT_K = 10
+DEFAULT_TIMEOUT_S = 300.0  # a statement running longer is stopped (0 or None: no limit)
+DEFAULT_MEMORY_LIMIT = "2GB"  # DuckDB's own default is 80 % of the machine's RAM
+INTERRUPT_GRACE_S = 5.0  # how long an interrupted statement may take to unwind
+_MEMORY_RE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|KIB|MB|MIB|GB|GIB|TB|TIB)\s*$", re.IGNORECASE)
 _SEARCH_RE = re.compile(r"^\s*(\d+(?:\s*,\s*\d+)*)\s*(?:\s(?:k\s*=\s*)?(\d+))?\s*$")
 RESULTS_SCHEMA = pa.schema([("search", pa.int32()), ("query", pa.string()), ("rank", pa.int32()),
                             ("object_id", pa.int64()), ("score", pa.float32())])
@@ -65,6 +76,10 @@ _NO_RESULTS_HINT = "the results view exists only with searches: simdex sql --sea
 
 class SqlError(SimdexError):
     """A SQL statement that failed or was refused; the message is DuckDB's, with a hint."""
+
+
+class SqlTimeout(SqlError):
+    """A statement that ran past the session's time limit and was stopped."""
 
 
 @dataclass(frozen=True)
@@ -118,24 +133,34 @@ class SqlSession:
         searches: searches whose answers fill the `results` view.
         tau: τ of the searches and the default τ of `simdex_p` (default: the build's).
         exact: answer the searches by scanning the whole catalog.
+        timeout_s: a statement running longer is stopped (None or 0: no limit).
+        memory_limit: DuckDB's memory_limit, e.g. "2GB"; a statement needing more fails.
+        searcher: the current build's searcher when the caller has one already (no reload).
 
     Raises:
-        SqlError: searches without a build, or a search that cannot be answered.
+        SqlError: searches without a build, a search that cannot be answered, bad limits.
         CatalogError / SearchError: from the catalog and the searcher.
     """
 
     def __init__(self, catalog: Catalog, searches: Sequence[SearchSpec] = (), tau: float | None = None,
-                 exact: bool = False):
+                 exact: bool = False, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+                 memory_limit: str = DEFAULT_MEMORY_LIMIT, searcher=None):
         import duckdb
 
+        if timeout_s is not None and not timeout_s >= 0:
+            raise SqlError(f"the time limit must be ≥ 0 seconds (0: none), got {timeout_s}")
+        if not _MEMORY_RE.match(str(memory_limit)):
+            raise SqlError(f"bad memory limit {memory_limit!r}: write a size such as 512MB or 4GB")
+        self.timeout_s = float(timeout_s) if timeout_s else None
+        self.memory_limit = str(memory_limit).strip()
         self.catalog = catalog
-        self.searcher = None
-        build = catalog.current_build()
+        self.searcher = searcher
+        build = catalog.current_build() if searcher is None else None
         if build is not None:
             from simdex.engine.searcher import Searcher
 
             self.searcher = Searcher(catalog, build)
-        elif searches:
+        elif searches and self.searcher is None:
             raise SqlError(f"catalog {catalog.root} has no build yet, so it cannot be searched; "
                            f"run `simdex build --catalog {catalog.root}` first")
         if tau is not None and not tau > 0:
@@ -157,9 +182,10 @@ class SqlSession:
 
     @classmethod
     def open(cls, root: str | os.PathLike, searches: Sequence[SearchSpec] = (), tau: float | None = None,
-             exact: bool = False) -> SqlSession:
+             exact: bool = False, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+             memory_limit: str = DEFAULT_MEMORY_LIMIT) -> SqlSession:
         """Open the catalog at `root` and make a session over it (see the class)."""
-        return cls(Catalog.open(root), searches, tau, exact)
+        return cls(Catalog.open(root), searches, tau, exact, timeout_s, memory_limit)
 
     # ------------------------------------------------------------------ views
 
@@ -256,13 +282,59 @@ class SqlSession:
                    "search, query, rank, object_id, score (P): the answers to --search")
 
     def _lock(self) -> None:
+        try:
+            self.con.execute(f"SET memory_limit = '{self.memory_limit}'")
+        except self._duckdb.Error as exc:
+            raise SqlError(f"bad memory limit {self.memory_limit!r}: {str(exc).splitlines()[0]}") from None
         for statement in ("SET python_enable_replacements = false",  # no scans of Python variables
                           "SET autoinstall_known_extensions = false",
                           "SET autoload_known_extensions = false",
+                          "SET enable_progress_bar = false",  # the CLI prints, not DuckDB
                           "SET temp_directory = ''",  # never spill to disk
                           "SET enable_external_access = false",  # no files, extensions or network
                           "SET lock_configuration = true"):  # and no SET/RESET/PRAGMA to undo it
             self.con.execute(statement)
+
+    # ------------------------------------------------------------------ bounded execution
+
+    def _deadline(self) -> float | None:
+        return None if self.timeout_s is None else time.monotonic() + self.timeout_s
+
+    def _bounded(self, work: Callable[[], object], deadline: float | None):
+        """Run `work` (a DuckDB call) in a worker thread and wait for it until `deadline`.
+
+        Why a thread: DuckDB holds the calling thread inside C++ for the whole statement, so a
+        signal handler (Ctrl-C, SIGTERM turned into KeyboardInterrupt) cannot run there; the
+        waiting thread stays interruptible and stops the statement with `interrupt()`."""
+        box: dict = {}
+        done = threading.Event()
+
+        def run():
+            try:
+                box["value"] = work()
+            except BaseException as exc:  # handed to the waiting thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="simdex-sql", daemon=True).start()
+        try:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not done.wait(remaining):
+                self.con.interrupt()
+                done.wait(INTERRUPT_GRACE_S)
+                raise SqlTimeout(f"the statement ran past the time limit of {self.timeout_s:g} s and was stopped; "
+                                 f"give it more with --timeout SECONDS (0: no limit)")
+        except KeyboardInterrupt:
+            self.con.interrupt()
+            done.wait(INTERRUPT_GRACE_S)
+            raise
+        if "error" in box:
+            exc = box["error"]
+            if isinstance(exc, self._duckdb.Error):
+                raise SqlError(self._explain(exc)) from None
+            raise exc
+        return box.get("value")
 
     # ------------------------------------------------------------------ queries
 
@@ -272,39 +344,64 @@ class SqlSession:
 
         Raises:
             SqlError: a SQL error or a refused operation, with DuckDB's message and a hint.
+            SqlTimeout: the statement ran past the time limit (it was stopped).
         """
-        try:
+        return self._execute(sql, batch_rows, self._deadline())
+
+    def _execute(self, sql: str, batch_rows: int, deadline: float | None) -> pa.RecordBatchReader | None:
+        def run():
             rel = self.con.sql(sql)
-            if rel is None:
-                return None
-            return rel.to_arrow_reader(batch_rows)
-        except self._duckdb.Error as exc:
-            raise SqlError(self._explain(exc)) from None
+            return None if rel is None else rel.to_arrow_reader(batch_rows)
+
+        return self._bounded(run, deadline)
 
     def query(self, sql: str) -> pa.Table:
         """Run `sql` and return all its rows (empty table when it returns none)."""
-        reader = self.execute(sql)
-        if reader is None:
+        result = self.batches(sql)
+        if result is None:
             return pa.table({})
-        try:
-            return reader.read_all()
-        except self._duckdb.Error as exc:
-            raise SqlError(self._explain(exc)) from None
+        schema, batches = result
+        return pa.Table.from_batches(list(batches), schema=schema)
 
     def batches(self, sql: str, batch_rows: int = 65536) -> tuple[pa.Schema, Iterator[pa.RecordBatch]] | None:
-        """(schema, batches) of `sql`'s result, streamed; None when it returns none. Errors raised
-        while streaming become SqlError too."""
-        reader = self.execute(sql, batch_rows)
+        """(schema, batches) of `sql`'s result, streamed; None when it returns none. Each batch is
+        read under the statement's time limit; errors raised while streaming become SqlError too."""
+        deadline = self._deadline()
+        reader = self._execute(sql, batch_rows, deadline)
         if reader is None:
             return None
 
-        def gen():
+        def next_batch():
             try:
-                yield from reader
-            except self._duckdb.Error as exc:
-                raise SqlError(self._explain(exc)) from None
+                return reader.read_next_batch()
+            except StopIteration:
+                return None
+
+        def gen():
+            while (batch := self._bounded(next_batch, deadline)) is not None:
+                yield batch
 
         return reader.schema, gen()
+
+    def object_ids_where(self, where: str) -> np.ndarray:
+        """Ids of the live objects whose row in `objects` satisfies `where`: exactly one SQL
+        expression (a set operation, a second statement or a list of expressions is refused),
+        run in this locked session under its limits.
+
+        Raises:
+            SqlError: a predicate that does not parse as one expression, or fails.
+        """
+        duckdb = self._duckdb
+        try:
+            predicate = duckdb.SQLExpression(where)
+        except (duckdb.Error, ValueError, TypeError) as exc:
+            raise SqlError(f"not one SQL predicate: {str(exc).splitlines()[0]}") from None
+
+        def run():
+            return self.con.table("objects").filter(predicate).project("object_id").fetchnumpy()
+
+        result = self._bounded(run, self._deadline())
+        return np.asarray(result["object_id"], dtype=np.int64)
 
     def _explain(self, exc: Exception) -> str:
         text = str(exc).strip()

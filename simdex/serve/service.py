@@ -72,7 +72,7 @@ class FilteredSearcher(Searcher):
         if self._sql is None:
             from simdex.engine.sql import SqlSession
 
-            self._sql = SqlSession(self.catalog)
+            self._sql = SqlSession(self.catalog, searcher=self)
         return self._sql
 
     @property
@@ -82,16 +82,11 @@ class FilteredSearcher(Searcher):
     def filter_ids(self, where: str) -> np.ndarray:
         from simdex.engine.sql import SqlError
 
-        if ";" in where:
-            raise SearchError("where takes one SQL predicate (no ';'), e.g. \"label = 'Sneaker' AND split = 'test'\"")
         with self._sql_lock:
             try:
-                t = self.sql_session().query(f"SELECT object_id FROM objects WHERE ({where})")
+                return self.sql_session().object_ids_where(where)
             except SqlError as exc:
                 raise SearchError(f"bad where predicate {where!r}: {str(exc).splitlines()[0]}") from None
-        if "object_id" not in t.column_names:
-            raise SearchError(f"bad where predicate {where!r}: it returns no rows")
-        return np.asarray(t.column("object_id").to_numpy(), dtype=np.int64)
 
     def allow_mask(self, where: str | None = None) -> np.ndarray:
         if not where:
