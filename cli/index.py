@@ -28,6 +28,23 @@ class _IndexBar:
             self.bar.close()
 
 
+def _backbone(name: str | None, weights: Path | None, layers: str, image_size: int | None, download: bool,
+              model: Path | None):
+    """The LoadedModel of --backbone/--weights (indexer.backbones); a ClickException for a bad combination."""
+    from simdex.indexer.backbones import DEFAULT_IMAGE_SIZE, BackboneError, download_weights, load_backbone
+
+    if name is None:
+        raise click.UsageError("--weights, --image-size and --download-weights need --backbone resnet18|resnet50")
+    if model is not None:
+        raise click.UsageError("--model and --backbone exclude each other: a catalog holds one network's features")
+    try:
+        if weights is None and download:
+            weights = download_weights(name)
+        return load_backbone(name, weights, layers, image_size or DEFAULT_IMAGE_SIZE)
+    except BackboneError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @click.command(name="index")
 @click.argument("source")
 @click.option("--catalog", "-c", "catalog", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -52,9 +69,21 @@ class _IndexBar:
                    "[default: 0 for IDX files, else min(4, CPUs - 1)]")
 @click.option("--limit", type=click.IntRange(min=0), default=None,
               help="Index only the first N images of the source; a later run without it continues.")
+@click.option("--backbone", type=click.Choice(["resnet18", "resnet50"]), default=None,
+              help="Features from a torchvision classifier instead of the U-Net (Appendix B): each "
+                   "stage's map averaged over the whole image (--region full) or a grid of it. Needs --weights.")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The backbone's weights: a file of torch.save(model.state_dict()) (loaded without running code).")
+@click.option("--backbone-layers", type=click.Choice(["stages", "blocks"]), default="stages", show_default=True,
+              help="φ of a backbone: the output of each stage (layer1..layer4) or of each residual block.")
+@click.option("--image-size", type=click.IntRange(min=32), default=None,
+              help="A backbone's input canvas (a multiple of 32); images are fitted into it.  [default: 224]")
+@click.option("--download-weights", is_flag=True,
+              help="Without --weights, let torchvision download the backbone's ImageNet weights (needs a network).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 def index(source: str, catalog: Path, model: Path | None, objects: str | None, min_area: int | None,
-          region: str | None, batch_size: int, workers: int | None, limit: int | None, quiet: bool) -> None:
+          region: str | None, batch_size: int, workers: int | None, limit: int | None, backbone: str | None,
+          weights: Path | None, backbone_layers: str, image_size: int | None, download_weights: bool, quiet: bool) -> None:
     """Index the images of SOURCE into a catalog: one row of features per object.
 
     SOURCE is a folder of images (sub-folders become labels), a .csv or .parquet list
@@ -79,6 +108,7 @@ def index(source: str, catalog: Path, model: Path | None, objects: str | None, m
       simdex index photos/ --catalog cat/ --model boots.pt --objects all --min-area 20
       simdex index list.csv --catalog cat/ --region mask --workers 4
       simdex index fashion-mnist --catalog cat-grid/ --region grid2
+      simdex index photos/ --catalog cat-r50/ --backbone resnet50 --weights resnet50.pth
     """
     from simdex.engine.catalog import CatalogError
     from simdex.indexer.checkpoint import ModelFileError
@@ -89,6 +119,8 @@ def index(source: str, catalog: Path, model: Path | None, objects: str | None, m
                         workers=workers, limit=limit)
     bar = None if quiet else _IndexBar()
     try:
+        if backbone is not None or weights is not None or download_weights or image_size is not None:
+            model = _backbone(backbone, weights, backbone_layers, image_size, download_weights, model)
         result = index_source(source, catalog, model, opts, progress=bar)
     except (SourceError, ModelFileError, CatalogError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

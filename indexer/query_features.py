@@ -23,13 +23,16 @@ class QueryImageError(SimdexError):
 
 
 def catalog_model(catalog: Catalog):
-    """The model the catalog was indexed with, in eval mode; QueryImageError if it is missing or another one."""
+    """The model the catalog was indexed with, in eval mode; QueryImageError if it is missing or another one.
+    A torchvision backbone (`indexer.backbones`) is rebuilt from the catalog's record and its weights file."""
+    from simdex.indexer.backbones import BackboneError, is_backbone, load_catalog_backbone
     from simdex.indexer.checkpoint import ModelFileError, load_model
 
     model_path = catalog.info.get("model_path")
+    config = catalog.info.get("config", {})
     try:
-        loaded = load_model(model_path)
-    except ModelFileError as exc:
+        loaded = load_catalog_backbone(config, model_path) if is_backbone(config) else load_model(model_path)
+    except (ModelFileError, BackboneError) as exc:
         raise QueryImageError(f"cannot load the catalog's model {model_path}: {exc}") from None
     if loaded.sha256 != catalog.model_sha256:
         raise QueryImageError(f"the model at {model_path} is not the one the catalog was indexed with "

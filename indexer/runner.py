@@ -106,6 +106,8 @@ def model_info(loaded: LoadedModel, region: str) -> dict:
         "num_features": model.num_features * region_cells(region),
         "region": region,
         "model_path": str(loaded.path),
+        # a torchvision backbone (Appendix B): its name and the SHA-256 of the user's weights file
+        **{k: loaded.meta[k] for k in ("backbone", "weights_sha256") if k in loaded.meta},
     }
 
 
@@ -285,10 +287,9 @@ def index_source(
 
 def _catalog_for(root, loaded: LoadedModel, options: IndexOptions) -> tuple[Catalog, dict]:
     """The catalog at `root` (created if new) and the model's info; options.region defaults to the
-    catalog's (bbox for a new one). CatalogError if the model or region does not match it."""
+    catalog's (bbox for a new one, full for a backbone). CatalogError if the model or region does not match it."""
     existing = _open_existing(root)
-    if options.region is None:
-        options.region = existing.region if existing is not None else "bbox"
+    options.region = _region_for(options.region, existing, loaded)
     info = model_info(loaded, options.region)
     cat = existing if existing is not None else Catalog.create(root, info)
     cat.check_compatible(info)
@@ -301,6 +302,20 @@ def _job_defaults(options: IndexOptions, earlier: dict | None) -> None:
         options.objects = earlier["objects"] if earlier else "largest"
     if options.min_area is None:
         options.min_area = earlier["min_area"] if earlier else DEFAULT_MIN_AREA
+
+
+def _region_for(region: str | None, existing: Catalog | None, loaded: LoadedModel) -> str:
+    """The region mode: the one asked for, else the catalog's, else `bbox` (`full` for a backbone,
+    which finds no object: its object is the whole image, so `bbox` and `mask` would mislead)."""
+    backbone = loaded.meta.get("backbone")
+    if backbone and region in ("bbox", "mask"):
+        raise ValueError(f"a {backbone} backbone does not segment objects: use --region full (global average "
+                         f"pooling of each map, the default) or grid2/grid4")
+    if region is not None:
+        return region
+    if existing is not None:
+        return existing.region
+    return "full" if backbone else "bbox"
 
 
 def _open_existing(root) -> Catalog | None:
