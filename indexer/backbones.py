@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simdex.indexer.checkpoint import LoadedModel
+from simdex.indexer.checkpoint import LoadedModel, ModelFileError
 from simdex.indexer.model import LayerSpec
 
 # Output channels of each stage and blocks per stage; the stride of stage s is 4·2^s.
@@ -47,7 +47,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneError(Exception):
+class BackboneError(ModelFileError):
     """A backbone that cannot be set up: unknown name, weights file missing, unsafe or of another network."""
 
 

@@ -172,3 +172,10 @@ def test_download_without_a_network_is_a_clear_error(tmp_path, monkeypatch):
     run = CliRunner().invoke(cli_main, ["index", str(tmp_path), "-c", str(tmp_path / "cat"), "--backbone", "resnet18",
                                         "--download-weights"])
     assert run.exit_code != 0 and "pass --weights FILE" in run.output and "Traceback" not in run.output
+
+
+def test_python_api_indexes_with_a_loaded_backbone(tmp_path, weights, images):
+    import simdex
+
+    result = simdex.index(images / "red", tmp_path / "cat", model=load_backbone("resnet18", weights, image_size=32))
+    assert result.objects == 8 and Catalog.open(tmp_path / "cat").info["backbone"] == "resnet18"
