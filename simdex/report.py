@@ -2,7 +2,9 @@
 
 Pictures: contact sheets of each query and its results with their P (the paper's
 Fig. 5/6), the model's training curves, the per-layer pruning table (Table III), the
-share of Ω per layer (Fig. 4) and, when given, the retrieval evaluation table.
+share of Ω per layer (Fig. 4), the similarity maps of one query and its best answer
+(Stylianou et al.: where on both images P comes from) and, when given, the retrieval
+evaluation table.
 Everything is written into one folder: index.html and its PNG files.
 """
 
@@ -36,11 +38,12 @@ def omega_by_layer(searcher) -> list[tuple[str, float, int]]:
 
 def write_report(out_dir: str | Path, searcher, examples: list[Example], curves_png: Path | None = None,
                  training_rows: list[dict] | None = None, evaluation: dict | None = None,
-                 notes: list[str] | None = None) -> Path:
+                 notes: list[str] | None = None, explain: bool = True) -> Path:
     """Write index.html and its pictures into `out_dir`; returns the path of index.html.
 
     The markup is `templates/report.html`, rendered by Jinja2 with autoescaping: every value
-    (labels, paths, notes) is escaped, whatever it holds."""
+    (labels, paths, notes) is escaped, whatever it holds. `explain` draws the similarity maps of
+    the first single-object example and its best answer (re-runs the model on both images)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = searcher.info
@@ -53,6 +56,7 @@ def write_report(out_dir: str | Path, searcher, examples: list[Example], curves_
         "table_iii": [[r["layer"], r["initial"], r["active"], r["kept"]] for r in info["table_iii"]],
         "omega_png": "omega_layers.png", "omega_layers": _draw_omega_layers(out, searcher),
         "evaluation": _evaluation_table(evaluation),
+        "explanation": _draw_explanation(out, searcher, examples) if explain else None,
     }
     index = out / "index.html"
     index.write_text(_template().render(**context), encoding="utf-8")
@@ -79,6 +83,26 @@ def _draw_examples(out: Path, searcher, examples: list[Example]) -> list[dict]:
         drawn.append({"title": ex.title, "membership": ex.membership, "labels": [str(x) for x in labels],
                       "png": png.name})
     return drawn
+
+
+def _draw_explanation(out: Path, searcher, examples: list[Example]) -> dict | None:
+    """The similarity maps (explain_map.png) of the first example with one query and its best answer
+    other than itself, with P per layer; a message instead when the images cannot be read again."""
+    from simdex.explain_maps import ExplainError, draw_explanation, explain_pair
+
+    for ex in examples:
+        answers = [i for i in ex.results.column("object_id").to_pylist() if i not in ex.query_ids]
+        if len(ex.query_ids) != 1 or not answers:
+            continue
+        try:
+            e = explain_pair(searcher, ex.query_ids, answers[0])
+        except ExplainError as exc:
+            return {"error": str(exc)}
+        draw_explanation(e, out / "explain_map.png")
+        return {"error": None, "png": "explain_map.png", "title": ex.title, "query": ex.query_ids[0], "answer": answers[0],
+                "P": f"{e.P:.4f}", "sums": [f"{im.pixel_map.sum():.4f}" for im in e.images],
+                "layers": [[name, f"{part:.4f}"] for name, part in e.layer_parts.items()]}
+    return None
 
 
 def _copy_curves(out: Path, curves_png: Path | None) -> str | None:

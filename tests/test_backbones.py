@@ -179,3 +179,14 @@ def test_python_api_indexes_with_a_loaded_backbone(tmp_path, weights, images):
 
     result = simdex.index(images / "red", tmp_path / "cat", model=load_backbone("resnet18", weights, image_size=32))
     assert result.objects == 8 and Catalog.open(tmp_path / "cat").info["backbone"] == "resnet18"
+
+
+def test_similarity_maps_of_a_backbone_catalog_sum_to_p(catalog):
+    from simdex.engine.searcher import Searcher
+    from simdex.explain_maps import explain_pair
+
+    s = Searcher.open(catalog)
+    e = explain_pair(s, [0], 9)
+    assert list(e.layer_parts) == ["layer1", "layer2", "layer3", "layer4"]
+    for im in e.images:
+        assert im.pixel_map.sum() == pytest.approx(e.P, abs=1e-5) and im.z_error < 1e-3

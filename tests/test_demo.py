@@ -21,7 +21,8 @@ def test_demo_writes_a_report_and_reuses_its_catalog(tmp_path):
     for name in ("T-shirt/top", "Trouser", "Pullover", "Table III", "Fig. 4", "Retrieval quality", "mAP"):
         assert name in html, name
     pngs = sorted(p.name for p in first.report.parent.glob("*.png"))
-    assert pngs == ["omega_layers.png", "query_00.png", "query_01.png", "query_02.png"]
+    assert pngs == ["explain_map.png", "omega_layers.png", "query_00.png", "query_01.png", "query_02.png"]
+    assert "Where similarity comes from" in html and "Every image's map sums to P" in html
     assert first.evaluation["queries"] == 20
 
     second = run_demo(tmp_path / "cat", tmp_path / "report", eval_queries=0, source=str(data), model=model)

@@ -161,3 +161,38 @@ def test_cli_errors_are_one_line(image_catalog):
                         (["3", "5", "4", "--membership", "gaussian"], "one query")):
         out = CliRunner().invoke(cli_main, ["explain", "-c", str(image_catalog), *args])
         assert out.exit_code != 0 and words in out.output and "Traceback" not in out.output, out.output
+
+
+def test_report_shows_the_similarity_map_of_an_example(image_catalog, tmp_path):
+    from simdex.report import Example, write_report
+
+    s = Searcher.open(image_catalog)
+    hits = s.search(ids=[2], k=5)
+    index = write_report(tmp_path / "report", s, [Example("query 2", [2], "gaussian", hits)])
+    html = index.read_text()
+    answer = next(i for i in hits.column("object_id").to_pylist() if i != 2)
+    e = explain_pair(s, [2], answer)
+    assert "Where similarity comes from" in html and f"best answer {answer}" in html
+    assert f"P = {e.P:.4f}" in html and f"here {e.P:.4f} and {e.P:.4f}" in html  # both maps sum to P
+    with Image.open(tmp_path / "report" / "explain_map.png") as f:
+        assert f.size[0] > 200 and np.asarray(f).std() > 0
+
+
+def test_report_says_why_when_an_image_is_gone(tmp_path):
+    from simdex.report import Example, write_report
+
+    model = tmp_path / "tiny.pt"
+    save_model(controlled_model(), model)
+    rng = np.random.default_rng(8)
+    (tmp_path / "images").mkdir()
+    for i in range(5):
+        Image.fromarray(blob(rng)).save(tmp_path / "images" / f"{i}.png")
+    index_source(str(tmp_path / "images"), tmp_path / "cat", model, IndexOptions(workers=0))
+    build(Catalog.open(tmp_path / "cat"), BuildConfig(retain=1.0))
+    s = Searcher.open(tmp_path / "cat")
+    hits = s.search(ids=[0], k=3)
+    for p in (tmp_path / "images").iterdir():
+        p.unlink()
+    html = write_report(tmp_path / "report", s, [Example("query 0", [0], "gaussian", hits)]).read_text()
+    assert "No similarity map: cannot read the image of object" in html
+    assert not (tmp_path / "report" / "explain_map.png").exists()

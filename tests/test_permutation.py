@@ -53,6 +53,30 @@ def test_optimal_matching_is_the_brute_force_optimum_and_greedy_is_below():
     assert rows.tolist() == [0, 1] and cols.tolist() == [0, 1]  # greedy takes 5 then is left with 0 (optimum 8)
 
 
+def _sequential_greedy(score: np.ndarray) -> dict[int, int]:
+    """The greedy matching as its definition reads: the highest score whose row and column are free, one by one."""
+    n, m = score.shape
+    row_free, col_free, out = np.ones(n, bool), np.ones(m, bool), {}
+    for flat in np.argsort(score, axis=None)[::-1]:
+        r, c = divmod(int(flat), m)
+        if row_free[r] and col_free[c]:
+            row_free[r] = col_free[c] = False
+            out[r] = c
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 5), (7, 4), (4, 9), (60, 60)])
+def test_greedy_in_rounds_is_the_sequential_greedy_matching(shape):
+    rng = np.random.default_rng(sum(shape))
+    for _ in range(10):
+        score = rng.normal(size=shape)
+        rows, cols = greedy_assignment(score)
+        assert dict(zip(rows.tolist(), cols.tolist(), strict=True)) == _sequential_greedy(score)
+        assert len(set(cols.tolist())) == len(cols) == min(shape)
+    rows, cols = greedy_assignment(np.ones((3, 3)))  # all tied: still a full matching
+    assert sorted(cols.tolist()) == [0, 1, 2]
+
+
 def test_rsm_is_symmetric_with_unit_diagonal():
     rng = np.random.default_rng(2)
     x = rng.random((5, 9, 4))
