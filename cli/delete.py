@@ -28,4 +28,7 @@ def delete(ids: tuple[int, ...], catalog: Path) -> None:
         added = cat.add_deleted(list(ids))
     except CatalogError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the tombstones of {catalog}: {exc.strerror or exc}; "
+                                   "nothing was deleted") from None
     click.echo(f"deleted {added} object(s); {len(cat.deleted_ids())} hidden in total")

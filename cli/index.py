@@ -124,6 +124,9 @@ def index(source: str, catalog: Path, model: Path | None, objects: str | None, m
         result = index_source(source, catalog, model, opts, progress=bar)
     except (SourceError, ModelFileError, CatalogError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # e.g. a full disk: what was committed stays; the same command resumes
+        raise click.ClickException(f"cannot write to {catalog}: {exc.strerror or exc}; the images committed so far "
+                                   f"are kept: run the same command again to resume") from None
     finally:
         if bar is not None:
             bar.finish()

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("simdex.cli.build", "Prune, normalise, weigh (Ω) and index a catalog's features for search."),
     "query": ("simdex.cli.query", "Find the objects most similar to objects or images, with their probability P."),
     "explain": ("simdex.cli.explain", "Similarity maps: where on the two images the P of an answer comes from."),
+    "check": ("simdex.cli.check", "Verify every file of a catalog (sizes, SHA-256); say what is damaged and how to recover."),
     "delete": ("simdex.cli.delete", "Hide objects from every query result (survives rebuilds)."),
     "demo": ("simdex.cli.demo", "The main job: index Fashion-MNIST, build, query, write an HTML report."),
     "eval": ("simdex.cli.eval", "Retrieval quality (precision@k, mAP): fuzzy P against other rankings."),

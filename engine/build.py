@@ -89,8 +89,13 @@ class BuildResult:
 
 
 def _previous_stats(catalog: Catalog, shards: list[str]) -> tuple[FeatureStats | None, list[str]]:
-    """Statistics of the current build when its shards are a prefix of `shards`."""
-    current = catalog.current_build()
+    """Statistics of the current build when its shards are a prefix of `shards` (none when the
+    current build is damaged: a new build is how to repair it)."""
+    try:
+        current = catalog.current_build()
+    except CatalogError as exc:
+        log.warning("not reusing the current build's statistics: %s", exc)
+        return None, []
     if current is None or not current.has_stats():
         return None, []
     try:
@@ -188,29 +193,37 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
     pruning, table_iii = _prune(catalog, stats, config)
     timings["statistics"] = time.perf_counter() - started
 
-    files, codec = _new_build_folder(catalog, stats, shards, pruning)
-    Z, object_ids = _normalise(catalog, files, pruning, codec, config, report)
-    timings["normalise"] = time.perf_counter() - started - timings["statistics"]
+    files = BuildFiles(catalog.new_build_dir())
+    try:
+        codec = _new_build_files(files, stats, shards, pruning)
+        Z, object_ids = _normalise(catalog, files, pruning, codec, config, report)
+        timings["normalise"] = time.perf_counter() - started - timings["statistics"]
 
-    omega, omega_record = _estimate_omega(catalog, files, Z, object_ids, pruning, config)
-    t0 = time.perf_counter()
-    index = build_candidate_index(Z, omega, config.index, **config.index_options)
-    index.save(files)
-    timings["candidate_index"] = time.perf_counter() - t0
-    recall = _measure_build_recall(catalog, files, Z, object_ids, omega, index, codec, config)
-    timings["total"] = time.perf_counter() - started
+        omega, omega_record = _estimate_omega(catalog, files, Z, object_ids, pruning, config)
+        t0 = time.perf_counter()
+        index = build_candidate_index(Z, omega, config.index, **config.index_options)
+        index.save(files)
+        timings["candidate_index"] = time.perf_counter() - t0
+        recall = _measure_build_recall(catalog, files, Z, object_ids, omega, index, codec, config)
+        timings["total"] = time.perf_counter() - started
 
-    info = {
-        "format": BUILD_FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": {k: v for k, v in asdict(config).items() if k != "index_options"},
-        "objects": catalog.num_objects, "num_features": catalog.num_features, "active": int(pruning.active.sum()),
-        "kept": len(pruning.kept), "retained": pruning.retained, "table_iii": table_iii, "omega": omega_record,
-        "candidates": index.info(), "recall": recall, "shards": shards, "shards_reused_for_statistics": reused,
-        "model_sha256": catalog.model_sha256, "timings_s": timings,
-    }
-    files.write_info(info)
-    version = catalog.publish_build(files.folder)
+        info = {
+            "format": BUILD_FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": {k: v for k, v in asdict(config).items() if k != "index_options"},
+            "objects": catalog.num_objects, "num_features": catalog.num_features, "active": int(pruning.active.sum()),
+            "kept": len(pruning.kept), "retained": pruning.retained, "table_iii": table_iii, "omega": omega_record,
+            "candidates": index.info(), "recall": recall, "shards": shards, "shards_reused_for_statistics": reused,
+            "model_sha256": catalog.model_sha256, "timings_s": timings,
+        }
+        files.write_info(info)
+        version = catalog.publish_build(files.folder)
+    except BaseException as exc:  # killed (Ctrl-C), failed or out of space: no half build is left behind
+        catalog.discard_build_dir(files.folder)
+        if isinstance(exc, OSError):
+            raise BuildError(f"cannot write the build in {catalog.root}: {exc.strerror or exc}; "
+                             f"nothing was published (free space and run `simdex build` again)") from None
+        raise
     removed = catalog.remove_old_builds(keep=max(1, config.keep_builds))
     if removed:
         log.info("removed old builds %s", ", ".join(removed))
@@ -234,15 +247,13 @@ def _statistics(catalog: Catalog, shards: list[str], config: BuildConfig, report
     return stats, len(covered)
 
 
-def _new_build_folder(catalog: Catalog, stats: FeatureStats, shards: list[str],
-                      pruning: Pruning) -> tuple[BuildFiles, UniformCodec]:
-    """A temporary build folder holding the statistics, the pruning and the 8-bit codec of z."""
-    files = BuildFiles(catalog.new_build_dir())
+def _new_build_files(files: BuildFiles, stats: FeatureStats, shards: list[str], pruning: Pruning) -> UniformCodec:
+    """Write the statistics, the pruning and the 8-bit codec of z into the new build folder."""
     files.write_stats(stats, shards)
     files.write_pruning(pruning)
     codec = UniformCodec(pruning.z_min, pruning.z_max)
     files.write_codec(codec)
-    return files, codec
+    return codec
 
 
 def _normalise(catalog: Catalog, files: BuildFiles, pruning: Pruning, codec: UniformCodec, config: BuildConfig,

@@ -15,6 +15,7 @@ A build folder (`builds/<version>/`, which `Catalog` places and publishes) holds
     candidates.json         the candidate index's kind and parameters
     candidates.faiss        the FAISS index (IVF builds only)
     candidates_omega.npy    the Ω the candidate index was weighted with
+    manifest.json           size and SHA-256 of every other file, written when the build is published
 
 The build writes through `BuildFiles`; the searcher, SQL, evaluation, the demo and the
 candidate index read through it. Nobody else joins a file name onto a build folder.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simdex.engine.integrity import DamagedFileError, check_file, file_record, seal, unseal
 from simdex.engine.pruning import FeatureStats, Pruning
 from simdex.engine.quantized import UniformCodec
 
@@ -37,6 +39,8 @@ _PRUNING, _CODEC = "pruning.npz", "codec.npz"
 _Z, _CODES, _OBJECT_IDS = "z.npy", "codes.npy", "object_ids.npy"
 _OMEGA, _OMEGAS = "omega.npy", "omegas.npz"
 _CANDIDATES_INFO, _CANDIDATES_INDEX, _CANDIDATES_OMEGA = "candidates.json", "candidates.faiss", "candidates_omega.npy"
+_MANIFEST = "manifest.json"
+_NOT_IN_MANIFEST = (_MANIFEST, ".owner")
 
 
 class BuildFiles:
@@ -57,6 +61,61 @@ class BuildFiles:
 
     def __repr__(self) -> str:
         return f"BuildFiles({str(self.folder)!r})"
+
+    # ------------------------------------------------------------------ integrity
+
+    def write_manifest(self) -> None:
+        """Record the size and SHA-256 of every file of the build (called once, at publication)."""
+        files = {p.name: file_record(p) for p in sorted(self.folder.iterdir())
+                 if p.is_file() and p.name not in _NOT_IN_MANIFEST}
+        (self.folder / _MANIFEST).write_text(json.dumps(seal({"files": files}), indent=1))
+
+    def read_manifest(self, recovery: str = "") -> dict[str, dict] | None:
+        """{file name: {bytes, sha256}}, or None for a build published before manifests."""
+        path = self.folder / _MANIFEST
+        if not path.exists():
+            return None
+        try:
+            manifest = unseal(json.loads(path.read_text()), path, recovery)
+        except (OSError, ValueError) as exc:
+            raise DamagedFileError(path, f"unreadable ({exc})", recovery) from None
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not all(isinstance(r, dict) for r in files.values()):
+            raise DamagedFileError(path, "no file list", recovery)
+        return files
+
+    def verify(self, full: bool, recovery: str = "") -> list[str]:
+        """Check every file against the manifest: sizes, matrix headers and small files' checksums
+        always, every checksum when `full`. Raises DamagedFileError naming the first damaged
+        file; returns the names checked."""
+        if not self.folder.is_dir():
+            raise DamagedFileError(self.folder, "the build folder is missing", recovery)
+        files = self.read_manifest(recovery)
+        if files is None:  # an older build: only what its readers check
+            return []
+        for name, record in files.items():
+            if "/" in name or name.startswith("."):
+                raise DamagedFileError(self.folder / _MANIFEST, f"names {name!r}, not a file of the build", recovery)
+            check_file(self.folder / name, record, full=full, recovery=recovery)
+        self._check_matrix_headers(recovery)
+        return list(files)
+
+    def _check_matrix_headers(self, recovery: str) -> None:
+        """z, codes and object_ids: readable .npy headers of the same number of rows."""
+        shapes = {}
+        for name, dtype in ((_Z, np.float32), (_CODES, np.uint8), (_OBJECT_IDS, np.int64)):
+            path = self.folder / name
+            try:
+                m = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise DamagedFileError(path, f"not a readable .npy matrix ({str(exc).splitlines()[0]})",
+                                       recovery) from None
+            if m.dtype != dtype:
+                raise DamagedFileError(path, f"holds {m.dtype}, not {np.dtype(dtype)}", recovery)
+            shapes[name] = m.shape
+        rows = {shape[0] for shape in shapes.values()}
+        if len(rows) != 1 or shapes[_Z] != shapes[_CODES]:
+            raise DamagedFileError(self.folder, f"its matrices disagree in shape ({shapes})", recovery)
 
     # ------------------------------------------------------------------ build.json
 

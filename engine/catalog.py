@@ -9,7 +9,9 @@ A catalog is a folder::
     builds/<version>/       build artifacts (pruning, normalisation, Ω, FAISS), one folder per build
     CURRENT                 the name of the current build (swapped atomically)
     deleted.parquet         tombstones: object ids hidden from every result
-    .lock                   held (flock) by the one job writing to the catalog
+    quarantine/<time>/      files no journal lists, moved aside (never deleted) by a later writer
+    .lock                   held (flock) by the one indexing job writing to the catalog
+    .commit.lock            held (flock, briefly) by every writer while it commits: index, build, delete
 
 Nobody else joins paths into a catalog: readers use `shards()` (the one `ShardReader`), `iter_features()`,
 `read_objects()`, `read_errors()`, and `current_build()` (a build's files: `BuildFiles`); the indexer uses `lock()`, `begin_job()`, `new_temp_path()`
@@ -17,11 +19,17 @@ and `commit()`; the build uses `new_build_dir()` and `publish_build()`.
 
 Commit protocol (what makes SIGKILL safe): a shard is written under a temporary name,
 renamed to its final name, and then the job's journal is replaced atomically
-(write-temp + `os.replace`) with the commit appended. The journal is the commit point:
-a shard file that no journal lists is an orphan of a killed job, invisible to
-readers and deleted by the next writer. Object ids, image ids and shard numbers are
-dense and assigned in commit order, so a resumed job produces the same ids as an
-uninterrupted one.
+(write-temp + `os.replace`) with the commit appended, with the size and SHA-256 of each
+file it commits. The journal is the commit point: a shard file that no journal lists is
+invisible to readers; the next writer moves it to quarantine/ (a killed job's, or one whose
+journal was lost) and never deletes it, and its ids are never given out again. Object ids,
+image ids and shard numbers are dense and assigned in commit order, so a resumed job
+produces the same ids as an uninterrupted one. Writers serialise their commits with a
+blocking flock on `.commit.lock`; readers take no lock.
+
+Integrity (engine.integrity): catalog.json and the journals carry a checksum of their own
+content; a shard's size is checked whenever it is read, its checksum by `simdex check`
+(engine.check); CURRENT must name a build folder of builds/.
 
 This module does not import torch, so opening a catalog is fast.
 """
@@ -45,7 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simdex.engine.build_files import BuildFiles
-from simdex.engine.errors import SimdexError
+from simdex.engine.integrity import CatalogError, DamagedFileError, check_file, file_record, seal, unseal
 from simdex.engine.shard_reader import ShardReader
 
 log = logging.getLogger(__name__)
@@ -55,9 +63,11 @@ JOURNAL_FORMAT = "simdex-job/1"
 INFO_FILE = "catalog.json"
 CURRENT_FILE = "CURRENT"
 DELETED_FILE = "deleted.parquet"
-LOCK_FILE = ".lock"
-SHARDS_DIR, ERRORS_DIR, JOBS_DIR, BUILDS_DIR = "shards", "errors", "jobs", "builds"
+LOCK_FILE, COMMIT_LOCK_FILE = ".lock", ".commit.lock"
+SHARDS_DIR, ERRORS_DIR, JOBS_DIR, BUILDS_DIR, QUARANTINE_DIR = "shards", "errors", "jobs", "builds", "quarantine"
+BUILD_TMP_PREFIX, BUILD_OWNER_FILE = ".tmp-", ".owner"
 REGION_MODES = ("bbox", "mask", "full", "grid2", "grid4")
+_BUILD_OWNERS: dict[str, object] = {}  # open .owner files of this process's unpublished builds
 
 
 def region_grid(region: str) -> int:
@@ -69,20 +79,90 @@ def region_cells(region: str) -> int:
     """Means per channel and layer that a region mode stores: g²."""
     return region_grid(region) ** 2
 _BUILD_RE = re.compile(r"^v(\d{6})-")
+_VERSION_RE = re.compile(r"v\d{6}-\d{8}T\d{6}")
 _REQUIRED_INFO = ("sha256", "config", "phi", "num_features", "region")
+_RESTORE = "restore it from a backup of the catalog"
+_REBUILD = "run `simdex build --catalog {root}` to make a new build"
 
 
-class CatalogError(SimdexError):
-    """A catalog that is missing, not a catalog, of another format, or used inconsistently."""
+def _check_info(info: dict, path: Path) -> None:
+    """Types and bounds of catalog.json's fields (DamagedFileError naming the file)."""
+    def bad(what):
+        raise DamagedFileError(path, what, _RESTORE)
+
+    if not isinstance(info.get("sha256"), str) or not isinstance(info.get("region"), str):
+        bad("sha256 and region must be strings")
+    if info["region"] not in REGION_MODES:
+        bad(f"unknown region {info['region']!r}")
+    n, phi = info.get("num_features"), info.get("phi")
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= 1 << 20:
+        bad(f"num_features must be an integer in [1, 2^20], got {n!r}")
+    if not isinstance(phi, list) or not all(isinstance(p, dict) for p in phi):
+        bad("phi must be a list of layers")
+    offset = 0
+    for p in phi:
+        if not isinstance(p.get("name"), str) or any(
+                not isinstance(p.get(k), int) or isinstance(p.get(k), bool) or p[k] < 0 for k in ("channels", "stride", "offset")):
+            bad(f"layer {p!r} of phi needs a name and non-negative integer channels, stride, offset")
+        if p["offset"] != offset:
+            bad(f"layer {p['name']} of phi starts at {p['offset']}, the layers before it end at {offset}")
+        offset += p["channels"]
+    if offset != n:
+        bad(f"the channels of phi add up to {offset}, num_features is {n}")
+
+
+def _check_journal(j: object, path: Path) -> dict:
+    """Structure of a job journal (DamagedFileError naming the file)."""
+    recovery = f"{_RESTORE}; without it the shards this job committed are not read (see `simdex check`)"
+    j = unseal(j, path, recovery)
+    commits = j.get("commits")
+    if not isinstance(j.get("job_id"), str) or not isinstance(commits, list) or not isinstance(j.get("next_ordinal"), int):
+        raise DamagedFileError(path, "not a job journal (job_id, next_ordinal, commits)", recovery)
+    for c in commits:
+        ok = isinstance(c, dict) and all(isinstance(c.get(k), int) for k in ("seq", "rows", "error_rows", "images")) \
+            and all(isinstance(c.get(k), list) and len(c[k]) == 2 and all(isinstance(v, int) for v in c[k])
+                    for k in ("object_ids", "image_ids", "ordinals"))
+        for key in ("shard", "errors"):
+            ok = ok and (c.get(key) is None or (isinstance(c[key], str) and re.fullmatch(
+                rf"{SHARDS_DIR if key == 'shard' else ERRORS_DIR}/\d{{6}}\.parquet", c[key]) is not None))
+        if not ok:
+            raise DamagedFileError(path, f"commit {c!r:.80} is malformed", recovery)
+    return j
+
+
+def _id_ranges(path: Path) -> dict[str, int]:
+    """The largest object_id and image_id a Parquet file holds, from its footer's statistics
+    (read from the column when the footer has none); {} for an unreadable file."""
+    try:
+        meta = pq.read_metadata(path)
+        names = meta.schema.names
+        out = {}
+        for key in ("object_id", "image_id"):
+            if key not in names or meta.num_rows == 0:
+                continue
+            col = names.index(key)
+            tops = [meta.row_group(g).column(col).statistics for g in range(meta.num_row_groups)]
+            if all(st is not None and st.has_min_max for st in tops):
+                out[key] = max(int(st.max) for st in tops)
+            else:
+                out[key] = int(pq.read_table(path, columns=[key]).column(key).to_numpy().max())
+        return out
+    except (OSError, ValueError, pa.ArrowException):
+        return {}
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
+    """Write `obj` beside `path` and rename it onto `path`: readers see the old or the new file,
+    and a full disk leaves the old one (and no temporary file)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_json(path: Path) -> dict:
@@ -134,13 +214,13 @@ class Catalog:
                     offset=int(p["offset"])) for p in model_info["phi"]]
         if sum(p["channels"] for p in phi) != int(model_info["num_features"]):
             raise CatalogError("model_info: the channels of phi do not add up to num_features")
-        info = {
+        info = seal({
             "format": FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **{k: v for k, v in model_info.items() if k not in ("phi",)},
             "phi": phi,
             "num_features": int(model_info["num_features"]),
-        }
+        })
         _write_json_atomic(root / INFO_FILE, info)
         log.info("created catalog %s (model %s, %d features)", root, info["sha256"][:12], info["num_features"])
         return cls(root, info)
@@ -162,9 +242,11 @@ class Catalog:
         try:
             info = _read_json(path)
         except (OSError, ValueError) as exc:
-            raise CatalogError(f"{path} is unreadable: {exc}") from None
+            raise DamagedFileError(path, f"unreadable ({exc})", _RESTORE) from None
+        info = unseal(info, path, _RESTORE)
         if info.get("format") != FORMAT:
             raise CatalogError(f"{root}: unsupported catalog format {info.get('format')!r}, this simdex reads {FORMAT}")
+        _check_info(info, path)
         return cls(root, info)
 
     @classmethod
@@ -238,15 +320,20 @@ class Catalog:
         if not jobs.is_dir():
             return out
         for p in jobs.glob("*.json"):
-            try:
-                out.append(_read_json(p))
-            except (OSError, ValueError) as exc:
-                raise CatalogError(f"job journal {p} is unreadable: {exc}") from None
+            out.append(self._read_journal(p))
         return sorted(out, key=lambda j: (j.get("seq_started", 0), j["job_id"]))
+
+    def _read_journal(self, path: Path) -> dict:
+        try:
+            j = _read_json(path)
+        except (OSError, ValueError) as exc:
+            raise DamagedFileError(path, f"unreadable job journal ({exc})",
+                                   f"{_RESTORE}; without it the shards this job committed are not read") from None
+        return _check_journal(j, path)
 
     def journal(self, job_id: str) -> dict | None:
         p = self._journal_path(job_id)
-        return _read_json(p) if p.is_file() else None
+        return self._read_journal(p) if p.is_file() else None
 
     def _journal_path(self, job_id: str) -> Path:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", job_id):
@@ -257,19 +344,57 @@ class Catalog:
         return sorted((c for j in self.journals() for c in j["commits"]), key=lambda c: c["seq"])
 
     def counters(self) -> dict:
-        """The next shard number, object id and image id to assign (dense, in commit order)."""
+        """The next shard number, object id and image id to assign (dense, in commit order).
+
+        Files no journal lists (orphans, quarantined files) count too: their ids and numbers are
+        never given out again, even when the journal that listed them was lost."""
         nxt = {"seq": 1, "object_id": 0, "image_id": 0}
-        for c in self._commits():
+        commits = self._commits()
+        for c in commits:
             nxt["seq"] = max(nxt["seq"], c["seq"] + 1)
             nxt["object_id"] = max(nxt["object_id"], c["object_ids"][1])
             nxt["image_id"] = max(nxt["image_id"], c["image_ids"][1])
+        for path in self.unlisted_files(commits) + self.quarantined_files():
+            m = re.match(r"^(\d{6})\.parquet$", path.name)
+            if m:
+                nxt["seq"] = max(nxt["seq"], int(m.group(1)) + 1)
+            for key, top in _id_ranges(path).items():
+                nxt[key] = max(nxt[key], top + 1)
         return nxt
+
+    def listed_files(self, commits: list[dict] | None = None) -> dict[str, dict | None]:
+        """Every committed shard and errors file (relative name) with its {bytes, sha256} record
+        (None for a file committed before simdex recorded them)."""
+        out = {}
+        for c in self._commits() if commits is None else commits:
+            records = c.get("files") or {}
+            for rel in (c.get("shard"), c.get("errors")):
+                if rel:
+                    out[rel] = records.get(rel)
+        return out
+
+    def unlisted_files(self, commits: list[dict] | None = None) -> list[Path]:
+        """Final-named files in shards/ and errors/ that no journal lists (a killed job's shard
+        between its rename and its journal, or a shard whose journal was lost)."""
+        listed = self.listed_files(commits)
+        out = []
+        for sub in (SHARDS_DIR, ERRORS_DIR):
+            folder = self.root / sub
+            if folder.is_dir():
+                out += [p for p in sorted(folder.iterdir())
+                        if p.is_file() and not p.name.startswith(".") and f"{sub}/{p.name}" not in listed]
+        return out
+
+    def quarantined_files(self) -> list[Path]:
+        folder = self.root / QUARANTINE_DIR
+        return sorted(p for p in folder.rglob("*.parquet") if p.is_file()) if folder.is_dir() else []
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the catalog's writer lock; raise CatalogError if another job holds it.
+        """Hold the catalog's indexing lock; raise CatalogError if another job holds it.
 
-        On entry, orphans of a killed writer (temporary files, shards no journal lists) are removed.
+        On entry, a killed writer's temporary files are removed and the files no journal lists
+        are moved to quarantine/ (see `quarantine_unlisted`).
         """
         f = open(self.root / LOCK_FILE, "a+")
         try:
@@ -277,22 +402,46 @@ class Catalog:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise CatalogError(f"another job is writing to {self.root}; wait for it to finish") from None
-            self._remove_orphans()
+            with self.commit_lock():
+                self._remove_temporaries()
+                self.quarantine_unlisted()
             yield
         finally:
             f.close()  # releases the flock
 
-    def _remove_orphans(self) -> None:
-        listed = set()
-        for c in self._commits():
-            listed.update(x for x in (c.get("shard"), c.get("errors")) if x)
+    @contextlib.contextmanager
+    def commit_lock(self) -> Iterator[None]:
+        """Serialise a commit with every other writer's (blocking flock; held for milliseconds).
+        Readers never take it."""
+        with open(self.root / COMMIT_LOCK_FILE, "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            yield
+
+    def _remove_temporaries(self) -> None:
+        """Temporary files of a killed writer: never committed, so nothing is lost."""
         for sub in (SHARDS_DIR, ERRORS_DIR, JOBS_DIR):
-            for p in (self.root / sub).iterdir():
-                rel = f"{sub}/{p.name}"
-                orphan = p.name.endswith(".tmp") or (sub != JOBS_DIR and rel not in listed)
-                if orphan and p.is_file():
-                    log.info("removing %s, left behind by an interrupted job", rel)
+            folder = self.root / sub
+            for p in folder.iterdir() if folder.is_dir() else ():
+                if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+                    log.info("removing %s/%s, left behind by an interrupted job", sub, p.name)
                     p.unlink()
+
+    def quarantine_unlisted(self) -> list[Path]:
+        """Move the files no journal lists to quarantine/<UTC time>/ (never delete them) and
+        return where they went. Their ids are not reused (`counters`). Call under `commit_lock`."""
+        moved = []
+        unlisted = self.unlisted_files()
+        if not unlisted:
+            return moved
+        folder = self.root / QUARANTINE_DIR / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        for p in unlisted:
+            dest = folder / p.parent.name / p.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, dest)
+            moved.append(dest)
+            log.warning("%s/%s is listed by no job journal (a killed job's or a lost journal's): moved to %s",
+                        p.parent.name, p.name, dest.relative_to(self.root))
+        return moved
 
     def begin_job(self, job_id: str, spec: dict) -> dict:
         """Return the journal of `job_id`, creating it (with `spec`) if it is new.
@@ -303,10 +452,11 @@ class Catalog:
         j = self.journal(job_id)
         if j is not None:
             return j
-        j = {"format": JOURNAL_FORMAT, "job_id": job_id, **spec, "next_ordinal": 0, "commits": [],
-             "seq_started": self.counters()["seq"],
-             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        _write_json_atomic(self._journal_path(job_id), j)
+        with self.commit_lock():
+            j = {"format": JOURNAL_FORMAT, "job_id": job_id, **spec, "next_ordinal": 0, "commits": [],
+                 "seq_started": self.counters()["seq"],
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            _write_json_atomic(self._journal_path(job_id), seal(j))
         return j
 
     def new_temp_path(self, kind: str = "shard") -> Path:
@@ -324,6 +474,12 @@ class Catalog:
         image ids [first_image_id, first_image_id + images): the ones `counters()` returned
         before the shard was written. Returns the new journal. The caller must hold `lock()`.
         """
+        with self.commit_lock():
+            return self._commit(job_id, shard_tmp, errors_tmp, ordinal_start, next_ordinal, first_object_id, rows,
+                                first_image_id, images, error_rows)
+
+    def _commit(self, job_id, shard_tmp, errors_tmp, ordinal_start, next_ordinal, first_object_id, rows,
+                first_image_id, images, error_rows) -> dict:
         j = self.journal(job_id)
         if j is None:
             raise CatalogError(f"no job {job_id} in {self.root}; call begin_job first")
@@ -337,32 +493,45 @@ class Catalog:
         commit = {"seq": seq, "shard": None, "errors": None, "ordinals": [ordinal_start, next_ordinal],
                   "object_ids": [nxt["object_id"], nxt["object_id"] + rows],
                   "image_ids": [nxt["image_id"], nxt["image_id"] + images],
-                  "rows": rows, "error_rows": error_rows, "images": images}
+                  "rows": rows, "error_rows": error_rows, "images": images, "files": {}}
         if shard_tmp is not None and rows:
             commit["shard"] = f"{SHARDS_DIR}/{seq:06d}.parquet"
+            commit["files"][commit["shard"]] = file_record(shard_tmp)
             os.replace(shard_tmp, self.root / commit["shard"])
         elif shard_tmp is not None:
             Path(shard_tmp).unlink(missing_ok=True)
         if errors_tmp is not None and error_rows:
             commit["errors"] = f"{ERRORS_DIR}/{seq:06d}.parquet"
+            commit["files"][commit["errors"]] = file_record(errors_tmp)
             os.replace(errors_tmp, self.root / commit["errors"])
         elif errors_tmp is not None:
             Path(errors_tmp).unlink(missing_ok=True)
         j["commits"].append(commit)
         j["next_ordinal"] = next_ordinal
         j["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        _write_json_atomic(self._journal_path(job_id), j)
+        _write_json_atomic(self._journal_path(job_id), seal(j))
         return j
 
     # ------------------------------------------------------------------ reading objects
 
     def shard_paths(self) -> list[Path]:
-        """Committed object shard files, in commit order."""
-        return [self.root / c["shard"] for c in self._commits() if c.get("shard")]
+        """Committed object shard files, in commit order; each one's size is checked against the
+        size committed (DamagedFileError when missing or truncated)."""
+        return self._checked_paths("shard")
 
     def error_shard_paths(self) -> list[Path]:
-        """Committed errors files, in commit order."""
-        return [self.root / c["errors"] for c in self._commits() if c.get("errors")]
+        """Committed errors files, in commit order (sizes checked, as for shards)."""
+        return self._checked_paths("errors")
+
+    def _checked_paths(self, key: str) -> list[Path]:
+        out = []
+        for c in self._commits():
+            if c.get(key):
+                path = self.root / c[key]
+                check_file(path, (c.get("files") or {}).get(c[key]), full=False, hash_small=False,
+                           recovery=f"{_RESTORE}, or index its source again into a new catalog (`simdex check` lists every damaged file)")
+                out.append(path)
+        return out
 
     def shards(self, first: int = 0) -> ShardReader:
         """The one reader of the committed object shards (from the `first`-th shard on)."""
@@ -389,7 +558,12 @@ class Catalog:
 
     def read_errors(self) -> pa.Table:
         """The errors table: image_id, source, ordinal, label, reason, detail."""
-        tables = [pq.read_table(p) for p in self.error_shard_paths()]
+        tables = []
+        for p in self.error_shard_paths():
+            try:
+                tables.append(pq.read_table(p))
+            except (OSError, pa.ArrowException) as exc:
+                raise DamagedFileError(p, f"unreadable Parquet ({exc})", _RESTORE) from None
         if not tables:
             return ERRORS_SCHEMA.empty_table()
         return pa.concat_tables(tables, promote_options="default")
@@ -397,10 +571,49 @@ class Catalog:
     # ------------------------------------------------------------------ builds
 
     def new_build_dir(self) -> Path:
-        """A fresh, empty temporary folder under builds/ to write a build into."""
-        p = self.root / BUILDS_DIR / f".tmp-{uuid.uuid4().hex}"
-        p.mkdir(parents=True)
+        """A fresh, empty temporary folder under builds/ to write a build into.
+
+        The folder holds an flock on its `.owner` file while this process lives, so the next
+        build can tell a killed build's folder (lock free: removed) from a running one's."""
+        builds = self.root / BUILDS_DIR
+        builds.mkdir(exist_ok=True)
+        self.remove_killed_builds()
+        name = uuid.uuid4().hex
+        staging = builds / f".new-{name}"  # not yet locked: no cleaner looks at .new-*
+        staging.mkdir()
+        owner = open(staging / BUILD_OWNER_FILE, "a+")
+        fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        p = builds / f"{BUILD_TMP_PREFIX}{name}"
+        os.rename(staging, p)
+        _BUILD_OWNERS[str(p.resolve())] = owner
         return p
+
+    def remove_killed_builds(self) -> list[str]:
+        """Remove the temporary folders of builds that were killed (their `.owner` lock is free)."""
+        removed = []
+        builds = self.root / BUILDS_DIR
+        for p in builds.glob(f"{BUILD_TMP_PREFIX}*") if builds.is_dir() else ():
+            if str(p.resolve()) in _BUILD_OWNERS or not p.is_dir():
+                continue
+            try:
+                with open(p / BUILD_OWNER_FILE, "a+") as f:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a running build
+            except OSError:
+                pass  # no owner file: an older simdex's folder, or half removed
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+            log.info("removed %s, the folder of a build that was killed", p.name)
+        return removed
+
+    def discard_build_dir(self, tmp_dir: str | os.PathLike) -> None:
+        """Remove an unpublished build folder (a build that failed)."""
+        tmp_dir = Path(tmp_dir)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        owner = _BUILD_OWNERS.pop(str(tmp_dir.resolve()), None)
+        if owner is not None:
+            owner.close()
 
     def publish_build(self, tmp_dir: str | os.PathLike) -> str:
         """Make the build in `tmp_dir` (from `new_build_dir`) current; return its version.
@@ -412,22 +625,44 @@ class Catalog:
         builds = self.root / BUILDS_DIR
         if tmp_dir.parent.resolve() != builds.resolve() or not tmp_dir.is_dir():
             raise CatalogError(f"{tmp_dir} is not a build folder of {self.root}; get one from new_build_dir()")
-        numbers = [int(m.group(1)) for p in builds.iterdir() if (m := _BUILD_RE.match(p.name))]
-        version = f"v{max(numbers, default=0) + 1:06d}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
-        os.rename(tmp_dir, builds / version)
-        tmp = self.root / f".{CURRENT_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_text(version + "\n")
-        os.replace(tmp, self.root / CURRENT_FILE)
+        BuildFiles(tmp_dir).write_manifest()
+        with self.commit_lock():
+            numbers = [int(m.group(1)) for p in builds.iterdir() if (m := _BUILD_RE.match(p.name))]
+            version = f"v{max(numbers, default=0) + 1:06d}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+            owner = _BUILD_OWNERS.pop(str(tmp_dir.resolve()), None)
+            (tmp_dir / BUILD_OWNER_FILE).unlink(missing_ok=True)
+            os.rename(tmp_dir, builds / version)
+            if owner is not None:
+                owner.close()
+            tmp = self.root / f".{CURRENT_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                tmp.write_text(version + "\n")
+                os.replace(tmp, self.root / CURRENT_FILE)
+            finally:
+                tmp.unlink(missing_ok=True)
         log.info("build %s is now current in %s", version, self.root)
         return version
 
     @property
     def current_version(self) -> str | None:
+        """The current build's version, or None before the first build. CURRENT must hold the
+        name of a folder of builds/ (DamagedFileError otherwise: it never leads elsewhere)."""
+        path = self.root / CURRENT_FILE
+        recovery = (f"write the name of a folder of {self.root / BUILDS_DIR} into it, "
+                    f"or {_REBUILD.format(root=self.root)}")
         try:
-            v = (self.root / CURRENT_FILE).read_text().strip()
+            v = path.read_bytes().decode("ascii").strip()
         except FileNotFoundError:
             return None
-        return v or None
+        except (OSError, UnicodeDecodeError):
+            raise DamagedFileError(path, "not the name of a build", recovery) from None
+        if not v:
+            return None
+        if not _VERSION_RE.fullmatch(v):
+            raise DamagedFileError(path, f"{v[:40]!r} is not the name of a build", recovery)
+        if not (self.root / BUILDS_DIR / v).is_dir():
+            raise DamagedFileError(path, f"it names build {v}, which is not in {self.root / BUILDS_DIR}", recovery)
+        return v
 
     def current_build_dir(self) -> Path | None:
         """The folder of the current build, or None before the first build."""
@@ -435,9 +670,14 @@ class Catalog:
         return None if v is None else self.root / BUILDS_DIR / v
 
     def current_build(self) -> BuildFiles | None:
-        """The files of the current build, or None before the first build."""
+        """The files of the current build, or None before the first build; what is cheap to
+        check (sizes, matrix headers, checksums of small files) is checked against its manifest."""
         folder = self.current_build_dir()
-        return None if folder is None else BuildFiles(folder)
+        if folder is None:
+            return None
+        files = BuildFiles(folder)
+        files.verify(full=False, recovery=_REBUILD.format(root=self.root))
+        return files
 
     def change_signature(self) -> tuple:
         """What changes when a build is published or objects are deleted (inode, mtime and size of
@@ -470,19 +710,30 @@ class Catalog:
         if new.size and (new.min() < 0 or new.max() >= self.counters()["object_id"]):
             bad = new[(new < 0) | (new >= self.counters()["object_id"])]
             raise CatalogError(f"no object with id {', '.join(map(str, bad[:5]))} in {self.root}")
-        old = self.deleted_ids()
-        merged = np.union1d(old, new)
-        tmp = self.root / f".{DELETED_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-        pq.write_table(pa.table({"object_id": pa.array(merged, pa.int64())}), tmp)
-        os.replace(tmp, self.root / DELETED_FILE)
+        with self.commit_lock():  # read-modify-write: concurrent deletes must not lose each other's ids
+            old = self.deleted_ids()
+            merged = np.union1d(old, new)
+            tmp = self.root / f".{DELETED_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                pq.write_table(pa.table({"object_id": pa.array(merged, pa.int64())}), tmp)
+                os.replace(tmp, self.root / DELETED_FILE)
+            finally:
+                tmp.unlink(missing_ok=True)
         return int(merged.size - old.size)
 
     def deleted_ids(self) -> np.ndarray:
-        """Sorted int64 array of tombstoned object ids."""
+        """Sorted int64 array of tombstoned object ids (DamagedFileError when the file is unreadable)."""
         p = self.root / DELETED_FILE
         if not p.is_file():
             return np.empty(0, dtype=np.int64)
-        return pq.read_table(p).column("object_id").to_numpy().astype(np.int64)
+        try:
+            ids = pq.read_table(p, columns=["object_id"]).column("object_id")
+            if not pa.types.is_integer(ids.type) or ids.null_count:
+                raise ValueError("object_id must be integers")
+            return ids.to_numpy().astype(np.int64)
+        except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+            raise DamagedFileError(p, f"unreadable tombstones ({str(exc).splitlines()[0]})",
+                                   f"{_RESTORE}; deleting it shows the deleted objects again") from None
 
 
 # Columns every object shard has, in this order; the source's metadata columns follow `label`.

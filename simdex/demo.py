@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from simdex.engine.build import BuildConfig, build
-from simdex.engine.catalog import Catalog
+from simdex.engine.catalog import Catalog, CatalogError
 from simdex.engine.searcher import Searcher
 from simdex.evaluate import EvalConfig, evaluate
 from simdex.indexer.checkpoint import DEFAULT_MODEL_PATH
@@ -40,7 +40,10 @@ class DemoResult:
 
 
 def _build_is_current(catalog: Catalog) -> bool:
-    current = catalog.current_build()
+    try:
+        current = catalog.current_build()
+    except CatalogError:  # a damaged build: build again
+        return False
     if current is None:
         return False
     return current.read_info().get("shards") == [p.name for p in catalog.shard_paths()]
