@@ -3,6 +3,7 @@
 # torch 2.14.1 + torchvision 0.29.1 and simdex installed (editable), and for the demo
 # Fashion-MNIST (Debian package where apt is there and we are root, else torchvision's download);
 # for the tests Debian's chromium and chromium-driver (the browser test of `simdex serve`).
+# The test extra brings Ray Data (the ray extra) for the Ray engine's tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

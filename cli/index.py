@@ -65,8 +65,15 @@ def _backbone(name: str | None, weights: Path | None, layers: str, image_size: i
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Decoding processes (0: decode in the main process).  "
-                   "[default: 0 for IDX files, else min(4, CPUs - 1)]")
+              help="Local engine: decoding processes (0: decode in the main process); Ray engine: model "
+                   "actors.  [default: local 0 for IDX files, else min(4, CPUs - 1); ray one per GPU, "
+                   "else one per CPU of the cluster]")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data and model actors on a Ray cluster "
+                   "(pip install 'simdex[ray]'). The catalog and its ids are the same.")
+@click.option("--address", default=None, metavar="auto|HOST:PORT",
+              help="With --engine ray: the cluster to join (`auto`: the one `ray start` runs here).  "
+                   "[default: start a local Ray cluster for this job]")
 @click.option("--limit", type=click.IntRange(min=0), default=None,
               help="Index only the first N images of the source; a later run without it continues.")
 @click.option("--backbone", type=click.Choice(["resnet18", "resnet50"]), default=None,
@@ -82,8 +89,9 @@ def _backbone(name: str | None, weights: Path | None, layers: str, image_size: i
               help="Without --weights, let torchvision download the backbone's ImageNet weights (needs a network).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 def index(source: str, catalog: Path, model: Path | None, objects: str | None, min_area: int | None,
-          region: str | None, batch_size: int, workers: int | None, limit: int | None, backbone: str | None,
-          weights: Path | None, backbone_layers: str, image_size: int | None, download_weights: bool, quiet: bool) -> None:
+          region: str | None, batch_size: int, workers: int | None, engine: str, address: str | None,
+          limit: int | None, backbone: str | None, weights: Path | None, backbone_layers: str, image_size: int | None,
+          download_weights: bool, quiet: bool) -> None:
     """Index the images of SOURCE into a catalog: one row of features per object.
 
     SOURCE is a folder of images (sub-folders become labels), a .csv or .parquet list
@@ -109,20 +117,21 @@ def index(source: str, catalog: Path, model: Path | None, objects: str | None, m
       simdex index list.csv --catalog cat/ --region mask --workers 4
       simdex index fashion-mnist --catalog cat-grid/ --region grid2
       simdex index photos/ --catalog cat-r50/ --backbone resnet50 --weights resnet50.pth
+      simdex index list.parquet --catalog /shared/cat/ --engine ray --address auto --workers 8
     """
-    from simdex.engine.catalog import CatalogError
-    from simdex.indexer.checkpoint import ModelFileError
+    from simdex.engine.errors import SimdexError
     from simdex.indexer.runner import IndexOptions, index_source
-    from simdex.indexer.sources import SourceError
 
+    if address is not None and engine != "ray":
+        raise click.BadParameter("--address names a Ray cluster: add --engine ray", param_hint="--address")
     opts = IndexOptions(objects=objects, min_area=min_area, region=region, batch_size=batch_size,
-                        workers=workers, limit=limit)
+                        workers=workers, limit=limit, engine=engine, address=address)
     bar = None if quiet else _IndexBar()
     try:
         if backbone is not None or weights is not None or download_weights or image_size is not None:
             model = _backbone(backbone, weights, backbone_layers, image_size, download_weights, model)
         result = index_source(source, catalog, model, opts, progress=bar)
-    except (SourceError, ModelFileError, CatalogError, ValueError) as exc:
+    except (SimdexError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # e.g. a full disk: what was committed stays; the same command resumes
         raise click.ClickException(f"cannot write to {catalog}: {exc.strerror or exc}; the images committed so far "

@@ -37,6 +37,7 @@ from simdex.indexer.sources import IdxSource, ImageReadError, ImageSource, fit_t
 
 log = logging.getLogger(__name__)
 
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -47,9 +48,11 @@ class IndexOptions:
     min_area: int | None = None  # smallest object kept, in pixels of the model's input; None: job's or 4
     region: str | None = None  # bbox | mask | full; None: the catalog's, or 'bbox' for a new catalog
     batch_size: int = DEFAULT_BATCH_SIZE
-    workers: int | None = None  # decode processes; 0 decodes in the main process; None: auto
+    workers: int | None = None  # local: decode processes (0: in this process); ray: model actors; None: auto
     shard_images: int = DEFAULT_SHARD_IMAGES  # images per committed shard (the unit of resume)
     limit: int | None = None  # index only the first `limit` images of the source (a rerun continues)
+    engine: str = "local"  # local (this process) | ray (Ray Data and model actors: indexer.ray_runner)
+    address: str | None = None  # ray: the cluster to join ('auto', HOST:PORT); None starts a local one
 
     def check(self) -> None:
         if self.objects not in (None, *OBJECT_MODES):
@@ -61,6 +64,10 @@ class IndexOptions:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "ray" and self.workers == 0:
+            raise ValueError("workers must be at least 1 with engine ray (the number of model actors)")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
 
@@ -254,11 +261,15 @@ def index_source(
     """
     options = replace(options or IndexOptions())
     options.check()
+    if options.engine == "ray":
+        from simdex.indexer.ray_runner import require_ray
+
+        require_ray()  # a one-line error before anything is opened or created
     src = source if isinstance(source, ImageSource) else open_source(source)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     net = loaded.model.eval()
     cat, info = _catalog_for(catalog, loaded, options)
-    if options.workers is None:  # in-memory sources decode faster than a worker could ship them
+    if options.workers is None and options.engine == "local":  # in-memory sources decode faster than a worker could ship them
         options.workers = 0 if isinstance(src, IdxSource) else min(4, max(1, (os.cpu_count() or 2) - 1))
     job_id = job_id_for(src)
     _job_defaults(options, cat.journal(job_id))
@@ -279,7 +290,13 @@ def index_source(
             log.info("nothing to do: images [0, %d) of %s are already in %s", start, src.spec, cat.root)
         else:
             log.info("indexing images [%d, %d) of %s into %s (job %s)", start, end, src.spec, cat.root, job_id)
-            _run(src, cat, net, options, job_id, schema, meta, start, end, result, progress, t0)
+            committer = _Committer(cat, job_id, schema, meta, src.records, start, end, options, result, progress, t0)
+            if options.engine == "ray":
+                from simdex.indexer.ray_runner import run_on_ray
+
+                run_on_ray(src, loaded, options, committer)
+            else:
+                _run(src, net, options, committer)
     result.elapsed_s = time.perf_counter() - t0
     result.catalog_objects = cat.num_objects
     return result
@@ -342,48 +359,85 @@ def _check_same_job(journal: dict, spec: dict, cat: Catalog) -> None:
         )
 
 
-def _run(src, cat, net, options, job_id, schema, meta, start, end, result, progress, t0) -> None:
+def _run(src, net, options, committer: _Committer) -> None:
+    """The local engine: DataLoader processes decode, this process runs the model and commits."""
     cfg = net.config
-    dataset = _DecodedBatches(src, start, end, options.batch_size, cfg.in_channels, cfg.image_size)
+    dataset = _DecodedBatches(src, committer.start, committer.end, options.batch_size, cfg.in_channels,
+                              cfg.image_size)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=options.workers, collate_fn=_keep,
         persistent_workers=False, prefetch_factor=4 if options.workers else None,
     )
-    records = src.records
-    counters = cat.counters()
-    shard = _ShardState(cat, schema, start, counters)
-    done = 0
     for batch in loader:
-        first, count = batch["first"], batch["count"]
-        x = torch.from_numpy(batch["canvases"])  # (n, C, S, S)
-        feats = np.zeros((0, cat.num_features), np.float32)
-        if len(x):
-            with torch.inference_mode():
-                logits, acts = net(x)  # (n, K, S, S), φ's maps
-                objs = find_objects(_foreground(logits), options.objects, options.min_area)
-                feats = object_features(acts, objs, options.region).numpy()  # (M, N)
-            img_of = objs.image_index.numpy()
-            boxes, areas = _to_image_boxes(objs.bbox.numpy(), batch["placement"][img_of], objs.area.numpy())
-            ordinals, component = batch["ordinals"][img_of], objs.component.numpy()
-        else:  # every image of the batch failed to decode
-            ordinals = component = np.zeros(0, np.int64)
-            boxes, areas = np.zeros((0, 4), np.int32), np.zeros(0, np.int64)
-        shard.add(records, meta, ordinals, component, boxes, areas, feats)
-        no_object = np.setdiff1d(batch["ordinals"], ordinals)
-        errs = [(int(i), "no_object", "the predicted segment holds no component of at least "
-                 f"{options.min_area} pixels") for i in no_object] + batch["errors"]
-        shard.add_errors(records, sorted(errs))
+        committer.add(batch["first"], batch["count"], batch_objects(net, batch, options))
+
+
+@dataclass
+class BatchObjects:
+    """What the model made of one decoded batch: its object rows (in image, component order) and
+    one error row per image that gave no object (`no_object`) or could not be decoded."""
+
+    ordinals: np.ndarray  # int64 (M,) the image of each object
+    component: np.ndarray  # int64 (M,)
+    boxes: np.ndarray  # int32 (M, 4) x0, y0, x1, y1 in the original image's pixels
+    areas: np.ndarray  # int64 (M,)
+    features: np.ndarray  # float32 (M, N)
+    errors: list[tuple[int, str, str]]  # (ordinal, reason, detail), sorted by ordinal
+
+
+def batch_objects(net, batch: dict, options: IndexOptions, device: str = "cpu") -> BatchObjects:
+    """Segment one batch of `_DecodedBatches` with the model and extract its objects' features
+    (the map step, the same for every engine)."""
+    x = torch.from_numpy(batch["canvases"])  # (n, C, S, S)
+    feats = np.zeros((0, net.num_features * region_cells(options.region)), np.float32)
+    ordinals = component = np.zeros(0, np.int64)
+    boxes, areas = np.zeros((0, 4), np.int32), np.zeros(0, np.int64)
+    if len(x):  # else every image of the batch failed to decode
+        with torch.inference_mode():
+            logits, acts = net(x.to(device))  # (n, K, S, S), φ's maps
+            if device != "cpu":
+                logits, acts = logits.cpu(), [a.cpu() for a in acts]
+            objs = find_objects(_foreground(logits), options.objects, options.min_area)
+            feats = object_features(acts, objs, options.region).numpy()  # (M, N)
+        img_of = objs.image_index.numpy()
+        boxes, areas = _to_image_boxes(objs.bbox.numpy(), batch["placement"][img_of], objs.area.numpy())
+        ordinals, component = batch["ordinals"][img_of], objs.component.numpy()
+    no_object = np.setdiff1d(batch["ordinals"], ordinals)
+    errs = [(int(i), "no_object", "the predicted segment holds no component of at least "
+             f"{options.min_area} pixels") for i in no_object] + batch["errors"]
+    return BatchObjects(ordinals, component, boxes, areas, feats, sorted(errs))
+
+
+class _Committer:
+    """Takes the batches of a job's ordinal range [start, end) in order and commits a shard every
+    `shard_images` images (the reduce step, the same for every engine: ids are dense in commit order,
+    so any engine that hands it the same batches in the same order writes the same catalog)."""
+
+    def __init__(self, cat, job_id, schema, meta, records, start, end, options, result, progress, t0):
+        self.cat, self.job_id, self.schema, self.meta, self.records = cat, job_id, schema, meta, records
+        self.start, self.end, self.options, self.result = start, end, options, result
+        self.progress, self.t0 = progress, t0
+        self.next_ordinal = start
+        self.shard = _ShardState(cat, schema, start, cat.counters())
+
+    def add(self, first: int, count: int, objs: BatchObjects) -> None:
+        if first != self.next_ordinal:
+            raise CatalogError(f"job {self.job_id}: batch at ordinal {first} where {self.next_ordinal} was due; "
+                               "nothing after the last committed shard was kept, rerun to resume")
+        result, shard = self.result, self.shard
+        shard.add(self.records, self.meta, objs.ordinals, objs.component, objs.boxes, objs.areas, objs.features)
+        shard.add_errors(self.records, objs.errors)
         shard.images += count
-        done += count
+        self.next_ordinal = first + count
         result.images += count
-        result.objects += len(feats)
-        result.errors.update(reason for _, reason, _ in errs)
-        if shard.images >= options.shard_images or first + count >= end:
-            shard.commit(job_id, first + count)
-            shard = _ShardState(cat, schema, first + count, cat.counters())
-        if progress is not None:
-            progress(IndexProgress(done, end - start, result.objects, sum(result.errors.values()),
-                                   time.perf_counter() - t0))
+        result.objects += len(objs.features)
+        result.errors.update(reason for _, reason, _ in objs.errors)
+        if shard.images >= self.options.shard_images or self.next_ordinal >= self.end:
+            shard.commit(self.job_id, self.next_ordinal)
+            self.shard = _ShardState(self.cat, self.schema, self.next_ordinal, self.cat.counters())
+        if self.progress is not None:
+            self.progress(IndexProgress(self.next_ordinal - self.start, self.end - self.start, result.objects,
+                                        sum(result.errors.values()), time.perf_counter() - self.t0))
 
 
 class _ShardState:
