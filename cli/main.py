@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "delete": ("simdex.cli.delete", "Hide objects from every query result (survives rebuilds)."),
     "demo": ("simdex.cli.demo", "The main job: index Fashion-MNIST, build, query, write an HTML report."),
     "eval": ("simdex.cli.eval", "Retrieval quality (precision@k, mAP): fuzzy P against other rankings."),
+    "scenes": ("simdex.cli.scenes", "Write the scenes benchmark: items composited onto colour backgrounds, with masks."),
     "sql": ("simdex.cli.sql", "Run SQL over a catalog's objects, features, build and search results (read-only)."),
     "serve": ("simdex.cli.serve", "Serve a catalog: a JSON API and a search page (model and build loaded once)."),
     "rsm": ("simdex.cli.rsm", "Semantic and spatio-semantic RSMs of a set of images (Wald et al.)."),

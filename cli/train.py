@@ -21,10 +21,10 @@ from simdex.cli.progress import ProgressBar
               help="Adam learning rate.")
 @click.option("--width", default=0.5, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Channel multiplier of Table I (1.0 = 1,600 channels in φ).")
-@click.option("--image-size", default=32, show_default=True, type=click.IntRange(8),
+@click.option("--image-size", default=64, show_default=True, type=click.IntRange(8),
               help="Images are fitted (scaled down, padded) to this size; divisible by 8.")
-@click.option("--channels", default=1, show_default=True, type=click.Choice(["1", "3"]),
-              help="1 = grey, 3 = RGB input.")
+@click.option("--channels", default="3", show_default=True, type=click.Choice(["1", "3"]),
+              help="3 = RGB input (grey images are fed as three equal channels), 1 = grey only.")
 @click.option("--target-sparsity", default=0.7, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Wanted ratio of inactive channels R_sp^0; β = 1 − this.")
 @click.option("--alpha", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
@@ -55,8 +55,8 @@ def train(source, out, epochs, batch_size, lr, width, image_size, channels, targ
     executing code. Ctrl-C saves OUT/last.pt: run the same command with --resume.
 
     \b
-    Example (the shipped default model):
-      simdex train fashion-mnist:train --out runs/fmnist --epochs 1
+    Example (the shipped default model, after `simdex scenes`):
+      simdex train fashion-mnist-scenes:train --out runs/default --epochs 1 --batch-size 32
     """
     from simdex.indexer.sources import SourceError, open_source
     from simdex.indexer.train import TrainConfig
@@ -86,7 +86,7 @@ def train(source, out, epochs, batch_size, lr, width, image_size, channels, targ
             return
         if bar[0] is None:
             bar[0] = ProgressBar(p["steps"] * batch_size, f"epoch {p['epoch']}", unit="img", enabled=not quiet)
-        bar[0].update(batch_size, extra=f"loss {p['loss']:.4f} R_sp^0 {p['r_sp0']:.3f}")
+        bar[0].update(batch_size, extra=f"loss {p['loss']:.4f} task {p['task_loss']:.4f} R_sp^0 {p['r_sp0']:.3f}")
 
     try:
         history = run_training(src, out, cfg, resume=resume, progress=progress)

@@ -41,7 +41,7 @@ def _digest(header: str, state: dict[str, torch.Tensor]) -> str:
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -63,7 +63,8 @@ def save_model(model: SparseUNet, path: str | os.PathLike, meta: dict | None = N
         },
         sort_keys=True,
     )
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    # NCHW whatever layout the run trained in (channels_last), so the file and its digest do not depend on it
+    state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
     sha = _digest(header, state)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -12,7 +12,10 @@ Three kinds, chosen by `open_source(spec)`:
   metadata carried into the catalog;
 - IDX files (MNIST / Fashion-MNIST): a `*-images-idx3-ubyte[.gz]` file, or
   `fashion-mnist` / the folder that holds the Fashion-MNIST files, which yields
-  both splits (train first, then test) with a `split` metadata column.
+  both splits (train first, then test) with a `split` metadata column;
+  `fashion-mnist[:train|:test]:inverted` gives the same items on white (1 − grey);
+- `fashion-mnist-scenes[:train|:test]`: the scenes benchmark (`indexer.scenes`),
+  the lists in $SIMDEX_SCENES or ./data/scenes.
 
 Decoding never raises anything but `ImageReadError`, whose `reason` is a short
 code stored in the catalog's errors table.
@@ -294,13 +297,16 @@ class ImageSource:
 class IdxSource(ImageSource):
     """Images held in memory from IDX files (uint8 (N, H, W))."""
 
-    def __init__(self, spec: str, images: np.ndarray, records: list[ImageRecord]):
+    def __init__(self, spec: str, images: np.ndarray, records: list[ImageRecord], inverted: bool = False):
         self.spec = spec
         self.images = images
         self.records = records
+        self.inverted = inverted  # white background: 1 − the stored grey
 
     def read(self, i: int, channels: int = 1) -> np.ndarray:
         arr = self.images[i].astype(np.float32)[None] / 255.0  # (1, H, W)
+        if self.inverted:
+            arr = 1.0 - arr
         return arr if channels == 1 else np.repeat(arr, 3, axis=0)
 
 
@@ -396,17 +402,50 @@ def _list_source(path: Path) -> FileSource:
     return FileSource(str(path), records)
 
 
+FASHION_MNIST_SPECS = ("fashion-mnist", "fashion-mnist:train", "fashion-mnist:test", "fashion-mnist:inverted",
+                       "fashion-mnist:train:inverted", "fashion-mnist:test:inverted")
+SCENES_SPECS = ("fashion-mnist-scenes", "fashion-mnist-scenes:train", "fashion-mnist-scenes:test")
+
+
+def find_scenes() -> Path:
+    """The folder of the scenes benchmark (`simdex scenes`): $SIMDEX_SCENES or ./data/scenes."""
+    folder = Path(os.environ.get("SIMDEX_SCENES") or "data/scenes")
+    if not ((folder / "train.csv").is_file() and (folder / "test.csv").is_file()):
+        raise SourceError(f"the scenes benchmark is not in {folder}: write it with `simdex scenes --out {folder}` "
+                          f"(about 5 minutes), or set SIMDEX_SCENES to its folder")
+    return folder
+
+
+def scenes_source(spec: str = "fashion-mnist-scenes") -> FileSource:
+    """The scenes benchmark as one source: `fashion-mnist-scenes` (train then test),
+    `fashion-mnist-scenes:train` or `fashion-mnist-scenes:test`."""
+    folder = find_scenes()
+    names = ("train", "test") if ":" not in spec else (spec.split(":")[1],)
+    records: list[ImageRecord] = []
+    for name in names:
+        for rec in _list_source(folder / f"{name}.csv").records:
+            records.append(ImageRecord(rec.source, len(records), rec.label, rec.metadata, rec.mask))
+    return FileSource(spec, records)
+
+
 def open_source(spec: str | os.PathLike) -> ImageSource:
     """Open a source from what a user types: a folder, a .csv/.parquet list, an IDX file,
-    or `fashion-mnist` (both splits, from the Debian package or a download).
+    `fashion-mnist` (both splits, from the Debian package or a download) or
+    `fashion-mnist-scenes` (the scenes benchmark that `simdex scenes` writes).
 
     Raises:
         SourceError: the path does not exist or is not a known kind of source.
     """
     text = str(spec)
-    if text.lower() in ("fashion-mnist", "fashion-mnist:train", "fashion-mnist:test"):
-        splits = ("train", "test") if ":" not in text else (text.split(":")[1],)
-        return fashion_mnist_source(splits=splits)
+    if text.lower() in SCENES_SPECS:
+        return scenes_source(text.lower())
+    if text.lower() in FASHION_MNIST_SPECS:
+        parts = text.lower().split(":")
+        splits = tuple(p for p in parts[1:] if p != "inverted") or ("train", "test")
+        src = fashion_mnist_source(splits=splits)
+        if "inverted" in parts:  # the same items on a white background (a test of the model, not of the data)
+            src.inverted, src.spec = True, text.lower()
+        return src
     path = Path(text)
     if not path.exists():
         raise SourceError(f"source not found: {path} (give a folder of images, a .csv/.parquet list, "
