@@ -15,10 +15,12 @@ from simdex.engine.build import OMEGA_CHOICES, BuildConfig
 @click.option("--retain", type=click.FloatRange(min=0, max=1, min_open=True), default=0.99, show_default=True,
               help="Keep the fewest features whose squared loadings on v1 sum to at least this.")
 @click.option("--omega", type=click.Choice(OMEGA_CHOICES), default="auto", show_default=True,
-              help="Feature weights: eq. 5 from classes (clusters), Welch t between classes, v1² (svd), "
-                   "uniform; auto = clusters from the label column when there is one, else uniform.")
+              help="Feature weights: eq. 5 from classes (clusters), Welch t between classes, learned (fitted "
+                   "for retrieval on the labels, λ chosen on held-out queries), v1² (svd), uniform; auto = "
+                   "learned when labels exist and it beats eq. 5 and Welch on held-out queries (else the best "
+                   "of those), uniform without labels.")
 @click.option("--clusters-from", default=None, metavar="COLUMN",
-              help="Column of classes for --omega clusters/welch.  [default: label; k-means when absent]")
+              help="Column of classes for --omega clusters/welch/learned.  [default: label; k-means when absent]")
 @click.option("--n-clusters", type=click.IntRange(min=2), default=10, show_default=True,
               help="k-means clusters for --omega clusters when the objects have no classes.")
 @click.option("--omega-split", default="auto", show_default=True,
@@ -30,9 +32,13 @@ from simdex.engine.build import OMEGA_CHOICES, BuildConfig
               help="Candidate index: exact (scan everything), ivf (PCA + IVF over clipped √ω·z), auto by size.")
 @click.option("--recall-queries", type=click.IntRange(min=1), default=50, show_default=True,
               help="Sampled objects on which the candidate stage's recall@10 is measured.")
+@click.option("--learned-rows", type=click.IntRange(min=8), default=4000, show_default=True,
+              help="Labelled objects sampled (seeded by --seed) to fit and validate learned Ω.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of k-means, the recall queries and learned Ω's sample and fit.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the version.")
 def build(catalog: Path, retain: float, omega: str, clusters_from: str | None, n_clusters: int, omega_split: str,
-          tau: float, index_kind: str, recall_queries: int, quiet: bool) -> None:
+          tau: float, index_kind: str, recall_queries: int, learned_rows: int, seed: int, quiet: bool) -> None:
     """Build the search structures of a catalog and make them current.
 
     Drops inactive features, keeps the features that carry `--retain` of the first
@@ -49,6 +55,7 @@ def build(catalog: Path, retain: float, omega: str, clusters_from: str | None, n
     Examples:
       simdex build --catalog cat/
       simdex build --catalog cat/ --omega welch --retain 0.95
+      simdex build --catalog cat/ --omega learned --learned-rows 8000
     """
     from simdex.cli.progress import ProgressBar
     from simdex.engine.build import BuildError, format_build_summary
@@ -66,7 +73,8 @@ def build(catalog: Path, retain: float, omega: str, clusters_from: str | None, n
         bar.update(done - bar.done)
 
     config = BuildConfig(retain=retain, omega=omega, clusters_from=clusters_from, n_clusters=n_clusters,
-                         omega_split=omega_split, tau=tau, index=index_kind, recall_queries=recall_queries)
+                         omega_split=omega_split, tau=tau, index=index_kind, recall_queries=recall_queries,
+                         learned_rows=learned_rows, seed=seed)
     try:
         result = run_build(Catalog.open(catalog), config, progress=progress)
     except (CatalogError, BuildError) as exc:

@@ -48,9 +48,9 @@ def _format_table(table, layer_weights: dict | None = None) -> str:
 @click.option("--membership", type=click.Choice(MEMBERSHIPS), default="auto", show_default=True,
               help="gaussian (eq. 2) for one query; trapezoid (eq. 3), triangle or max for a set; "
                    "auto = gaussian for one, trapezoid for several.")
-@click.option("--omega", type=click.Choice(["uniform", "svd", "clusters", "welch"]), default=None,
-              help="Feature weights Ω of the score: another estimator the build stored (clusters and welch "
-                   "need classes). Candidates stay weighted by the build's Ω: add --exact for an exact "
+@click.option("--omega", type=click.Choice(["uniform", "svd", "clusters", "welch", "learned"]), default=None,
+              help="Feature weights Ω of the score: another estimator the build stored (clusters, welch and "
+                   "learned need classes). Candidates stay weighted by the build's Ω: add --exact for an exact "
                    "ranking.  [default: the build's]")
 @click.option("--where", default=None, metavar="SQL",
               help="Only objects whose metadata satisfy this SQL predicate, e.g. \"label = 'Sneaker'\".")

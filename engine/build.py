@@ -27,8 +27,12 @@ opened).
 Rows of tombstoned objects are kept in the build (and in its statistics) and hidden
 at query time, so `simdex delete` takes effect at once and survives rebuilds.
 
-Ω's default: eq. 5 (`clusters`) from the `label` column when it has two or more
-classes, else `uniform`. When the objects have a `split` column with a `train`
+Ω's default (`auto`): when the `label` column has two or more classes, learned Ω
+(`engine.omega_learned`) is fitted on a seeded sample of the labelled rows and chosen
+if it beats eq. 5 (`clusters`) and Welch on held-out labelled queries; otherwise the
+best of eq. 5, Welch and uniform on those queries (the reason is recorded in the
+build's info). Without labels: `uniform`. Every class-based Ω computed is stored for
+`simdex query --omega`. When the objects have a `split` column with a `train`
 value, class statistics come from the train rows only, so evaluations on the other
 split do not see their own labels through Ω (`omega_split="all"` uses every row).
 """
@@ -58,7 +62,7 @@ from simdex.engine.shard_reader import column_values
 log = logging.getLogger(__name__)
 
 BUILD_FORMAT = "simdex-build/1"
-OMEGA_CHOICES = ("auto", "uniform", "svd", "clusters", "welch")
+OMEGA_CHOICES = ("auto", "uniform", "svd", "clusters", "welch", "learned")
 
 
 class BuildError(SimdexError):
@@ -68,7 +72,7 @@ class BuildError(SimdexError):
 @dataclass
 class BuildConfig:
     retain: float = 0.99
-    omega: str = "auto"  # auto | uniform | svd | clusters | welch
+    omega: str = "auto"  # auto | uniform | svd | clusters | welch | learned
     clusters_from: str | None = None  # column of classes for clusters/welch (default: label)
     n_clusters: int = 10  # k-means clusters when there is no class column
     omega_split: str = "auto"  # auto (train rows if a split column has them) | all | a split value
@@ -76,7 +80,8 @@ class BuildConfig:
     index: str = "auto"  # auto | exact | ivf
     recall_queries: int = 50
     batch_rows: int = 65536
-    seed: int = 0
+    seed: int = 0  # k-means, recall queries and the learned Ω's sample and fit
+    learned_rows: int = 4000  # labelled rows sampled (seeded) to fit and validate learned Ω
     keep_builds: int = 2  # published builds kept on disk (the current one and the one before it)
     index_options: dict = field(default_factory=dict)
 
@@ -285,12 +290,16 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
     d = len(pruning.kept)
     omega_name = config.omega
     classes, class_column, rows_used = (None, None, "none")
-    if omega_name in ("auto", "clusters", "welch"):
+    if omega_name in ("auto", "clusters", "welch", "learned"):
         classes, class_column, rows_used = _class_column(catalog, config, object_ids)
-    if omega_name == "auto":
-        omega_name = "clusters" if classes is not None else "uniform"
+    labelled = classes is not None
+    if omega_name == "learned" and not labelled:
+        raise BuildError("omega 'learned' needs a column of classes with 2 or more values (--clusters-from); "
+                         "without labels use --omega clusters (k-means) or uniform")
+    if omega_name == "auto" and not labelled:
+        omega_name = "uniform"
     class_stats = None
-    if omega_name in ("clusters", "welch"):
+    if omega_name in ("auto", "clusters", "welch", "learned"):
         if classes is None:
             if omega_name == "welch":
                 raise BuildError("omega 'welch' needs a column of classes with 2 or more values (--clusters-from)")
@@ -299,14 +308,63 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
         class_stats = ClassStats(d)
         for a in range(0, len(Z), config.batch_rows):
             class_stats.update(np.asarray(Z[a : a + config.batch_rows]), classes[a : a + config.batch_rows])
-    omega_inputs = OmegaInputs(dim=d, v1=pruning.v1_kept, class_stats=class_stats)
-    try:
-        omega = make_omega(omega_name).estimate(omega_inputs).astype(np.float32)
-    except OmegaError as exc:
-        raise BuildError(str(exc)) from None
-    labelled = class_column is not None and not class_column.startswith("k-means")
-    files.write_omega(omega, _class_omegas(omega_name, omega_inputs, labelled=labelled))
-    return omega, {"estimator": omega_name, "classes_from": class_column, "rows": rows_used}
+    omega_inputs = OmegaInputs(dim=d, v1=pruning.v1_kept, class_stats=class_stats, tau=config.tau, seed=config.seed)
+    record: dict = {"estimator": omega_name, "classes_from": class_column, "rows": rows_used}
+    stored = _class_omegas(omega_inputs, labelled=labelled)
+    if labelled and omega_name in ("auto", "learned"):
+        try:
+            fit = _learn_omega(Z, classes, class_stats, config)
+        except OmegaError as exc:
+            if omega_name == "learned":
+                raise BuildError(str(exc)) from None
+            fit = None
+            omega_name, record["choice"] = "clusters", f"eq. 5 (clusters): learned Ω could not be fitted ({exc})"
+        if fit is not None:
+            stored["learned"] = fit.omega.astype(np.float32)
+            record["learned"] = fit.record
+            if omega_name == "auto":
+                omega_name, record["choice"] = _auto_choice(fit.validation)
+    record["estimator"] = omega_name
+    if omega_name in stored:
+        omega = stored.pop(omega_name)
+    else:
+        try:
+            omega = make_omega(omega_name).estimate(omega_inputs).astype(np.float32)
+        except OmegaError as exc:
+            raise BuildError(str(exc)) from None
+    files.write_omega(omega, stored)
+    return omega, record
+
+
+def _learn_omega(Z: np.ndarray, classes: np.ndarray, class_stats: ClassStats, config: BuildConfig):
+    """Learned Ω on a seeded sample of the labelled rows; eq. 5 and Welch are validated on the same
+    held-out queries, estimated from class statistics without those queries' rows."""
+    from simdex.engine.omega_learned import LearnedOmegaConfig, learn_omega
+
+    def reference(val_rows: np.ndarray) -> dict[str, np.ndarray]:
+        rest = class_stats.without(np.asarray(Z[val_rows]), classes[val_rows])
+        inputs = OmegaInputs(dim=Z.shape[1], class_stats=rest)
+        out = {}
+        for name in ("clusters", "welch"):
+            try:
+                out[name] = make_omega(name).estimate(inputs)
+            except OmegaError as exc:  # a class left with a single row
+                log.info("no %s Ω to validate against: %s", name, exc)
+        return out
+
+    return learn_omega(Z, classes, config.tau, LearnedOmegaConfig(sample_rows=config.learned_rows, seed=config.seed),
+                       reference=reference)
+
+
+def _auto_choice(validation: dict[str, dict]) -> tuple[str, str]:
+    """`--omega auto` with labels: learned when its held-out mAP beats eq. 5's and Welch's, else the
+    best of eq. 5, Welch and uniform. Returns the estimator and the reason recorded in the build."""
+    figures = ", ".join(f"{k} {v['map']:.4f}" for k, v in validation.items())
+    rivals = {k: validation[k]["map"] for k in ("clusters", "welch") if k in validation}
+    if all(validation["learned"]["map"] > m for m in rivals.values()):
+        return "learned", f"learned: best held-out mAP ({figures})"
+    best = max((k for k in ("clusters", "welch", "uniform") if k in validation), key=lambda k: validation[k]["map"])
+    return best, f"{best}: learned does not beat eq. 5 and Welch on held-out mAP ({figures})"
 
 
 def _measure_build_recall(catalog: Catalog, files: BuildFiles, Z, object_ids, omega, index, codec,
@@ -319,20 +377,20 @@ def _measure_build_recall(catalog: Catalog, files: BuildFiles, Z, object_ids, om
     return measure_recall(Z, object_ids, omega, index, catalog.deleted_ids(), config, scanner=scanner, codec=codec)
 
 
-def _class_omegas(chosen: str, inputs: OmegaInputs, labelled: bool) -> dict[str, np.ndarray]:
+def _class_omegas(inputs: OmegaInputs, labelled: bool) -> dict[str, np.ndarray]:
     """The class-based Ω a query may pick instead of the build's (`simdex query --omega`): eq. 5
     (`clusters`, from labels or k-means clusters) and, from real labels only, `welch` (as
-    `simdex build --omega welch` demands). uniform and svd need no classes: `Searcher` derives them."""
+    `simdex build --omega welch` demands); `learned` is added by the build when it was fitted.
+    uniform and svd need no classes: `Searcher` derives them."""
     if inputs.class_stats is None:
         return {}
     names = ("clusters", "welch") if labelled else ("clusters",)
     out = {}
     for name in names:
-        if name != chosen:
-            try:
-                out[name] = make_omega(name).estimate(inputs).astype(np.float32)
-            except OmegaError as exc:  # fewer than 2 classes
-                log.info("no %s Ω in this build: %s", name, exc)
+        try:
+            out[name] = make_omega(name).estimate(inputs).astype(np.float32)
+        except OmegaError as exc:  # fewer than 2 classes
+            log.info("no %s Ω in this build: %s", name, exc)
     return out
 
 
@@ -375,6 +433,18 @@ def measure_recall(Z, object_ids, omega, index, deleted, config: BuildConfig, sc
             "queries": len(sample), "tau": config.tau, "p50_ms": 1000 * float(np.median(latencies))}
 
 
+def _learned_lines(record: dict) -> list[str]:
+    lines = []
+    fit = record.get("learned")
+    if fit:
+        val = ", ".join(f"{k} {v['map']:.4f}" for k, v in fit["validation"].items())
+        lines.append(f"learned Ω: λ = {fit['strength']:g} (seed {fit['seed']}, {fit['fit_rows']} fit rows, "
+                     f"{fit['seconds']:.1f} s); held-out mAP over {fit['validation_queries']} queries: {val}")
+    if record.get("choice"):
+        lines.append(f"Ω chosen: {record['choice']}")
+    return lines
+
+
 def format_build_summary(info: dict, version: str) -> str:
     """What `simdex build` prints: Table III, Ω and the candidate stage."""
     r = info["recall"]
@@ -384,6 +454,7 @@ def format_build_summary(info: dict, version: str) -> str:
         "", "Table III", format_table_iii(info["table_iii"]), "",
         f"Ω: {info['omega']['estimator']}" + (f" from {info['omega']['classes_from']} ({info['omega']['rows']})"
                                              if info["omega"]["classes_from"] else ""),
+        *_learned_lines(info["omega"]),
         f"candidates: {json.dumps(info['candidates'])}",
         f"recall@10 vs exact: {r['note']}" if r["recall_at_10_mean"] is None else
         f"recall@10 vs exact: mean {r['recall_at_10_mean']:.3f}, worst {r['recall_at_10_min']:.2f} "

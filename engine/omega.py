@@ -11,6 +11,8 @@ Estimators, chosen by name with `make_omega`:
 - ``welch``: ω_j ∝ Σ over pairs of classes of |t_ik,j|, the Welch t-statistic of
   feature j between classes i and k (after Park, "Finding Similar Labels with
   Internal Representations": channels whose class means differ beyond their spread).
+- ``learned``: ω fitted by a ranking loss on labelled rows, its pull toward uniform
+  chosen on held-out queries (`engine.omega_learned`); needs a labelled sample.
 
 The class statistics are accumulated in one streaming pass (`ClassStats`: per-class
 counts, sums and sums of squares in float64), so Ω never needs the whole matrix.
@@ -54,6 +56,30 @@ class ClassStats:
             self._count[slot] += len(rows)
             self._sum[slot] += rows.sum(axis=0)
             self._sumsq[slot] += np.square(rows).sum(axis=0)
+
+    def without(self, z: np.ndarray, labels: np.ndarray) -> ClassStats:
+        """These statistics with the rows z (rows, d) and their labels taken out (a validation split)."""
+        removed = ClassStats(self.dim)
+        removed.update(z, labels)
+        out = ClassStats(self.dim)
+        out.classes = dict(self.classes)
+        out._count, out._sum, out._sumsq = list(self._count), [s.copy() for s in self._sum], [s.copy() for s in self._sumsq]
+        for value, slot in removed.classes.items():
+            mine = self.classes[value]
+            out._count[mine] -= removed._count[slot]
+            out._sum[mine] -= removed._sum[slot]
+            out._sumsq[mine] -= removed._sumsq[slot]
+        if any(c <= 0 for c in out._count):  # a class held out entirely: drop it
+            keep = [k for k, slot in out.classes.items() if out._count[slot] > 0]
+            rest = ClassStats(self.dim)
+            for k in keep:
+                slot = out.classes[k]
+                rest.classes[k] = len(rest._count)
+                rest._count.append(out._count[slot])
+                rest._sum.append(out._sum[slot])
+                rest._sumsq.append(out._sumsq[slot])
+            out = rest
+        return out
 
     @property
     def counts(self) -> np.ndarray:
@@ -104,6 +130,10 @@ class OmegaInputs:
     dim: int
     v1: np.ndarray | None = None  # (d,) loadings of the kept features on v_1
     class_stats: ClassStats | None = None
+    sample_z: np.ndarray | None = None  # (rows, d) labelled z-scored rows for `learned`
+    sample_labels: np.ndarray | None = None  # (rows,) their classes
+    tau: float = 1.0  # τ of the memberships `learned` is fitted for
+    seed: int = 0
 
 
 class OmegaEstimator(ABC):
@@ -165,11 +195,27 @@ class WelchOmega(OmegaEstimator):
         return _normalise(total)
 
 
-OMEGAS: dict[str, type[OmegaEstimator]] = {c.name: c for c in (UniformOmega, SvdOmega, ClusterOmega, WelchOmega)}
+class LearnedOmegaEstimator(OmegaEstimator):
+    """Ω fitted for retrieval (`engine.omega_learned.learn_omega`) on `sample_z` / `sample_labels`."""
+
+    name = "learned"
+    needs_classes = True
+
+    def estimate(self, inputs):
+        from simdex.engine.omega_learned import LearnedOmegaConfig, learn_omega
+
+        if inputs.sample_z is None or inputs.sample_labels is None:
+            raise OmegaError("omega 'learned' needs labelled rows (sample_z, sample_labels)")
+        fit = learn_omega(inputs.sample_z, inputs.sample_labels, inputs.tau, LearnedOmegaConfig(seed=inputs.seed))
+        return fit.omega
+
+
+OMEGAS: dict[str, type[OmegaEstimator]] = {
+    c.name: c for c in (UniformOmega, SvdOmega, ClusterOmega, WelchOmega, LearnedOmegaEstimator)}
 
 
 def make_omega(name: str) -> OmegaEstimator:
-    """Ω estimator by name (uniform, svd, clusters, welch).
+    """Ω estimator by name (uniform, svd, clusters, welch, learned).
 
     Example:
         >>> make_omega("uniform").estimate(OmegaInputs(dim=4)).tolist()

@@ -47,7 +47,7 @@ def all_features(cat: Catalog) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_build_writes_normalised_matrix_table_iii_and_omega(catalog):
-    result = build(catalog, BuildConfig(retain=0.99))
+    result = build(catalog, BuildConfig(retain=0.99, omega="clusters"))
     info = result.info
     ids, x = all_features(catalog)
     files = BuildFiles(result.path)
@@ -59,7 +59,7 @@ def test_build_writes_normalised_matrix_table_iii_and_omega(catalog):
     table = {r["layer"]: r for r in info["table_iii"]}
     assert table["C21"] == {"layer": "C21", "initial": 8, "active": 6, "kept": int(np.sum(kept >= 12))}
     assert table["total"]["kept"] == len(kept) == info["kept"]
-    # Ω defaults to eq. 5 from the label column, on the train split only
+    # Ω eq. 5 from the label column, on the train split only
     assert info["omega"] == {"estimator": "clusters", "classes_from": "label", "rows": "split = train"}
     omega = files.read_omega()
     zt = z[:200]
@@ -93,11 +93,12 @@ def test_query_by_id_matches_exact_ranking_and_carries_metadata(catalog):
 
 
 def test_query_time_omega_choice_scores_with_the_stored_estimator(catalog, tmp_path):
-    build(catalog)  # labels → Ω eq. 5 (clusters); the build also stores uniform, svd and welch
+    build(catalog)  # labels → Ω auto; the build also stores eq. 5, welch and learned, uniform and svd are derived
     s = Searcher.open(catalog.root)
-    assert set(s.omegas) == {"clusters", "uniform", "svd", "welch"}
+    assert set(s.omegas) == {"clusters", "uniform", "svd", "welch", "learned"}
     assert not np.allclose(s.omegas["uniform"], s.omegas["clusters"])
-    for name in ("uniform", "welch"):
+    assert not np.allclose(s.omegas["learned"], s.omegas["clusters"])
+    for name in ("uniform", "welch", "learned"):
         table = s.search(ids=[7], k=5, omega=name, exact=True)
         P, rows = exact_search(s.Z, [make_membership("gaussian", s.Z[7], 1.0)], s.omegas[name], 5)
         assert table.column("object_id").to_pylist() == s.object_ids[rows[0]].tolist()
