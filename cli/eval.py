@@ -27,9 +27,24 @@ from simdex.cli.progress import ProgressBar
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval(catalog, num_queries, query_split, gallery_split, ks, tau, label_column, methods, seed, fmt, quiet):  # noqa: A001
     """Measure retrieval quality with labels: queries from one split ranked against the
-    other, precision@k and mAP side by side for fuzzy P with Ω from eq. 5, uniform,
-    Welch and SVD Ω, cosine of the raw object vectors, L2 of the z-scored kept
-    features and L2 of the raw pixels. An answer is relevant when it has the query's label.
+    other, precision@k and mAP side by side. An answer is relevant when it has the
+    query's label.
+
+    \b
+    Where each ranking's Ω comes from:
+      fuzzy P, Ω learned   fitted here on a seeded sample of the gallery's labels
+                           (--seed), its pull toward uniform chosen on held-out
+                           gallery objects (as `simdex build --omega learned`)
+      fuzzy P, Ω eq. 5     class means of the gallery's labels (eq. 5)
+      fuzzy P, Ω uniform   equal weights, no labels
+      fuzzy P, Ω Welch     Welch t between the gallery's classes
+      fuzzy P, Ω SVD       v1² of the build's pruning, no labels
+      fuzzy P, build's Ω   the Ω the build stored, what a query gets by default
+                           (estimated at build time, from the train split when
+                           there is one)
+    The query split's labels never enter any Ω. The other rankings use no Ω: cosine
+    of the raw object vectors, L2 of the z-scored kept features, and L2 of the raw
+    pixels (in colour when the catalog's model reads 3 channels).
 
     \b
     Example (the README's table):
@@ -67,5 +82,5 @@ def eval(catalog, num_queries, query_split, gallery_split, ks, tau, label_column
         return
     click.echo(f"{result['queries']} queries ({result['query_split']}) against {result['gallery']} objects "
                f"({result['gallery_split']}), τ = {result['tau']}, {result['kept_features']} kept features, "
-               f"build {result['build']}")
+               f"build {result['build']} (its Ω: {result['build_omega']})")
     click.echo(format_table(result))

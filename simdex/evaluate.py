@@ -4,11 +4,15 @@ Queries come from one split (default `test`) and are ranked against the other
 (default `train`, the gallery); an answer is relevant when it has the query's label.
 Rankings compared in one run, on the same queries and gallery:
 
-- fuzzy P (eq. 4, Gaussian memberships) with Ω from eq. 5, uniform, Welch and SVD
-  (every Ω estimated on the gallery's labels, never on the queries');
+- fuzzy P (eq. 4, Gaussian memberships) with Ω from eq. 5, uniform, Welch, SVD and
+  learned (`engine.omega_learned`, seeded): every one estimated here on the gallery's
+  labels, never on the queries';
+- fuzzy P with the build's Ω: the Ω `simdex build` stored and a query uses by default
+  (estimated at build time from the rows `--omega-split` chose, normally the train split);
 - cosine similarity of the raw object vectors (the measure of Stylianou et al. and Park);
 - L2 distance of the z-scored kept features (the space of the build);
-- L2 distance of the raw pixels (no network at all: the floor to beat).
+- L2 distance of the raw pixels (no network at all: the floor to beat), in colour when
+  the catalog's model reads 3 channels.
 
 AP is computed over the whole ranked gallery (mean of the precision at each relevant
 item's rank); mAP is its mean over queries. Catalogs without a split column are split
@@ -27,14 +31,16 @@ import numpy as np
 
 from simdex.engine.errors import SimdexError
 from simdex.engine.membership import Gaussian
+from simdex.engine.metrics import rank_metrics
 from simdex.engine.omega import ClassStats, OmegaInputs, make_omega
 from simdex.engine.shard_reader import column_values
 from simdex.engine.text_table import text_table
 
 log = logging.getLogger(__name__)
 
-FUZZY_METHODS = {"fuzzy P, Ω eq. 5": "clusters", "fuzzy P, Ω uniform": "uniform",
-                 "fuzzy P, Ω Welch": "welch", "fuzzy P, Ω SVD": "svd"}
+BUILD_OMEGA = "fuzzy P, build's Ω"
+FUZZY_METHODS = {"fuzzy P, Ω learned": "learned", "fuzzy P, Ω eq. 5": "clusters", "fuzzy P, Ω uniform": "uniform",
+                 "fuzzy P, Ω Welch": "welch", "fuzzy P, Ω SVD": "svd", BUILD_OMEGA: "build"}
 OTHER_METHODS = ("cosine, raw vectors", "L2, z-scored kept features", "L2, raw pixels")
 METHODS = tuple(FUZZY_METHODS) + OTHER_METHODS
 
@@ -54,18 +60,6 @@ class EvalConfig:
     seed: int = 0
     methods: tuple[str, ...] = METHODS
     threads: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
-
-
-def rank_metrics(scores: np.ndarray, relevant: np.ndarray, ks=(1, 10, 100)) -> dict:
-    """AP and precision@k of one ranking: scores (n,), higher first; relevant (n,) bool.
-
-    AP is the mean of the precision at the rank of each relevant item; ties keep gallery order.
-    """
-    order = np.argsort(-scores, kind="stable")
-    rel = relevant[order]
-    hits = np.flatnonzero(rel)
-    ap = float(np.mean(np.arange(1, len(hits) + 1) / (hits + 1))) if len(hits) else 0.0
-    return {"ap": ap, **{f"p@{k}": float(rel[:k].mean()) for k in ks}}
 
 
 def evaluate_arrays(
@@ -127,21 +121,23 @@ def evaluate_arrays(
     return summary
 
 
-def _pixels(sources: list[str], size: int = 32) -> np.ndarray:
-    """Grey pixels of catalog images, resized to size×size when they differ: (n, size²) float32."""
+def _pixels(sources: list[str], channels: int = 1, size: int = 32) -> np.ndarray:
+    """Pixels of catalog images (grey, or RGB when `channels` is 3), resized to size×size when the
+    images are larger than 64×64 or differ: (n, pixels·channels) float32 in [0, 1]."""
     from PIL import Image
 
     from simdex.sheet import read_catalog_image
 
     out = None
     for i, src in enumerate(sources):
-        img = read_catalog_image(src).mean(axis=2).astype(np.float32) / 255.0  # (H, W)
+        rgb = read_catalog_image(src)  # (H, W, 3) uint8
         if out is None:
-            shape = img.shape if img.shape[0] * img.shape[1] <= 4096 else (size, size)
-            out = np.empty((len(sources), shape[0] * shape[1]), np.float32)
-        if img.shape != shape:
-            img = np.asarray(Image.fromarray(img).resize(shape[::-1], Image.BILINEAR), np.float32)
-        out[i] = img.ravel()
+            shape = rgb.shape[:2] if rgb.shape[0] * rgb.shape[1] <= 4096 else (size, size)
+            out = np.empty((len(sources), shape[0] * shape[1] * (3 if channels == 3 else 1)), np.float32)
+        if rgb.shape[:2] != shape:
+            rgb = np.asarray(Image.fromarray(rgb).resize(shape[::-1], Image.BILINEAR))
+        img = rgb.astype(np.float32) / 255.0
+        out[i] = (img if channels == 3 else img.mean(axis=2)).ravel()
     return out if out is not None else np.zeros((0, size * size), np.float32)
 
 
@@ -174,20 +170,23 @@ def evaluate(root, config: EvalConfig | None = None,
     zq, zg = np.asarray(Z[q_rows]), np.asarray(Z[g_rows])
     labels_q, labels_g = labels[q_rows], labels[g_rows]
     d = Z.shape[1]
-    omegas = _gallery_omegas(zg, labels_g, searcher.v1, config.methods)
+    tau = searcher.tau if config.tau is None else config.tau
+    omegas = _gallery_omegas(zg, labels_g, searcher.v1, config.methods, tau, config.seed)
+    if BUILD_OMEGA in config.methods:
+        omegas[BUILD_OMEGA] = np.asarray(searcher.omega, np.float32)
     raw_q = raw_g = pix_q = pix_g = None
     if "cosine, raw vectors" in config.methods:
         raw_q, raw_g = _raw_vectors(catalog, np.asarray(searcher.object_ids), q_rows, g_rows, report)
     if "L2, raw pixels" in config.methods:
         report("pixels", 0, 1)
-        pix_q, pix_g = _pixels(list(sources[q_rows])), _pixels(list(sources[g_rows]))
-    tau = searcher.tau if config.tau is None else config.tau
+        channels = int((catalog.info.get("config") or {}).get("in_channels", 1))
+        pix_q, pix_g = _pixels(list(sources[q_rows]), channels), _pixels(list(sources[g_rows]), channels)
     results = evaluate_arrays(zq, zg, labels_q, labels_g, omegas, tau, raw_q, raw_g, pix_q, pix_g, config.ks,
                               config.threads, progress=lambda a, b: report("queries", a, b))
     results = {m: results[m] for m in config.methods if m in results}
     return {"catalog": str(root), "build": searcher.version, "queries": int(len(q_rows)),
             "gallery": int(len(g_rows)), "tau": tau, "kept_features": d, **splits, "ks": list(config.ks),
-            "results": results}
+            "build_omega": searcher.info["omega"]["estimator"], "results": results}
 
 
 def _queries_and_gallery(searcher, config: EvalConfig):
@@ -225,16 +224,26 @@ def _queries_and_gallery(searcher, config: EvalConfig):
     return labels, sources, q_rows, g_rows, splits
 
 
-def _gallery_omegas(zg: np.ndarray, labels_g: np.ndarray, v1: np.ndarray, methods) -> dict[str, np.ndarray]:
-    """Ω of every fuzzy ranking asked for, estimated on the gallery's labels only."""
-    fuzzy = [m for m in methods if m in FUZZY_METHODS]
+def _gallery_omegas(zg: np.ndarray, labels_g: np.ndarray, v1: np.ndarray, methods, tau: float = 1.0,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """Ω of every fuzzy ranking asked for, estimated on the gallery's labels only (learned Ω: fitted
+    and its λ validated on a seeded sample of the gallery, `engine.omega_learned`)."""
+    from simdex.engine.omega_learned import LearnedOmegaConfig, learn_omega
+
+    fuzzy = [m for m in methods if m in FUZZY_METHODS and m != BUILD_OMEGA]
     if not fuzzy:
         return {}
     d = zg.shape[1]
     stats = ClassStats(d)
     stats.update(zg, labels_g)
-    return {name: make_omega(FUZZY_METHODS[name]).estimate(OmegaInputs(dim=d, v1=v1, class_stats=stats)).astype(np.float32)
-            for name in fuzzy}
+    out = {}
+    for name in fuzzy:
+        if FUZZY_METHODS[name] == "learned":
+            out[name] = learn_omega(zg, labels_g, tau, LearnedOmegaConfig(seed=seed)).omega.astype(np.float32)
+        else:
+            inputs = OmegaInputs(dim=d, v1=v1, class_stats=stats)
+            out[name] = make_omega(FUZZY_METHODS[name]).estimate(inputs).astype(np.float32)
+    return out
 
 
 def _raw_vectors(catalog, object_ids: np.ndarray, q_rows, g_rows, report) -> tuple[np.ndarray, np.ndarray]:

@@ -65,7 +65,30 @@ def test_evaluate_catalog_compares_every_ranking(fmnist_like_catalog):
         assert 0.0 <= m["map"] <= 1.0 and m["queries"] == 40
     # the classes differ by shape, which every ranking sees: all beat chance clearly
     assert res["results"]["fuzzy P, Ω eq. 5"]["p@10"] > chance + 0.3
+    assert res["results"]["fuzzy P, Ω learned"]["p@10"] > chance + 0.3
     assert res["results"]["L2, raw pixels"]["p@10"] > chance + 0.1
+    # the build's Ω row ranks with the Ω the build stored (what a query gets by default)
+    from simdex.engine.searcher import Searcher
+
+    s = Searcher.open(fmnist_like_catalog)
+    assert res["build_omega"] == s.info["omega"]["estimator"]
+    alone = evaluate(fmnist_like_catalog, EvalConfig(num_queries=40, ks=(1, 10), methods=("fuzzy P, build's Ω",)))
+    assert alone["results"]["fuzzy P, build's Ω"] == res["results"]["fuzzy P, build's Ω"]
+
+
+def test_pixels_keep_colour_when_the_model_reads_three_channels(tmp_path):
+    from PIL import Image
+
+    from simdex.evaluate import _pixels
+
+    paths = []
+    for i, colour in enumerate([(255, 0, 0), (0, 0, 255)]):  # same grey level, different colour
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (8, 8), colour).save(paths[-1])
+    grey, rgb = _pixels(paths, channels=1), _pixels(paths, channels=3)
+    assert grey.shape == (2, 64) and rgb.shape == (2, 192)
+    np.testing.assert_allclose(grey[0], grey[1])  # grey cannot tell red from blue
+    assert np.abs(rgb[0] - rgb[1]).max() == pytest.approx(1.0)
 
 
 def test_cli_eval_table_and_json(fmnist_like_catalog):
@@ -73,6 +96,7 @@ def test_cli_eval_table_and_json(fmnist_like_catalog):
     res = runner.invoke(main, ["eval", "--catalog", str(fmnist_like_catalog), "--queries", "20", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "fuzzy P, Ω eq. 5" in res.output and "mAP" in res.output and "P@10" in res.output
+    assert "fuzzy P, Ω learned" in res.output and "fuzzy P, build's Ω" in res.output
     res = runner.invoke(main, ["eval", "--catalog", str(fmnist_like_catalog), "--queries", "20", "--format", "json",
                                "--method", "fuzzy P, Ω uniform", "--quiet"])
     assert res.exit_code == 0, res.output
