@@ -38,17 +38,20 @@ def omega_by_layer(searcher) -> list[tuple[str, float, int]]:
 
 def write_report(out_dir: str | Path, searcher, examples: list[Example], curves_png: Path | None = None,
                  training_rows: list[dict] | None = None, evaluation: dict | None = None,
-                 notes: list[str] | None = None, explain: bool = True) -> Path:
+                 notes: list[str] | None = None, explain: bool = True, title: str = "simdex report",
+                 gallery_text: str = "the training split", links: list[dict] | None = None) -> Path:
     """Write index.html and its pictures into `out_dir`; returns the path of index.html.
 
     The markup is `templates/report.html`, rendered by Jinja2 with autoescaping: every value
     (labels, paths, notes) is escaped, whatever it holds. `explain` draws the similarity maps of
-    the first single-object example and its best answer (re-runs the model on both images)."""
+    the first single-object example and its best answer (re-runs the model on both images).
+    `links` ({"href", "text"}) lead to other pages, e.g. the report of another catalog."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = searcher.info
     recall = info["recall"]["recall_at_10_mean"]
     context = {
+        "title": title, "links": links or [], "gallery_text": gallery_text,
         "catalog": str(searcher.catalog.root), "version": searcher.version, "info": info,
         "recall": "not measured" if recall is None else f"{recall:.3f}", "notes": notes or [],
         "examples": _draw_examples(out, searcher, examples),
@@ -135,4 +138,4 @@ def _evaluation_table(evaluation: dict | None) -> dict | None:
     ks = evaluation["ks"]
     rows = [[name] + [f"{m[f'p@{k}']:.4f}" for k in ks] + [f"{m['map']:.4f}"]
             for name, m in evaluation["results"].items()]
-    return {**evaluation, "header": ["ranking"] + [f"P@{k}" for k in ks] + ["mAP"], "rows": rows}
+    return {"label_column": "label", **evaluation, "header": ["ranking"] + [f"P@{k}" for k in ks] + ["mAP"], "rows": rows}

@@ -28,3 +28,26 @@ def test_demo_writes_a_report_and_reuses_its_catalog(tmp_path):
     second = run_demo(tmp_path / "cat", tmp_path / "report", eval_queries=0, source=str(data), model=model)
     assert second.indexed_images == 0 and not second.built
     assert "build is up to date: reused" not in stages
+
+
+def test_demos_of_both_catalogs_link_their_reports(tmp_path, monkeypatch):
+    from simdex.demo import run_demos
+    from simdex.indexer.scenes import ScenesConfig
+
+    data = tmp_path / "data"
+    fashion_like_folder(data, train=120, test=40)
+    monkeypatch.setenv("SIMDEX_FASHION_MNIST", str(data))
+    model = tmp_path / "tiny.pt"
+    save_model(controlled_model(), model)
+    small = ScenesConfig(train_items=20, train_copies=2, plain_fmnist=0, test_items=6, test_copies=3)
+    fm, sc = run_demos(tmp_path / "cats", tmp_path / "report", eval_queries=6, fmnist_train=100, fmnist_test=30,
+                       scenes_dir=tmp_path / "scenes", scenes_config=small, model=model)
+    assert fm.indexed_images == 130 and sc.indexed_images == 20 * 2 + 6 * 3
+    assert fm.report == tmp_path / "report" / "index.html" and "scenes/index.html" in fm.report.read_text()
+    html = sc.report.read_text()
+    assert sc.report == tmp_path / "report" / "scenes" / "index.html" and "../index.html" in html
+    assert "relevant = same\ninstance" in html and sc.evaluation["label_column"] == "instance"
+    assert sc.evaluation["query_split"] == "query" and sc.evaluation["gallery_split"] == "gallery"
+    again = run_demos(tmp_path / "cats", tmp_path / "report", eval_queries=0, fmnist_train=100, fmnist_test=30,
+                      scenes_dir=tmp_path / "scenes", scenes_config=small, model=model)
+    assert [r.indexed_images for r in again] == [0, 0] and not any(r.built for r in again)
