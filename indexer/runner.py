@@ -388,7 +388,9 @@ class BatchObjects:
 def batch_objects(net, batch: dict, options: IndexOptions, device: str = "cpu") -> BatchObjects:
     """Segment one batch of `_DecodedBatches` with the model and extract its objects' features
     (the map step, the same for every engine)."""
-    x = torch.from_numpy(batch["canvases"])  # (n, C, S, S)
+    # NHWC: oneDNN's convolutions run 1.3-1.6x faster on the CPU than in NCHW (features equal to 1e-5)
+    x = torch.from_numpy(batch["canvases"]).contiguous(memory_format=torch.channels_last)  # (n, C, S, S)
+    net = net.to(memory_format=torch.channels_last)  # in place, once: a no-op when the weights already are
     feats = np.zeros((0, net.num_features * region_cells(options.region)), np.float32)
     ordinals = component = np.zeros(0, np.int64)
     boxes, areas = np.zeros((0, 4), np.int32), np.zeros(0, np.int64)
