@@ -265,7 +265,9 @@ def assert_same_catalog(a: Path, b: Path) -> None:
     assert ta.equals(tb)
     fa = np.concatenate([f for _, f in ca.iter_features()])
     fb = np.concatenate([f for _, f in cb.iter_features()])
-    np.testing.assert_array_equal(fa, fb)
+    # A resumed job cuts batches elsewhere, and oneDNN's channels_last kernels may sum in another
+    # order for another batch size: the same features to float32 rounding, not bit for bit.
+    np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-6)
     assert ca.read_errors().equals(cb.read_errors())
 
 
