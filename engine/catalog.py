@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simdex.engine.build_files import BuildFiles
+from simdex.engine.errors import as_object_ids
 from simdex.engine.integrity import CatalogError, DamagedFileError, check_file, file_record, seal, unseal
 from simdex.engine.shard_reader import ShardReader
 
@@ -706,7 +707,7 @@ class Catalog:
     def add_deleted(self, ids: Sequence[int] | np.ndarray) -> int:
         """Hide objects `ids` from every result (persisted; survives rebuilds). Returns how
         many ids were newly deleted. Unknown ids raise CatalogError."""
-        new = np.unique(np.asarray(ids, dtype=np.int64))
+        new = np.unique(as_object_ids(ids, CatalogError))
         if new.size and (new.min() < 0 or new.max() >= self.counters()["object_id"]):
             bad = new[(new < 0) | (new >= self.counters()["object_id"])]
             raise CatalogError(f"no object with id {', '.join(map(str, bad[:5]))} in {self.root}")

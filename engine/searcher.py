@@ -22,7 +22,7 @@ import pyarrow as pa
 from simdex.engine.build_files import BuildFiles
 from simdex.engine.candidates import load_candidate_index
 from simdex.engine.catalog import Catalog
-from simdex.engine.errors import SimdexError
+from simdex.engine.errors import SimdexError, as_object_ids
 from simdex.engine.explain import layer_of_features
 from simdex.engine.membership import MembershipError, make_membership
 from simdex.engine.omega import OmegaInputs, make_omega
@@ -134,7 +134,7 @@ class Searcher:
 
     def rows_of(self, object_ids) -> np.ndarray:
         """Rows of the build matrix for object ids; SearchError for ids the build does not hold."""
-        ids = np.asarray(object_ids, dtype=np.int64)
+        ids = as_object_ids(object_ids, SearchError)
         pos = np.searchsorted(self.object_ids, ids)
         ok = (pos < len(self.object_ids)) & (self.object_ids[np.minimum(pos, len(self.object_ids) - 1)] == ids)
         if not ok.all():

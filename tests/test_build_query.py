@@ -274,6 +274,7 @@ def test_cli_build_query_delete(catalog):
     for args in (["query", "--catalog", root, "99999"], ["query", "--catalog", root, "5", "--where", "nope = 1"],
                  ["query", "--catalog", root], ["delete", "--catalog", root, "99999"],
                  ["query", "--catalog", root, "5", "6", "--membership", "gaussian"],
+                 ["query", "--catalog", root, str(10**22)], ["delete", "--catalog", root, str(10**22)],
                  ["build", "--catalog", str(Path(root).parent / "missing")]):
         out = runner.invoke(cli_main, args)
         assert out.exit_code != 0 and (out.exception is None or isinstance(out.exception, SystemExit)), args

@@ -194,6 +194,11 @@ def test_bad_requests_get_one_line_4xx(served):
     assert "not_an_image" in detail or "cannot read" in detail
     one_line_error(client.post("/api/search/image", data={"k": "3"}), 422)
     one_line_error(client.post("/api/search", content=b"{", headers={"content-type": "application/json"}), 422)
+    huge = 10**22  # beyond int64: a 4xx, never a 500
+    assert "not an object id" in one_line_error(client.post("/api/search", json={"ids": [huge]}), 400)
+    one_line_error(client.get("/api/search", params={"ids": huge}), 400)
+    one_line_error(client.get(f"/api/objects/{huge}"), 404)
+    one_line_error(client.get(f"/api/objects/{huge}/thumbnail"), 404)
 
 
 def test_thumbnails_by_object_id_only(served):

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from simdex.engine.catalog import Catalog, CatalogError
+from simdex.engine.errors import SimdexError, as_object_ids
 from simdex.engine.searcher import Searcher, SearchError
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,10 @@ class Snapshot:
 
     def rows_for(self, object_ids) -> list[dict]:
         """Metadata of objects, in the order asked; ids the build does not hold are skipped."""
-        ids = np.asarray(object_ids, dtype=np.int64)
+        try:
+            ids = as_object_ids(object_ids)
+        except SimdexError:  # beyond int64: no such object
+            return []
         pos = np.searchsorted(self.object_ids, ids).clip(0, max(len(self.object_ids) - 1, 0))
         ok = self.object_ids[pos] == ids if len(self.object_ids) else np.zeros(len(ids), bool)
         return self.objects.take(pa.array(pos[ok])).to_pylist()
