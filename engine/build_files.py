@@ -87,35 +87,56 @@ class BuildFiles:
     def verify(self, full: bool, recovery: str = "") -> list[str]:
         """Check every file against the manifest: sizes, matrix headers and small files' checksums
         always, every checksum when `full`. Raises DamagedFileError naming the first damaged
-        file; returns the names checked."""
+        file (`damaged_files` lists them all); returns the names checked."""
+        names, damaged = self.damaged_files(full, recovery)
+        if damaged:
+            raise damaged[0]
+        return names
+
+    def damaged_files(self, full: bool, recovery: str = "") -> tuple[list[str], list[DamagedFileError]]:
+        """Check every file as `verify` does, but go on past a damaged one: (the names checked,
+        one DamagedFileError per damaged file, in manifest order). A build without a manifest
+        (an older simdex) checks nothing: ([], [])."""
         if not self.folder.is_dir():
-            raise DamagedFileError(self.folder, "the build folder is missing", recovery)
-        files = self.read_manifest(recovery)
+            return [], [DamagedFileError(self.folder, "the build folder is missing", recovery)]
+        try:
+            files = self.read_manifest(recovery)
+        except DamagedFileError as exc:
+            return [], [exc]
         if files is None:  # an older build: only what its readers check
-            return []
+            return [], []
+        damaged = []
         for name, record in files.items():
             if "/" in name or name.startswith("."):
-                raise DamagedFileError(self.folder / _MANIFEST, f"names {name!r}, not a file of the build", recovery)
-            check_file(self.folder / name, record, full=full, recovery=recovery)
-        self._check_matrix_headers(recovery)
-        return list(files)
+                damaged.append(DamagedFileError(self.folder / _MANIFEST, f"names {name!r}, not a file of the build",
+                                                recovery))
+                continue
+            try:
+                check_file(self.folder / name, record, full=full, recovery=recovery)
+            except DamagedFileError as exc:
+                damaged.append(exc)
+        reported = {exc.path.name for exc in damaged}
+        damaged += [exc for exc in self._matrix_header_problems(recovery) if exc.path.name not in reported]
+        return list(files), damaged
 
-    def _check_matrix_headers(self, recovery: str) -> None:
+    def _matrix_header_problems(self, recovery: str) -> list[DamagedFileError]:
         """z, codes and object_ids: readable .npy headers of the same number of rows."""
-        shapes = {}
+        shapes, problems = {}, []
         for name, dtype in ((_Z, np.float32), (_CODES, np.uint8), (_OBJECT_IDS, np.int64)):
             path = self.folder / name
             try:
                 m = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as exc:
-                raise DamagedFileError(path, f"not a readable .npy matrix ({str(exc).splitlines()[0]})",
-                                       recovery) from None
+                problems.append(DamagedFileError(path, f"not a readable .npy matrix ({str(exc).splitlines()[0]})",
+                                                 recovery))
+                continue
             if m.dtype != dtype:
-                raise DamagedFileError(path, f"holds {m.dtype}, not {np.dtype(dtype)}", recovery)
+                problems.append(DamagedFileError(path, f"holds {m.dtype}, not {np.dtype(dtype)}", recovery))
+                continue
             shapes[name] = m.shape
-        rows = {shape[0] for shape in shapes.values()}
-        if len(rows) != 1 or shapes[_Z] != shapes[_CODES]:
-            raise DamagedFileError(self.folder, f"its matrices disagree in shape ({shapes})", recovery)
+        if len(shapes) == 3 and (len({shape[0] for shape in shapes.values()}) != 1 or shapes[_Z] != shapes[_CODES]):
+            problems.append(DamagedFileError(self.folder, f"its matrices disagree in shape ({shapes})", recovery))
+        return problems
 
     # ------------------------------------------------------------------ build.json
 

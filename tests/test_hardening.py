@@ -1,0 +1,79 @@
+"""Hardening (issue 11, the audit's gaps): every damaged file of a build reported, large build
+files verified once per change, a resumed source that changed, malformed model headers,
+inputs the folder walk used to skip, user mistakes as one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from synth_catalog import append_objects, class_objects, new_catalog
+
+from simdex.cli.main import main as cli_main
+from simdex.engine.build import BuildConfig, build
+from simdex.engine.catalog import Catalog
+from simdex.engine.check import check_catalog
+from simdex.engine.errors import SimdexError
+
+LAYERS = [("C11", 8), ("C12", 8)]
+CLASSES = ["boot", "bag", "shirt"]
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory) -> Path:
+    cat = new_catalog(tmp_path_factory.mktemp("hardening") / "cat", LAYERS)
+    x, labels = class_objects(400, 1, CLASSES, 16)
+    append_objects(cat, x[:200], labels[:200], "job0")
+    append_objects(cat, x[200:], labels[200:], "job1")
+    build(cat, BuildConfig(retain=1.0, index="ivf", recall_queries=0, index_options={"nlist": 4, "nprobe": 4}))
+    return cat.root
+
+
+@pytest.fixture
+def cat(healthy, tmp_path) -> Catalog:
+    shutil.copytree(healthy, tmp_path / "cat")
+    return Catalog.open(tmp_path / "cat")
+
+
+def garble(path: Path, at: float = 0.5, n: int = 16) -> None:
+    data = bytearray(path.read_bytes())
+    i = int(len(data) * at)
+    data[i:i + n] = bytes(b ^ 0xFF for b in data[i:i + n])
+    path.write_bytes(bytes(data))
+
+
+def one_line_error(args: list[str], expect: str | None = None) -> str:
+    r = CliRunner().invoke(cli_main, args)
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert "Traceback" not in r.output
+    if expect is not None:
+        assert expect in r.output, r.output
+    return r.output
+
+
+# ---------------------------------------------------------------- 1. every damaged file of a build
+
+def test_check_reports_every_damaged_file_of_a_damaged_copy(cat):
+    build_dir = cat.current_build_dir()
+    assert (build_dir / "candidates.faiss").is_file()
+    garble(build_dir / "z.npy", 0.7)
+    garble(build_dir / "codes.npy", 0.6)
+    garble(build_dir / "candidates.faiss", 0.5)
+    garble(build_dir / "pruning.npz", 0.5)
+    (build_dir / "omega.npy").unlink()
+    garble(cat.root / "shards/000001.parquet")
+    garble(cat.root / "shards/000002.parquet")
+    report = check_catalog(cat.root)
+    damaged = {Path(p.path).name if p.path.startswith("builds") else p.path for p in report.problems}
+    assert damaged == {"z.npy", "codes.npy", "candidates.faiss", "pruning.npz", "omega.npy",
+                       "shards/000001.parquet", "shards/000002.parquet"}, report.problems
+    assert all(p.recovery for p in report.problems)
+    out = one_line_error(["check", "--catalog", str(cat.root)])
+    assert out.count("DAMAGED") == 7
+    with pytest.raises(SimdexError, match="damaged"):  # a query still refuses the build, naming one file
+        from simdex.engine.searcher import Searcher
+
+        Searcher.open(cat.root)
