@@ -16,6 +16,7 @@ A build folder (`builds/<version>/`, which `Catalog` places and publishes) holds
     candidates.faiss        the FAISS index (IVF builds only)
     candidates_omega.npy    the Ω the candidate index was weighted with
     manifest.json           size and SHA-256 of every other file, written when the build is published
+    .verified.json          which large files were hashed in full, and their stat then (`VerifiedStamps`)
 
 The build writes through `BuildFiles`; the searcher, SQL, evaluation, the demo and the
 candidate index read through it. Nobody else joins a file name onto a build folder.
@@ -29,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simdex.engine.integrity import DamagedFileError, check_file, file_record, seal, unseal
+from simdex.engine import integrity
+from simdex.engine.integrity import VERIFIED_FILE, DamagedFileError, VerifiedStamps, check_file, seal, sha256_of, unseal
 from simdex.engine.pruning import FeatureStats, Pruning
 from simdex.engine.quantized import UniformCodec
 
@@ -40,7 +42,7 @@ _Z, _CODES, _OBJECT_IDS = "z.npy", "codes.npy", "object_ids.npy"
 _OMEGA, _OMEGAS = "omega.npy", "omegas.npz"
 _CANDIDATES_INFO, _CANDIDATES_INDEX, _CANDIDATES_OMEGA = "candidates.json", "candidates.faiss", "candidates_omega.npy"
 _MANIFEST = "manifest.json"
-_NOT_IN_MANIFEST = (_MANIFEST, ".owner")
+_NOT_IN_MANIFEST = (_MANIFEST, ".owner", VERIFIED_FILE)
 
 
 class BuildFiles:
@@ -65,10 +67,17 @@ class BuildFiles:
     # ------------------------------------------------------------------ integrity
 
     def write_manifest(self) -> None:
-        """Record the size and SHA-256 of every file of the build (called once, at publication)."""
-        files = {p.name: file_record(p) for p in sorted(self.folder.iterdir())
-                 if p.is_file() and p.name not in _NOT_IN_MANIFEST}
+        """Record the size and SHA-256 of every file of the build (called once, at publication),
+        and stamp the large ones as verified (the hash just read them)."""
+        files, stamps = {}, VerifiedStamps(self.folder)
+        for p in sorted(self.folder.iterdir()):
+            if p.is_file() and p.name not in _NOT_IN_MANIFEST:
+                st = p.stat()
+                files[p.name] = {"bytes": st.st_size, "sha256": sha256_of(p)}
+                if st.st_size > integrity.SMALL_FILE_BYTES:
+                    stamps.add(p, files[p.name]["sha256"], st)
         (self.folder / _MANIFEST).write_text(json.dumps(seal({"files": files}), indent=1))
+        stamps.save()
 
     def read_manifest(self, recovery: str = "") -> dict[str, dict] | None:
         """{file name: {bytes, sha256}}, or None for a build published before manifests."""
@@ -86,8 +95,10 @@ class BuildFiles:
 
     def verify(self, full: bool, recovery: str = "") -> list[str]:
         """Check every file against the manifest: sizes, matrix headers and small files' checksums
-        always, every checksum when `full`. Raises DamagedFileError naming the first damaged
-        file (`damaged_files` lists them all); returns the names checked."""
+        always; large files' checksums once per change (a stat when `VerifiedStamps` says the file
+        was hashed and has not been written since, a full hash otherwise); every checksum when
+        `full`. Raises DamagedFileError naming the first damaged file (`damaged_files` lists them
+        all); returns the names checked."""
         names, damaged = self.damaged_files(full, recovery)
         if damaged:
             raise damaged[0]
@@ -105,16 +116,21 @@ class BuildFiles:
             return [], [exc]
         if files is None:  # an older build: only what its readers check
             return [], []
-        damaged = []
+        damaged, stamps = [], None if full else VerifiedStamps(self.folder)
         for name, record in files.items():
             if "/" in name or name.startswith("."):
                 damaged.append(DamagedFileError(self.folder / _MANIFEST, f"names {name!r}, not a file of the build",
                                                 recovery))
                 continue
             try:
-                check_file(self.folder / name, record, full=full, recovery=recovery)
+                if stamps is not None and record.get("bytes", 0) > integrity.SMALL_FILE_BYTES:
+                    stamps.check(self.folder / name, record, recovery)
+                else:
+                    check_file(self.folder / name, record, full=full, recovery=recovery)
             except DamagedFileError as exc:
                 damaged.append(exc)
+        if stamps is not None:
+            stamps.save()
         reported = {exc.path.name for exc in damaged}
         damaged += [exc for exc in self._matrix_header_problems(recovery) if exc.path.name not in reported]
         return list(files), damaged

@@ -6,6 +6,13 @@ is cheap on every open (the size, and the checksum of small files); `simdex chec
 every checksum. A file that fails is a `DamagedFileError` naming it and saying how to recover,
 never a wrong answer.
 
+A build's large files (over SMALL_FILE_BYTES: the matrices, the FAISS index) are hashed in full
+once, and the result is remembered in a `VerifiedStamps` file keyed by what the file system
+changes on every write (inode, size, mtime and ctime, which no user can set back): an open whose
+file still has the stamped key trusts the stamp (a `stat`, no read); any write, copy or restore
+since makes the next open hash the file again. What a stamp cannot see is a change that bypasses
+the file system (bit rot on the medium, a write to the raw device): `simdex check` hashes everything.
+
 JSON files that are edited in place (catalog.json, the journals) carry their own checksum: a
 `checksum` key with the SHA-256 of the canonical JSON of everything else (`seal` / `unseal`).
 
@@ -20,7 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
+import uuid
 from pathlib import Path
 
 from simdex.engine.errors import SimdexError
@@ -28,6 +38,13 @@ from simdex.engine.errors import SimdexError
 CHUNK_BYTES = 1 << 20
 SMALL_FILE_BYTES = 4 << 20  # files up to this size are hashed on every open (≈2 ms)
 CHECKSUM_KEY = "checksum"
+VERIFIED_FILE = ".verified.json"
+VERIFIED_FORMAT = "simdex-verified/1"
+# A write within a timestamp tick of a verification could leave mtime and ctime as they were
+# (coarse clocks; FAT's 2 s): a file changed this recently is not stamped, the next open hashes it.
+RACY_NS = 2_000_000_000
+
+log = logging.getLogger(__name__)
 
 
 class CatalogError(SimdexError):
@@ -75,7 +92,7 @@ def check_file(path: str | os.PathLike, record: dict | None, full: bool, recover
     if size != record.get("bytes"):
         raise DamagedFileError(path, f"{size} bytes, {record.get('bytes')} were committed (truncated or overwritten)",
                                recovery)
-    if full or (hash_small and size <= SMALL_FILE_BYTES):
+    if full or (hash_small and size <= SMALL_FILE_BYTES):  # larger: VerifiedStamps
         try:
             digest = sha256_of(path)
         except OSError as exc:
@@ -104,3 +121,95 @@ def unseal(obj: object, path: str | os.PathLike, recovery: str = "") -> dict:
     if stored is not None and stored != hashlib.sha256(_canonical(obj)).hexdigest():
         raise DamagedFileError(path, "its content differs from its checksum (edited or garbled)", recovery)
     return obj
+
+
+def stat_key(st: os.stat_result) -> list[int]:
+    """What every write to a file changes: [inode, size, mtime ns, ctime ns]."""
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+_MEMO: dict[tuple[str, tuple[int, ...]], str] = {}  # (path, stat key) → SHA-256 verified in this process
+
+
+class VerifiedStamps:
+    """The large files of one folder that were hashed in full, each with the `stat_key` it had.
+
+    Kept in `<folder>/.verified.json`, or, where the folder is not writable, in the user's
+    cache (`$XDG_CACHE_HOME/simdex/verified/`); a lost or unreadable stamp file only means the
+    next open hashes again. Example:
+
+        >>> stamps = VerifiedStamps(Path("builds/v000003-…"))        # doctest: +SKIP
+        >>> stamps.check(path, record, recovery)   # a stat when stamped, a full hash otherwise
+        >>> stamps.save()
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.files: dict[str, dict] = {}
+        self.changed = False
+        for path in self._paths():
+            try:
+                obj = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(obj, dict) and obj.get("format") == VERIFIED_FORMAT and isinstance(obj.get("files"), dict):
+                self.files = {k: v for k, v in obj["files"].items() if isinstance(v, dict)}
+                break
+
+    def _paths(self) -> list[Path]:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "simdex" / "verified"
+        key = hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:32]
+        return [self.folder / VERIFIED_FILE, cache / f"{key}.json"]
+
+    def is_verified(self, path: Path, record: dict, st: os.stat_result) -> bool:
+        """True when `path` was hashed to the committed SHA-256 and has not changed since."""
+        key = stat_key(st)
+        if _MEMO.get((str(path), tuple(key))) == record.get("sha256"):
+            return True
+        stamp = self.files.get(path.name)
+        return bool(stamp) and stamp.get("stat") == key and stamp.get("sha256") == record.get("sha256")
+
+    def add(self, path: Path, sha256: str, before: os.stat_result) -> None:
+        """Remember that `path` hashed to `sha256`, when it did not change while it was hashed and
+        its last change is not within a timestamp tick of now."""
+        after = path.stat()
+        if stat_key(after) != stat_key(before) or time.time_ns() - after.st_ctime_ns < RACY_NS:
+            return
+        _MEMO[(str(path), tuple(stat_key(after)))] = sha256
+        self.files[path.name] = {"sha256": sha256, "stat": stat_key(after)}
+        self.changed = True
+
+    def check(self, path: Path, record: dict | None, recovery: str = "") -> None:
+        """`check_file(path, record, full=True)`, skipped (after the size check) when the stamp says
+        the file was verified and has not changed since; a file that passes is stamped."""
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        if st is not None and record and st.st_size == record.get("bytes") and self.is_verified(path, record, st):
+            return
+        check_file(path, record, full=True, recovery=recovery)
+        if st is not None and record:
+            self.add(path, record["sha256"], st)
+
+    def save(self) -> None:
+        """Write the stamps if any were added (atomically; to the user's cache when the folder is
+        read-only; not at all, with a log line, when neither can be written)."""
+        if not self.changed:
+            return
+        text = json.dumps({"format": VERIFIED_FORMAT, "files": self.files}, indent=1)
+        for path in self._paths():
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(text)
+                os.replace(tmp, path)
+                self.changed = False
+                return
+            except OSError:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+        log.warning("cannot record that %s was verified (no writable place): the next open verifies it again",
+                    self.folder)

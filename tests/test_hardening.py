@@ -77,3 +77,72 @@ def test_check_reports_every_damaged_file_of_a_damaged_copy(cat):
         from simdex.engine.searcher import Searcher
 
         Searcher.open(cat.root)
+
+
+# ---------------------------------------------------------------- 2. large build files: verified once per change
+
+@pytest.fixture
+def large_files(monkeypatch):
+    """Every build file counts as large (over SMALL_FILE_BYTES), a change is never too recent to
+    stamp, and the full hashes are counted."""
+    import simdex.engine.integrity as integrity
+
+    hashed = []
+    real = integrity.sha256_of
+    monkeypatch.setattr(integrity, "SMALL_FILE_BYTES", 0)
+    monkeypatch.setattr(integrity, "RACY_NS", 0)
+    monkeypatch.setattr(integrity, "sha256_of", lambda p: hashed.append(Path(p).name) or real(p))
+    return hashed
+
+
+def _search(root: Path):
+    from simdex.engine.searcher import Searcher
+
+    return Searcher.open(root).search(ids=[3], k=5).column("object_id").to_pylist()
+
+
+def test_large_build_files_are_hashed_once_then_trusted_until_they_change(cat, large_files):
+    expected = _search(cat.root)  # the copy has new inodes: hashed in full, then stamped
+    assert "z.npy" in large_files and "candidates.faiss" in large_files
+    assert (cat.current_build_dir() / ".verified.json").is_file()
+    large_files.clear()
+    assert _search(cat.root) == expected
+    assert large_files == []  # stamped and unchanged: a stat, no read
+    garble(cat.current_build_dir() / "z.npy", 0.7)
+    with pytest.raises(SimdexError, match=r"z\.npy is damaged.*SHA-256"):
+        _search(cat.root)
+    one_line_error(["query", "--catalog", str(cat.root), "3"], expect="z.npy")
+
+
+def test_a_garbled_large_file_whose_mtime_was_put_back_is_still_caught(cat, large_files):
+    import os
+
+    _search(cat.root)
+    z = cat.current_build_dir() / "z.npy"
+    st = z.stat()
+    garble(z, 0.7)
+    os.utime(z, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime; the ctime moved on
+    with pytest.raises(SimdexError, match=r"z\.npy is damaged"):
+        _search(cat.root)
+
+
+def test_a_new_build_stamps_its_large_files(tmp_path, large_files):
+    cat = new_catalog(tmp_path / "cat", LAYERS)
+    x, labels = class_objects(100, 2, CLASSES, 16)
+    append_objects(cat, x, labels, "a")
+    build(cat, BuildConfig(retain=1.0, recall_queries=0))
+    large_files.clear()
+    _search(cat.root)
+    assert large_files == []  # the build hashed them for its manifest: the first query reads none
+
+
+def test_stamps_of_a_catalog_that_cannot_be_written_go_to_the_user_cache(cat, large_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    stamp = cat.current_build_dir() / ".verified.json"
+    stamp.unlink(missing_ok=True)
+    stamp.mkdir()  # unwritable as a file, even for root (a read-only folder is not, for root)
+    _search(cat.root)
+    assert len(list((tmp_path / "cache/simdex/verified").glob("*.json"))) == 1
+    large_files.clear()
+    _search(cat.root)
+    assert large_files == []
