@@ -98,15 +98,63 @@ def load_model(path: str | os.PathLike | None = None) -> LoadedModel:
         info = json.loads(header)
     except (TypeError, ValueError):
         raise ModelFileError(f"{path}: unreadable model header") from None
+    if not isinstance(info, dict):
+        raise ModelFileError(f"{path}: unreadable model header (not a JSON object)")
     if info.get("format") != FORMAT:
         raise ModelFileError(f"{path}: unsupported model format {info.get('format')!r}, expected {FORMAT}")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ModelFileError(f"{path}: its state_dict is not a mapping of names to tensors")
     sha = _digest(header, state)
     if sha != blob["sha256"]:
         raise ModelFileError(f"{path}: checksum mismatch, the file was modified after it was saved")
-    model = build_model(UNetConfig.from_dict(info["config"]))
+    config = _config_of(info, path)
+    _check_shapes(config, state, path)  # before any weight is allocated
+    model = build_model(config)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelFileError(f"{path}: weights do not match the saved config: {exc}") from None
     model.eval()
     return LoadedModel(model=model, sha256=sha, path=path, meta=info.get("meta", {}))
+
+
+# bounds of a model header: what `simdex train` can write, with room (width 16 is ~7 GB of weights)
+_CONFIG_FIELDS = {  # name: (types, check, what it must be)
+    "width": ((int, float), lambda v: 0 < v <= 16, "a number in (0, 16]"),
+    "in_channels": ((int,), lambda v: v in (1, 3), "1 or 3"),
+    "num_classes": ((int,), lambda v: 2 <= v <= 1000, "an integer in [2, 1000]"),
+    "image_size": ((int,), lambda v: 8 <= v <= 4096 and v % 8 == 0, "a multiple of 8 in [8, 4096]"),
+    "arch": ((str,), lambda v: v == "unet", "'unet'"),
+}
+
+
+def _config_of(info: dict, path: Path) -> UNetConfig:
+    """The header's model config, every field of the right type and within bounds (ModelFileError)."""
+    config = info.get("config")
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path}: the model header has no config (not a file written by `simdex train`)")
+    for name, (types, ok, what) in _CONFIG_FIELDS.items():
+        if name not in config:
+            continue
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, types) or not ok(value):
+            raise ModelFileError(f"{path}: model header field config.{name} is {value!r:.40}, it must be {what}")
+    if not isinstance(info.get("meta", {}), dict):
+        raise ModelFileError(f"{path}: model header field meta is not a JSON object")
+    return UNetConfig.from_dict(config)
+
+
+def _check_shapes(config: UNetConfig, state: dict[str, torch.Tensor], path: Path) -> None:
+    """The state dict has exactly the tensors, of exactly the shapes, that `config` builds; the
+    network is built on the meta device to know them (no memory is allocated)."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got == expected:
+        return
+    missing, extra = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+    wrong = [k for k in expected if k in got and got[k] != expected[k]]
+    what = (f"{wrong[0]} is {list(got[wrong[0]])}, the config gives {list(expected[wrong[0]])}" if wrong
+            else f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(extra[:3])}")
+    raise ModelFileError(f"{path}: weights do not match the saved config (width {config.width}): {what}")

@@ -146,3 +146,80 @@ def test_stamps_of_a_catalog_that_cannot_be_written_go_to_the_user_cache(cat, la
     large_files.clear()
     _search(cat.root)
     assert large_files == []
+
+
+# ---------------------------------------------------------------- 4. model headers checked before a model is built
+
+@pytest.fixture
+def model_path(tmp_path) -> Path:
+    import torch
+
+    from simdex.indexer.checkpoint import save_model
+    from simdex.indexer.model import SparseUNet, UNetConfig
+
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    save_model(SparseUNet(UNetConfig(width=0.25, image_size=16)), path)
+    return path
+
+
+def forge(path: Path, edit) -> Path:
+    """Rewrite the model file's header with `edit(info)` and a matching checksum (well-formed)."""
+    import json
+
+    import torch
+
+    from simdex.indexer.checkpoint import _digest
+
+    blob = torch.load(path, weights_only=True)
+    info = json.loads(blob["header"])
+    edit(info)
+    blob["header"] = json.dumps(info, sort_keys=True)
+    blob["sha256"] = _digest(blob["header"], blob["state_dict"])
+    torch.save(blob, path)
+    return path
+
+
+BAD_HEADERS = {
+    "no config": (lambda i: i.pop("config"), "has no config"),
+    "config not an object": (lambda i: i.update(config=[1]), "has no config"),
+    "width a string": (lambda i: i["config"].update(width="abc"), "config.width is 'abc'"),
+    "width huge": (lambda i: i["config"].update(width=1e9), "config.width"),
+    "width a bool": (lambda i: i["config"].update(width=True), "config.width"),
+    "image size odd": (lambda i: i["config"].update(image_size=17), "config.image_size"),
+    "classes a string": (lambda i: i["config"].update(num_classes="2"), "config.num_classes"),
+    "arch unknown": (lambda i: i["config"].update(arch="vit"), "config.arch"),
+    "meta a list": (lambda i: i.update(meta=[]), "meta"),
+    "width 6 with width-0.25 weights": (lambda i: i["config"].update(width=6.0), "do not match the saved config"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_HEADERS))
+def test_a_malformed_model_header_is_one_line_before_any_network_is_built(model_path, kind, monkeypatch):
+    import torch
+
+    import simdex.indexer.checkpoint as checkpoint
+    from simdex.indexer.checkpoint import ModelFileError, load_model
+
+    edit, message = BAD_HEADERS[kind]
+    forge(model_path, edit)
+    real, devices = checkpoint.build_model, []
+    monkeypatch.setattr(checkpoint, "build_model", lambda c: devices.append(str(torch.get_default_device())) or real(c))
+    with pytest.raises(ModelFileError, match=message) as info:
+        load_model(model_path)
+    assert "\n" not in str(info.value) and str(model_path) in str(info.value)
+    assert devices in ([], ["meta"])  # never a real allocation before the error
+    one_line_error(["model-info", "--model", str(model_path)], expect=message.split(" is ")[0])
+
+
+def test_weights_of_another_name_are_refused_before_building(model_path):
+    import torch
+
+    from simdex.indexer.checkpoint import ModelFileError, _digest, load_model
+
+    blob = torch.load(model_path, weights_only=True)
+    blob["state_dict"]["extra.weight"] = torch.zeros(2)
+    blob["sha256"] = _digest(blob["header"], blob["state_dict"])
+    torch.save(blob, model_path)
+    with pytest.raises(ModelFileError, match="unexpected extra.weight"):
+        load_model(model_path)
