@@ -111,6 +111,7 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], box: st
         raise click.UsageError("--box selects a region of one --image")
     if fmt == "parquet" and output is None:
         raise click.UsageError("--format parquet needs --output FILE")
+    _check_outputs(output, sheet, catalog)  # before searching: a mistake costs no query
     try:
         searcher = Searcher.open(catalog)
         features = _image_features(searcher, images, box) if images else None
@@ -125,9 +126,32 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], box: st
     if table.num_rows == 0:
         click.echo("no object matches" + (f" --where {where!r}" if where else "") + " (deleted objects are never "
                    "returned)", err=True)
-    _write_results(table, fmt, output, searcher.omega_per_layer(omega) if explain and fmt == "table" else None)
+    try:
+        _write_results(table, fmt, output, searcher.omega_per_layer(omega) if explain and fmt == "table" else None)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
     if sheet is not None:
         _draw_sheet(searcher, table, ids, images, sheet)
+
+
+def _check_outputs(output: Path | None, sheet: Path | None, catalog: Path) -> None:
+    """--output and --sheet: files in existing folders, outside the catalog; --sheet of an image
+    format Pillow writes (BadParameter otherwise)."""
+    from simdex.cli.sql import _check_output
+
+    if output is not None:
+        _check_output(output, catalog)
+    if sheet is not None:
+        from PIL import Image
+
+        formats = Image.registered_extensions()
+        if formats.get(sheet.suffix.lower()) not in Image.SAVE:
+            raise click.ClickException(f"cannot write the contact sheet {sheet}: not an image file name Pillow "
+                                       f"can write (use .png or .jpg)")
+        try:
+            _check_output(sheet, catalog)
+        except click.BadParameter as exc:
+            raise click.ClickException(f"cannot write the contact sheet {sheet}: {exc.message}") from None
 
 
 def _image_features(searcher, images, box):
@@ -186,7 +210,7 @@ def _draw_sheet(searcher, table, ids, images, path: Path) -> None:
     try:
         draw_result_sheet(searcher, table, path, query_ids=list(ids), query_images=list(images),
                           on_missing=lambda source, reason: missing.append(source))
-    except (SheetError, OSError) as exc:
+    except (SheetError, OSError, ValueError) as exc:  # ValueError: a format Pillow cannot write
         raise click.ClickException(f"cannot write the contact sheet {path}: {exc}") from None
     click.echo(f"contact sheet: {path}", err=True)
     if missing:

@@ -138,8 +138,11 @@ def model_info(model_path, eval_source, batch_size, as_json):
         c = lm.model.config
         cfg = TrainConfig(batch_size=batch_size, image_size=c.image_size, in_channels=c.in_channels,
                           mask_threshold=lm.meta.get("train", {}).get("mask_threshold", 0.05))
-        info["evaluation"] = {"source": eval_source, **evaluate(lm.model, _loader(src, np.arange(len(src)), cfg,
-                                                                                   False, None))}
+        try:
+            info["evaluation"] = {"source": eval_source, **evaluate(lm.model, _loader(src, np.arange(len(src)), cfg,
+                                                                                       False, None))}
+        except ValueError as exc:  # no readable image in the source
+            raise click.ClickException(f"cannot evaluate on {eval_source}: {exc}") from None
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

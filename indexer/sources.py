@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import os
 import struct
 import warnings
@@ -235,9 +236,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if data[2] not in dtypes:
         raise SourceError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
     ndim = data[3]
+    if ndim == 0 or len(data) < 4 + 4 * ndim:
+        raise SourceError(f"{path}: not an IDX file (its header claims {ndim} dimensions, the file is {len(data)} bytes)")
     shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    arr = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(shape)):
+    try:
+        arr = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
+    except ValueError:  # not a whole number of values
+        raise SourceError(f"{path}: truncated IDX file (header says {shape})") from None
+    if arr.size != math.prod(shape):  # Python ints: a forged header cannot overflow
         raise SourceError(f"{path}: truncated IDX file ({arr.size} values, header says {shape})")
     return arr.reshape(shape)
 

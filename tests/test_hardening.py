@@ -223,3 +223,64 @@ def test_weights_of_another_name_are_refused_before_building(model_path):
     torch.save(blob, model_path)
     with pytest.raises(ModelFileError, match="unexpected extra.weight"):
         load_model(model_path)
+
+
+# ---------------------------------------------------------------- 6. user mistakes: one-line errors
+
+def usage_error(args: list[str], expect: str) -> str:
+    r = CliRunner().invoke(cli_main, args)
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and expect in r.output, r.output
+    return r.output
+
+
+def test_query_output_into_a_missing_folder_is_refused_before_searching(cat, tmp_path, monkeypatch):
+    import simdex.engine.searcher as searcher
+
+    monkeypatch.setattr(searcher.Searcher, "open", lambda *a: pytest.fail("searched"))
+    usage_error(["query", "-c", str(cat.root), "3", "-o", str(tmp_path / "missing/x.csv"), "--format", "csv"],
+                "does not exist")
+    usage_error(["query", "-c", str(cat.root), "3", "-o", str(cat.root / "shards/000001.parquet")],
+                "inside the catalog")
+
+
+def test_query_sheet_of_an_unknown_extension_is_refused_before_searching(cat, tmp_path, monkeypatch):
+    import simdex.engine.searcher as searcher
+
+    monkeypatch.setattr(searcher.Searcher, "open", lambda *a: pytest.fail("searched"))
+    out = one_line_error(["query", "-c", str(cat.root), "3", "--sheet", str(tmp_path / "x.txt")], "x.txt")
+    assert "rank" not in out and len(out.strip().splitlines()) == 1  # no results printed before the error
+    one_line_error(["query", "-c", str(cat.root), "3", "--sheet", str(tmp_path / "missing/x.png")], "does not exist")
+
+
+def test_query_output_that_cannot_be_written_is_one_line(cat, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    one_line_error(["query", "-c", str(cat.root), "3", "-o", str(tmp_path / "x.csv")], expect="No space left")
+
+
+def test_an_idx_header_claiming_255_dimensions_is_a_source_error(tmp_path):
+    from simdex.indexer.sources import SourceError, open_source
+
+    path = tmp_path / "bad-images-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 0x08, 255]) + b"\x00" * 12)
+    with pytest.raises(SourceError, match="255 dimensions"):
+        open_source(path)
+    path.write_bytes(bytes([0, 0, 0x0C, 1]) + (3).to_bytes(4, "big") + b"\x00" * 5)  # 5 bytes of int32s
+    with pytest.raises(SourceError, match="truncated"):
+        open_source(path)
+    path.write_bytes(bytes([0, 0, 0x08, 3]) + b"\xff" * 12 + b"\x00" * 4)  # 2^96 values: no overflow
+    with pytest.raises(SourceError, match="truncated"):
+        open_source(path)
+
+
+def test_model_info_evaluate_on_a_folder_without_an_image_is_one_line(model_path, tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("not an image")
+    one_line_error(["model-info", "--model", str(model_path), "--evaluate", str(folder)], expect="cannot evaluate")
