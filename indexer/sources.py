@@ -6,7 +6,8 @@ Three kinds, chosen by `open_source(spec)`:
 
 - a folder of images, searched recursively (png, jpg, jpeg, webp, bmp, tif, tiff);
   an image in a sub-folder is labelled with its sub-folder's path (as torchvision's
-  ImageFolder does);
+  ImageFolder does); every other entry (a non-image, a broken symlink, a FIFO, a
+  hidden file or folder, which is never read) becomes an errors row with its reason;
 - a CSV or Parquet list with a `path` column (relative paths are relative to the
   list's folder), an optional `label` and `mask` column; every other column is
   metadata carried into the catalog;
@@ -18,7 +19,8 @@ Three kinds, chosen by `open_source(spec)`:
   the lists in $SIMDEX_SCENES or ./data/scenes.
 
 Decoding never raises anything but `ImageReadError`, whose `reason` is a short
-code stored in the catalog's errors table.
+code stored in the catalog's errors table. Images are decoded as displayed: an EXIF
+orientation is applied before anything else sees the pixels.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import functools
 import gzip
 import math
 import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -46,6 +49,7 @@ DEFAULT_MAX_PIXELS = 64_000_000
 # Mask rule: a pixel belongs to the object when any channel differs from the background
 # colour (the median of the image's 1-pixel border) by more than this, on a 0..1 scale.
 DEFAULT_MASK_THRESHOLD = 0.05
+_EXIF_ORIENTATION = 0x0112  # 1 = as stored; 2-8 = mirrored and/or rotated (applied before segmentation)
 
 
 class SourceError(SimdexError):
@@ -68,6 +72,7 @@ class ImageRecord:
     label: str | None = None
     metadata: dict = field(default_factory=dict)
     mask: str | None = None  # path of a mask image (non-zero = object), if given
+    skip_reason: str | None = None  # listed but never read (a hidden file): read() raises ImageReadError(skip_reason)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -90,17 +95,25 @@ def decode_image(path: str | os.PathLike, channels: int = 1, max_pixels: int = D
     CMYK images are converted; `channels` is 1 (luminance) or 3 (RGB).
 
     Raises:
-        ImageReadError: reason one of missing, empty_file, not_an_image, too_large,
+        ImageReadError: reason one of missing, broken_symlink, not_a_file (a FIFO, socket
+            or device: never opened, so never blocks), empty_file, not_an_image, too_large,
             truncated, decode_error.
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as exc:
-        raise ImageReadError("missing", str(exc)) from None
-    if size == 0:
+        raise ImageReadError("broken_symlink" if path.is_symlink() else "missing", str(exc)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageReadError("not_a_file", f"{path} is a {_file_kind(st.st_mode)}, not a regular file")
+    if st.st_size == 0:
         raise ImageReadError("empty_file", str(path))
     return _decode(path, str(path), channels, max_pixels)
+
+
+def _file_kind(mode: int) -> str:
+    return ("folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+            else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
 
 
 def decode_image_bytes(data: bytes, channels: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -123,6 +136,10 @@ def _decode(fp, name: str, channels: int, max_pixels: int) -> np.ndarray:
                 if w * h > max_pixels:
                     raise ImageReadError("too_large", f"{w}x{h} pixels exceeds the limit of {max_pixels}")
                 img.load()
+                if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # as displayed: boxes in displayed coordinates
+                    from PIL import ImageOps
+
+                    img = ImageOps.exif_transpose(img)
                 return _pil_to_array(img, channels)
     except ImageReadError:
         raise
@@ -325,7 +342,10 @@ class FileSource(ImageSource):
         self.max_pixels = max_pixels
 
     def read(self, i: int, channels: int = 1) -> np.ndarray:
-        return decode_image(self.records[i].source, channels, self.max_pixels)
+        rec = self.records[i]
+        if rec.skip_reason:
+            raise ImageReadError(rec.skip_reason, f"{rec.source}: its name starts with '.' (hidden: not read)")
+        return decode_image(rec.source, channels, self.max_pixels)
 
 
 def _idx_labels(images_path: Path) -> np.ndarray | None:
@@ -365,16 +385,23 @@ def fashion_mnist_source(folder: str | os.PathLike | None = None, splits=("train
 
 
 def _folder_source(folder: Path) -> FileSource:
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if not paths:
-        raise SourceError(f"{folder} holds no files")
+    """Every entry but a folder is a record, so that the indexer accounts for each: non-images,
+    broken symlinks, FIFOs, sockets and devices fail to decode with their reason (decode_image
+    never opens what is not a regular file). A hidden file or folder (name starting with '.') is
+    listed but never read: one errors row, `hidden_file` or `hidden_folder` (its content unlisted)."""
     records = []
-    for p in paths:
-        rel_parent = p.parent.relative_to(folder)
-        label = str(rel_parent) if str(rel_parent) != "." else None
-        records.append(ImageRecord(str(p), len(records), label, {}))
-    # Non-image files are kept: the indexer records them in the errors table instead of
-    # silently skipping them, so a user sees every file that was not indexed.
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        hidden = next((i for i, part in enumerate(rel.parts) if part.startswith(".")), None)
+        if hidden is not None and hidden < len(rel.parts) - 1:
+            continue  # inside a hidden folder: that folder's row stands for it
+        if hidden is None and p.is_dir():
+            continue
+        skip = None if hidden is None else "hidden_folder" if p.is_dir() else "hidden_file"
+        label = str(rel.parent) if str(rel.parent) != "." else None
+        records.append(ImageRecord(str(p), len(records), label, {}, skip_reason=skip))
+    if not records:
+        raise SourceError(f"{folder} holds no files")
     return FileSource(str(folder), records)
 
 

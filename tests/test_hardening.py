@@ -284,3 +284,85 @@ def test_model_info_evaluate_on_a_folder_without_an_image_is_one_line(model_path
     folder.mkdir()
     (folder / "readme.txt").write_text("not an image")
     one_line_error(["model-info", "--model", str(model_path), "--evaluate", str(folder)], expect="cannot evaluate")
+
+
+# ---------------------------------------------------------------- 5. every input accounted for; EXIF orientation
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from simdex.indexer.checkpoint import save_model
+    from synth import controlled_model
+
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(controlled_model(), path)
+    return path
+
+
+def rect_png(path: Path, h: int = 20, w: int = 24, box=(2, 3, 9, 12), orientation: int | None = None):
+    import numpy as np
+    from PIL import Image
+
+    im = np.zeros((h, w), np.uint8)
+    x0, y0, x1, y1 = box
+    im[y0:y1, x0:x1] = 220
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    Image.fromarray(im).save(path, exif=exif)
+    return im
+
+
+def test_hidden_files_broken_symlinks_and_fifos_are_errors_rows_and_never_block(tmp_path, tiny_model):
+    import os
+    import signal
+
+    from simdex.indexer.runner import IndexOptions, index_source
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    rect_png(src / "a.png")
+    (src / ".DS_Store").write_bytes(b"\0\1")
+    (src / ".thumbnails").mkdir()
+    rect_png(src / ".thumbnails" / "a.png")
+    (src / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(src / "pipe.png")
+    (src / "notes.txt").write_text("hello")
+    signal.alarm(60)  # a reader that opened the FIFO would wait for a writer forever
+    try:
+        res = index_source(src, tmp_path / "cat", tiny_model, IndexOptions(workers=0, batch_size=4))
+    finally:
+        signal.alarm(0)
+    assert res.objects == 1
+    assert res.errors == {"hidden_file": 1, "hidden_folder": 1, "broken_symlink": 1, "not_a_file": 1,
+                          "not_an_image": 1}, res.errors
+    errors = Catalog.open(tmp_path / "cat").read_errors().to_pylist()
+    by_name = {Path(r["source"]).name: r["reason"] for r in errors}
+    assert by_name == {".DS_Store": "hidden_file", ".thumbnails": "hidden_folder", "gone.png": "broken_symlink",
+                       "pipe.png": "not_a_file", "notes.txt": "not_an_image"}
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_exif_orientation_is_applied_before_anything_sees_the_pixels(tmp_path, fmt):
+    import numpy as np
+
+    from simdex.indexer.sources import decode_image
+
+    stored = rect_png(tmp_path / f"r.{fmt}", orientation=6)  # displayed: turned 90° clockwise
+    plain = decode_image(tmp_path / f"r.{fmt}")[0]
+    displayed = np.rot90(stored, -1).astype(np.float32) / 255
+    assert plain.shape == displayed.shape == (24, 20)
+    assert np.abs(plain - displayed).max() < (0.02 if fmt == "png" else 0.25)
+
+
+def test_boxes_of_an_oriented_image_are_in_displayed_coordinates(tmp_path, tiny_model):
+    import numpy as np
+
+    from simdex.indexer.runner import IndexOptions, index_source
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    stored = rect_png(src / "turned.png", orientation=6)
+    ys, xs = np.nonzero(np.rot90(stored, -1))
+    index_source(src, tmp_path / "cat", tiny_model, IndexOptions(workers=0))
+    row = Catalog.open(tmp_path / "cat").read_objects().to_pylist()[0]
+    assert (row["x0"], row["y0"], row["x1"], row["y1"]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
