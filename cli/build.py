@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from simdex.engine.build import OMEGA_CHOICES, BuildConfig
+from simdex.engine.build import ENGINE_CHOICES, OMEGA_CHOICES, BuildConfig
 
 
 @click.command(name="build")
@@ -36,9 +36,19 @@ from simdex.engine.build import OMEGA_CHOICES, BuildConfig
               help="Labelled objects sampled (seeded by --seed) to fit and validate learned Ω.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of k-means, the recall queries and learned Ω's sample and fit.")
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="local", show_default=True,
+              help="local: this process; ray: the statistics and normalisation passes as parallel Ray tasks "
+                   "over shards, merged exactly (pip install 'simdex[ray]'; on a multi-node cluster the "
+                   "catalog must be on a filesystem every node mounts). The build is the same.")
+@click.option("--address", default=None, metavar="auto|HOST:PORT",
+              help="With --engine ray: the cluster to join (`auto`: the one `ray start` runs here).  "
+                   "[default: start a local Ray cluster for this build]")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="With --engine ray: tasks in flight.  [default: the cluster's CPUs]")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the version.")
 def build(catalog: Path, retain: float, omega: str, clusters_from: str | None, n_clusters: int, omega_split: str,
-          tau: float, index_kind: str, recall_queries: int, learned_rows: int, seed: int, quiet: bool) -> None:
+          tau: float, index_kind: str, recall_queries: int, learned_rows: int, seed: int, engine: str,
+          address: str | None, workers: int | None, quiet: bool) -> None:
     """Build the search structures of a catalog and make them current.
 
     Drops inactive features, keeps the features that carry `--retain` of the first
@@ -56,11 +66,17 @@ def build(catalog: Path, retain: float, omega: str, clusters_from: str | None, n
       simdex build --catalog cat/
       simdex build --catalog cat/ --omega welch --retain 0.95
       simdex build --catalog cat/ --omega learned --learned-rows 8000
+      simdex build --catalog /shared/cat/ --engine ray --address auto
     """
     from simdex.cli.progress import ProgressBar
-    from simdex.engine.build import BuildError, format_build_summary
     from simdex.engine.build import build as run_build
-    from simdex.engine.catalog import Catalog, CatalogError
+    from simdex.engine.build import format_build_summary
+    from simdex.engine.catalog import Catalog
+    from simdex.engine.errors import SimdexError
+
+    for name, value in (("--address", address), ("--workers", workers)):
+        if value is not None and engine != "ray":
+            raise click.BadParameter(f"{name} is an option of the Ray engine: add --engine ray", param_hint=name)
 
     bars: dict[str, ProgressBar] = {}
 
@@ -74,10 +90,10 @@ def build(catalog: Path, retain: float, omega: str, clusters_from: str | None, n
 
     config = BuildConfig(retain=retain, omega=omega, clusters_from=clusters_from, n_clusters=n_clusters,
                          omega_split=omega_split, tau=tau, index=index_kind, recall_queries=recall_queries,
-                         learned_rows=learned_rows, seed=seed)
+                         learned_rows=learned_rows, seed=seed, engine=engine, address=address, workers=workers)
     try:
         result = run_build(Catalog.open(catalog), config, progress=progress)
-    except (CatalogError, BuildError) as exc:
+    except SimdexError as exc:  # CatalogError, BuildError, Ray not installed or not reachable
         raise click.ClickException(str(exc)) from None
     finally:
         for bar in bars.values():

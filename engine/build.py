@@ -14,6 +14,9 @@ Two streaming passes over the shards, memory bounded by one batch plus the N×N 
    build); the class statistics for Ω are accumulated from it. This pass always reads every shard: new
    objects change the kept set, the means and the standard deviations.
 
+Both passes run in this process (`LocalPasses`) or, with `engine="ray"`, as parallel Ray tasks
+over groups of shards whose statistics the driver merges exactly (`engine.ray_build`).
+
 Then Ω, the candidate index (chosen by catalog size), and the candidate stage's
 recall@10 against the exact ranking on sampled queries, all recorded in
 the build's info. The build is written into a temporary folder and published by the
@@ -43,7 +46,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,6 +66,7 @@ log = logging.getLogger(__name__)
 
 BUILD_FORMAT = "simdex-build/1"
 OMEGA_CHOICES = ("auto", "uniform", "svd", "clusters", "welch", "learned")
+ENGINE_CHOICES = ("local", "ray")
 
 
 class BuildError(SimdexError):
@@ -84,6 +88,9 @@ class BuildConfig:
     learned_rows: int = 4000  # labelled rows sampled (seeded) to fit and validate learned Ω
     keep_builds: int = 2  # published builds kept on disk (the current one and the one before it)
     index_options: dict = field(default_factory=dict)
+    engine: str = "local"  # local (this process) | ray (both passes as Ray tasks: engine.ray_build)
+    address: str | None = None  # engine ray: the cluster to join (None: start a local one)
+    workers: int | None = None  # engine ray: tasks in flight (None: the cluster's CPUs)
 
 
 @dataclass
@@ -153,6 +160,12 @@ def _check_config(config: BuildConfig) -> None:
         raise BuildError(f"retain must be in (0, 1], got {config.retain}")
     if not config.tau > 0:
         raise BuildError(f"tau must be positive, got {config.tau}")
+    if config.engine not in ENGINE_CHOICES:
+        raise BuildError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINE_CHOICES)}")
+    if config.engine != "ray" and (config.address is not None or config.workers is not None):
+        raise BuildError("address and workers are options of the Ray engine: add engine='ray' (--engine ray)")
+    if config.workers is not None and config.workers < 1:
+        raise BuildError(f"workers must be at least 1, got {config.workers}")
 
 
 def _prune(catalog: Catalog, stats: FeatureStats, config: BuildConfig) -> tuple[Pruning, list[dict]]:
@@ -188,20 +201,24 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
     """
     config = config or BuildConfig()
     _check_config(config)
+    with _passes(config) as passes:
+        return _build(catalog, config, progress or (lambda stage, done, total: None), passes)
+
+
+def _build(catalog: Catalog, config: BuildConfig, report: Callable[[str, int, int], None], passes) -> BuildResult:
     started = time.perf_counter()
-    report = progress or (lambda stage, done, total: None)
     shards = [p.name for p in catalog.shard_paths()]
     if catalog.num_objects == 0:
         raise BuildError(f"catalog {catalog.root} has no objects; index images first with `simdex index`")
     timings = {}
-    stats, reused = _statistics(catalog, shards, config, report)
+    stats, reused = _statistics(catalog, shards, report, passes)
     pruning, table_iii = _prune(catalog, stats, config)
     timings["statistics"] = time.perf_counter() - started
 
     files = BuildFiles(catalog.new_build_dir())
     try:
         codec = _new_build_files(files, stats, shards, pruning)
-        Z, object_ids = _normalise(catalog, files, pruning, codec, config, report)
+        Z, object_ids = _normalise(catalog, files, pruning, codec, report, passes)
         timings["normalise"] = time.perf_counter() - started - timings["statistics"]
 
         omega, omega_record = _estimate_omega(catalog, files, Z, object_ids, pruning, config)
@@ -219,7 +236,7 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
             "objects": catalog.num_objects, "num_features": catalog.num_features, "active": int(pruning.active.sum()),
             "kept": len(pruning.kept), "retained": pruning.retained, "table_iii": table_iii, "omega": omega_record,
             "candidates": index.info(), "recall": recall, "shards": shards, "shards_reused_for_statistics": reused,
-            "model_sha256": catalog.model_sha256, "timings_s": timings,
+            "model_sha256": catalog.model_sha256, "timings_s": timings, "engine": passes.info(),
         }
         files.write_info(info)
         version = catalog.publish_build(files.folder)
@@ -235,17 +252,53 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
     return BuildResult(version, catalog.current_build_dir(), info)
 
 
-def _statistics(catalog: Catalog, shards: list[str], config: BuildConfig, report) -> tuple[FeatureStats, int]:
+class LocalPasses:
+    """The build's two streaming passes in this process, batch by batch (`engine.ray_build.RayPasses`
+    runs the same two methods as Ray tasks)."""
+
+    def __init__(self, batch_rows: int):
+        self.batch_rows = batch_rows
+
+    def __enter__(self) -> LocalPasses:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def info(self) -> dict:
+        return {"name": "local"}
+
+    def feature_stats(self, reader) -> Iterator[FeatureStats]:
+        """Statistics of `reader`'s rows, one FeatureStats per batch, in row order."""
+        for _, x in reader.iter_features(self.batch_rows):
+            part = FeatureStats(reader.num_features)
+            part.update(x)
+            yield part
+
+    def normalised(self, reader, pruning: Pruning, codec: UniformCodec) -> Iterator[tuple]:
+        """(object ids (n,), z float32 (n, d), 8-bit codes (n, d)) batch by batch, in row order."""
+        for ids, x in reader.iter_features(self.batch_rows):
+            z = pruning.normalise(x)
+            yield ids, z, codec.encode(z)
+
+
+def _passes(config: BuildConfig):
+    if config.engine == "ray":
+        from simdex.engine.ray_build import RayPasses
+
+        return RayPasses(config.address, config.workers, config.batch_rows)
+    return LocalPasses(config.batch_rows)
+
+
+def _statistics(catalog: Catalog, shards: list[str], report, passes) -> tuple[FeatureStats, int]:
     """Pass 1: FeatureStats over every object, reusing those of the shards the current build covered.
     Returns the statistics and how many shards were reused."""
     n_objects = catalog.num_objects
     stats, covered = _previous_stats(catalog, shards)
     stats = stats or FeatureStats(catalog.num_features)
-    done = stats.count
-    for _, x in catalog.shards(first=len(covered)).iter_features(config.batch_rows):
-        stats.update(x)
-        done += len(x)
-        report("statistics", done, n_objects)
+    for part in passes.feature_stats(catalog.shards(first=len(covered))):
+        stats = stats.merge(part)  # float64 sums: the same additions as one running total
+        report("statistics", stats.count, n_objects)
     if stats.count != n_objects:
         raise CatalogError(f"statistics cover {stats.count} objects, the catalog has {n_objects}: "
                            "was the catalog modified during the build?")
@@ -261,17 +314,16 @@ def _new_build_files(files: BuildFiles, stats: FeatureStats, shards: list[str], 
     return codec
 
 
-def _normalise(catalog: Catalog, files: BuildFiles, pruning: Pruning, codec: UniformCodec, config: BuildConfig,
-               report) -> tuple[np.ndarray, np.ndarray]:
+def _normalise(catalog: Catalog, files: BuildFiles, pruning: Pruning, codec: UniformCodec, report,
+               passes) -> tuple[np.ndarray, np.ndarray]:
     """Pass 2: z-scores of the kept features, their 8-bit codes and their ids, written to the build.
     Returns Z (memory-mapped) and the object ids."""
     n_objects = catalog.num_objects
     z_out, codes_out, ids_out = files.create_matrices(n_objects, len(pruning.kept))
     row = 0
-    for ids, x in catalog.shards().iter_features(config.batch_rows):
-        z = pruning.normalise(x)
+    for ids, z, codes in passes.normalised(catalog.shards(), pruning, codec):
         z_out[row : row + len(ids)] = z
-        codes_out[row : row + len(ids)] = codec.encode(z)
+        codes_out[row : row + len(ids)] = codes
         ids_out[row : row + len(ids)] = ids
         row += len(ids)
         report("normalise", row, n_objects)
@@ -445,6 +497,13 @@ def _learned_lines(record: dict) -> list[str]:
     return lines
 
 
+def _engine_note(engine: dict | None) -> str:
+    if not engine or engine.get("name") != "ray":
+        return ""
+    tasks = engine["tasks"]
+    return f" on Ray ({engine['workers']} workers, {tasks['statistics']} + {tasks['normalise']} tasks)"
+
+
 def format_build_summary(info: dict, version: str) -> str:
     """What `simdex build` prints: Table III, Ω and the candidate stage."""
     r = info["recall"]
@@ -459,7 +518,7 @@ def format_build_summary(info: dict, version: str) -> str:
         f"recall@10 vs exact: {r['note']}" if r["recall_at_10_mean"] is None else
         f"recall@10 vs exact: mean {r['recall_at_10_mean']:.3f}, worst {r['recall_at_10_min']:.2f} "
         f"over {r['queries']} sampled queries",
-        f"time: {info['timings_s']['total']:.1f} s (statistics reused for {info['shards_reused_for_statistics']} "
+        f"time: {info['timings_s']['total']:.1f} s{_engine_note(info.get('engine'))} (statistics reused for {info['shards_reused_for_statistics']} "
         f"of {len(info['shards'])} shards)",
     ]
     return "\n".join(lines)

@@ -46,6 +46,14 @@ class ShardReader:
         """Every column but `features`, in schema order."""
         return [n for n in self.schema.names if n != "features"]
 
+    def shard_rows(self) -> list[int]:
+        """Rows of each shard, in commit order (from the Parquet footers: no data is read)."""
+        return [pq.read_metadata(p).num_rows for p in self.paths]
+
+    def subset(self, start: int, stop: int) -> ShardReader:
+        """A reader of shards [start, stop) of this one (one task's share of a parallel build pass)."""
+        return ShardReader(self.paths[start:stop], self.num_features, self._empty_schema)
+
     def dataset(self):
         """A pyarrow dataset over the shards (for DuckDB and filters)."""
         import pyarrow.dataset as ds

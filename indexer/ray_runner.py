@@ -31,55 +31,30 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 
-from simdex.engine.errors import MissingDependencyError, SimdexError
+from simdex.engine import ray_cluster
+from simdex.engine.ray_cluster import RAY_EXTRA_HINT, RayClusterError  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-RAY_EXTRA_HINT = "pip install 'simdex[ray]'"
-
 
 def require_ray():
-    """The `ray` module, or MissingDependencyError with the extra to install."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise MissingDependencyError(f"--engine ray needs Ray Data, which is not installed: {RAY_EXTRA_HINT}") from None
-    return ray
+    """The `ray` module with Ray Data, or MissingDependencyError with the extra to install."""
+    return ray_cluster.require_ray(data=True)
 
 
-class RayCluster:
-    """Joins the cluster at `address` ('auto', 'HOST:PORT', 'ray://…'), or starts a local one when
-    `address` is None; a Ray session this process already holds is used as it is. Leaves the
-    session as it found it."""
+class RayCluster(ray_cluster.RayCluster):
+    """`engine.ray_cluster.RayCluster` with Ray Data set up for the job: chunks in ordinal order,
+    no progress bars."""
 
     def __init__(self, address: str | None = None):
-        self.address = address
-        self._started = False
+        super().__init__(address, data=True)
 
     def __enter__(self):
-        ray = require_ray()
-        if not ray.is_initialized():
-            try:
-                ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=False)
-            except ConnectionError as exc:
-                raise RayClusterError(f"cannot reach a Ray cluster at {self.address}: {exc}") from None
-            self._started = True
+        ray = super().__enter__()
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.execution_options.preserve_order = True  # the committer takes chunks in ordinal order
         return ray
-
-    def __exit__(self, *exc) -> None:
-        if self._started:
-            import ray
-
-            ray.shutdown()
-
-
-class RayClusterError(SimdexError):
-    """The Ray cluster named by --address cannot be reached."""
 
 
 def cluster_workers(ray, requested: int | None) -> tuple[int, float, float]:

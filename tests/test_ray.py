@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -17,10 +18,14 @@ import numpy as np
 import pytest
 import ray
 from click.testing import CliRunner
+from synth_catalog import append_objects, class_objects, new_catalog
 from test_index import assert_same_catalog, random_idx_images, write_idx
 
 from simdex.cli.main import main as cli_main
+from simdex.engine.build import BuildConfig, build
+from simdex.engine.build_files import BuildFiles
 from simdex.engine.catalog import Catalog
+from simdex.engine.ray_build import balanced_groups
 from simdex.indexer.checkpoint import save_model
 from simdex.indexer.runner import IndexOptions, index_source
 from synth import controlled_model
@@ -160,3 +165,102 @@ def test_cli_engine_errors_are_one_line(tmp_path, source, model_file, monkeypatc
     assert out.output.strip().splitlines() == ["Error: --engine ray needs Ray Data, which is not installed: "
                                                "pip install 'simdex[ray]'"]
     assert not (tmp_path / "c3").exists()
+
+
+# ------------------------------------------------------------------------------------------ build --engine ray
+
+BUILD_LAYERS = [("C11", 8, 1), ("C12", 8, 1), ("C21", 16, 2)]
+BUILD_CLASSES = ["boot", "sandal", "bag", "shirt"]
+
+
+def _twin_catalogs(tmp_path: Path, shards: int = 6, rows: int = 150) -> tuple[Catalog, Catalog]:
+    """Two copies of one seeded catalog of `shards` shards (no build yet): one for each engine."""
+    cat = new_catalog(tmp_path / "local", BUILD_LAYERS)
+    x, labels = class_objects(shards * rows, seed=5, classes=BUILD_CLASSES, num_features=32, dead=(3, 20))
+    for k in range(shards):
+        append_objects(cat, x[k * rows : (k + 1) * rows], labels[k * rows : (k + 1) * rows], f"job{k}",
+                       split="train" if k % 3 else "test")
+    shutil.copytree(tmp_path / "local", tmp_path / "ray")
+    return Catalog.open(tmp_path / "local"), Catalog.open(tmp_path / "ray")
+
+
+def assert_same_build(local: Path, got: Path) -> None:
+    a, b = BuildFiles(local), BuildFiles(got)
+    pa_, pb = a.read_pruning(), b.read_pruning()
+    np.testing.assert_array_equal(pb.active, pa_.active)
+    np.testing.assert_array_equal(pb.kept, pa_.kept)  # the same kept features
+    np.testing.assert_allclose(pb.mean, pa_.mean, rtol=1e-12)
+    np.testing.assert_allclose(pb.std, pa_.std, rtol=1e-12)
+    np.testing.assert_array_equal(b.object_ids(), a.object_ids())
+    np.testing.assert_allclose(b.z(), a.z(), atol=1e-6)  # the same z-scores
+    np.testing.assert_array_equal(b.codes(), a.codes())
+    np.testing.assert_allclose(b.read_omega(), a.read_omega(), atol=1e-6)  # the same Ω
+    other_a, other_b = a.read_other_omegas(), b.read_other_omegas()
+    assert sorted(other_b) == sorted(other_a)
+    for name in other_a:
+        np.testing.assert_allclose(other_b[name], other_a[name], atol=1e-6)
+    (sa, covered_a), (sb, covered_b) = a.read_stats(), b.read_stats()
+    assert covered_b == covered_a and sb.count == sa.count
+    np.testing.assert_allclose(sb.gram, sa.gram, rtol=1e-12)  # float64 sums merged across tasks
+    np.testing.assert_allclose(sb.sumsq, sa.sumsq, rtol=1e-12)
+    np.testing.assert_array_equal(sb.min, sa.min)
+    np.testing.assert_array_equal(sb.max, sa.max)
+    ia, ib = a.read_info(), b.read_info()
+    for key in ("objects", "active", "kept", "retained", "table_iii", "shards"):
+        assert ib[key] == ia[key], key
+    assert ib["omega"]["estimator"] == ia["omega"]["estimator"]
+
+
+def test_ray_build_equals_local_build_then_an_appended_shard(tmp_path, ray_cluster):
+    local, on_ray = _twin_catalogs(tmp_path)
+    config = dict(omega="clusters", recall_queries=10)
+    ref = build(local, BuildConfig(**config))
+    got = build(on_ray, BuildConfig(**config, engine="ray"))
+    assert got.info["engine"]["name"] == "ray" and got.info["engine"]["workers"] == 2
+    assert got.info["engine"]["tasks"] == {"statistics": 6, "normalise": 6}  # one per shard: 6 < 4 × 2 workers
+    assert ref.info["engine"] == {"name": "local"}
+    assert_same_build(ref.path, got.path)
+
+    # one more shard: the Ray build reuses the statistics of the six, one task reads the new one
+    x, labels = class_objects(90, seed=6, classes=BUILD_CLASSES, num_features=32, dead=(3, 20))
+    for cat in (local, on_ray):
+        append_objects(cat, x, labels, "more")
+    ref = build(Catalog.open(local.root), BuildConfig(**config))
+    got = build(Catalog.open(on_ray.root), BuildConfig(**config, engine="ray", workers=1))
+    assert got.info["shards_reused_for_statistics"] == ref.info["shards_reused_for_statistics"] == 6
+    assert got.info["engine"]["tasks"]["statistics"] == 1
+    assert_same_build(ref.path, got.path)
+
+
+def test_build_cli_engine_ray_and_its_errors(tmp_path, ray_cluster, monkeypatch):
+    local, on_ray = _twin_catalogs(tmp_path, shards=3, rows=60)
+    runner = CliRunner()
+    out = runner.invoke(cli_main, ["build", "--catalog", str(on_ray.root), "--engine", "ray", "--workers", "2",
+                                   "--omega", "uniform"])
+    assert out.exit_code == 0, out.output
+    assert "on Ray (2 workers, 3 + 3 tasks)" in out.output
+    assert_same_build(build(local, BuildConfig(omega="uniform")).path, Catalog.open(on_ray.root).current_build_dir())
+
+    out = runner.invoke(cli_main, ["build", "--catalog", str(local.root), "--workers", "2"])
+    assert out.exit_code == 2 and "--engine ray" in out.output
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    before = Catalog.open(local.root).current_build_dir()
+    out = runner.invoke(cli_main, ["build", "--catalog", str(local.root), "--engine", "ray"])
+    assert out.exit_code == 1
+    assert out.output.strip().splitlines() == ["Error: --engine ray needs Ray, which is not installed: "
+                                               "pip install 'simdex[ray]'"]
+    assert Catalog.open(local.root).current_build_dir() == before
+
+
+@pytest.mark.parametrize("rows, n_groups, want", [
+    ([10, 10, 10, 10], 2, [(0, 2), (2, 4)]),
+    ([10, 10, 10], 8, [(0, 1), (1, 2), (2, 3)]),
+    ([100, 1, 1, 1], 2, [(0, 1), (1, 4)]),
+    ([0, 0, 5], 2, [(0, 3)]),
+    ([], 4, []),
+])
+def test_balanced_groups_cover_every_shard_once_in_order(rows, n_groups, want):
+    groups = balanced_groups(rows, n_groups)
+    assert groups == want
+    assert [i for a, b in groups for i in range(a, b)] == list(range(len(rows)))
