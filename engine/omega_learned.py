@@ -39,8 +39,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LearnedOmegaConfig:
-    sample_rows: int = 4000  # labelled rows drawn (seeded) for the fit and its validation
-    validation_share: float = 0.25  # of the sample, held out to choose λ
+    # labelled rows drawn (seeded): fit queries, their candidates, validation. On Fashion-MNIST
+    # (200 features) 4,000 ranked better than 20,000 (mAP 0.428 vs 0.396, P@10 0.728 vs 0.721 on
+    # 1,000 test queries): neighbours from a larger pool are harder and pull the fit to the very top
+    sample_rows: int = 4000
+    max_sample_values: int = 40_000_000  # bound on sample rows × d held in memory (float32)
+    validation_share: float = 0.25  # of the sample, held out to choose λ (at most validation_queries)
     validation_queries: int = 300
     validation_gallery: int = 2000  # fit rows the validation queries are ranked against
     fit_queries: int = 256
@@ -212,14 +216,15 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
     rng = np.random.default_rng(config.seed)
     labels = np.asarray(labels, dtype=object)
     rows = np.flatnonzero(~_missing(labels))
-    if len(rows) > config.sample_rows:
-        rows = np.sort(rng.choice(rows, config.sample_rows, replace=False))
+    sample_rows = min(config.sample_rows, max(1000, config.max_sample_values // max(1, z.shape[1])))
+    if len(rows) > sample_rows:
+        rows = np.sort(rng.choice(rows, sample_rows, replace=False))
     if len({labels[r] for r in rows}) < 2:
         raise OmegaError("omega 'learned' needs labelled objects of at least 2 classes")
     if len(rows) < 8:
         raise OmegaError(f"omega 'learned' needs at least 8 labelled objects, found {len(rows)}")
     perm = rng.permutation(rows)
-    n_val = max(2, int(round(config.validation_share * len(rows))))
+    n_val = max(2, min(config.validation_queries, int(round(config.validation_share * len(rows)))))
     val_rows, fit_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     codes = _class_codes(labels[rows])
     code_of = dict(zip(rows.tolist(), codes.tolist()))
@@ -233,8 +238,7 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
     fits = {s: (weights[i], float(betas[i])) for i, s in enumerate(config.strengths)}
     del G
 
-    vq = val_rows if len(val_rows) <= config.validation_queries else \
-        np.sort(rng.choice(val_rows, config.validation_queries, replace=False))
+    vq = val_rows
     vg = np.arange(len(fit_rows)) if len(fit_rows) <= config.validation_gallery else \
         np.sort(rng.choice(len(fit_rows), config.validation_gallery, replace=False))
     others = reference(val_rows) if callable(reference) else dict(reference or {})

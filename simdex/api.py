@@ -77,9 +77,9 @@ def build(catalog: str | os.PathLike, **config: Any) -> BuildResult:
     """Build and publish a new version of the catalog's search structures (pruning, z-scores, Ω,
     candidate index), as `simdex build` does.
 
-    `config` are the fields of `engine.build.BuildConfig`: retain (0.99), omega ('auto', 'uniform',
-    'svd', 'clusters', 'welch'), clusters_from, n_clusters, omega_split, tau, index ('auto', 'exact',
-    'ivf'), recall_queries, batch_rows, seed, keep_builds, index_options.
+    `config` are the fields of `engine.build.BuildConfig`: retain (1.0), omega ('auto', 'uniform',
+    'svd', 'clusters', 'welch', 'learned'), clusters_from, n_clusters, omega_split, tau, index ('auto',
+    'exact', 'ivf'), recall_queries, batch_rows, seed, learned_rows, keep_builds, index_options.
 
     Raises:
         CatalogError: no catalog. BuildError: empty catalog, bad option.
