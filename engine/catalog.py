@@ -336,6 +336,18 @@ class Catalog:
         p = self._journal_path(job_id)
         return self._read_journal(p) if p.is_file() else None
 
+    def job_sources(self, job_id: str) -> dict[int, str]:
+        """{ordinal: source} of every image the job committed a row for (objects and errors), read
+        from its shards' two columns; empty for a job without commits."""
+        j = self.journal(job_id)
+        out: dict[int, str] = {}
+        for c in (j or {}).get("commits", []):
+            for key in ("shard", "errors"):
+                if c.get(key):
+                    t = pq.read_table(self.root / c[key], columns=["ordinal", "source"])
+                    out.update(zip(t.column("ordinal").to_pylist(), t.column("source").to_pylist(), strict=True))
+        return out
+
     def _journal_path(self, job_id: str) -> Path:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", job_id):
             raise CatalogError(f"bad job id {job_id!r}")

@@ -33,7 +33,7 @@ from simdex.indexer.checkpoint import LoadedModel, load_model
 from simdex.indexer.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_AREA, DEFAULT_SHARD_IMAGES
 from simdex.indexer.extract import OBJECT_MODES, REGION_MODES, find_objects, object_features
 from simdex.indexer.shards import ShardWriter, metadata_schema, object_schema
-from simdex.indexer.sources import IdxSource, ImageReadError, ImageSource, fit_to_size, open_source
+from simdex.indexer.sources import FileSource, IdxSource, ImageReadError, ImageSource, fit_to_size, open_source
 
 log = logging.getLogger(__name__)
 
@@ -275,14 +275,14 @@ def index_source(
     _job_defaults(options, cat.journal(job_id))
     meta = metadata_schema(src.records, src.metadata_columns)
     schema = object_schema(info["num_features"], meta)
-    spec = {"source": str(src.spec), "num_images": len(src), "objects": options.objects,
-            "min_area": options.min_area, "model_sha256": loaded.sha256}
+    spec = {"source": str(src.spec), "num_images": len(src), "source_sha256": source_digest(src),
+            "objects": options.objects, "min_area": options.min_area, "model_sha256": loaded.sha256}
     result = IndexResult(job_id=job_id, source=str(src.spec), catalog=cat.root, source_images=len(src),
                          options=options)
     t0 = time.perf_counter()
     with cat.lock():
         journal = cat.begin_job(job_id, spec)
-        _check_same_job(journal, spec, cat)
+        _check_same_job(journal, spec, cat, src)
         start = journal["next_ordinal"]
         end = len(src) if options.limit is None else min(len(src), options.limit)
         result.already_indexed, result.resumed = start, 0 < start < len(src)
@@ -344,7 +344,33 @@ def _open_existing(root) -> Catalog | None:
         return None
 
 
-def _check_same_job(journal: dict, spec: dict, cat: Catalog) -> None:
+def source_digest(src: ImageSource) -> str:
+    """SHA-256 of the source's list: each record's path and, for a local file, its size; the
+    journal keeps the one its job began with, so a resume notices renamed, added, removed or
+    rewritten files (one stat per file)."""
+    h = hashlib.sha256()
+    local = isinstance(src, FileSource)
+    for rec in src.records:
+        size = ""
+        if local and "://" not in rec.source:
+            try:
+                size = str(os.stat(rec.source).st_size)
+            except OSError:
+                size = "-"
+        h.update(f"{rec.source}\t{size}\n".encode())
+    return h.hexdigest()
+
+
+def _first_renamed(cat: Catalog, job_id: str, src: ImageSource) -> str | None:
+    """'image #k was A, is now B' for the first committed image whose path differs, if any."""
+    for k, was in sorted(cat.job_sources(job_id).items()):
+        now = src.records[k].source if k < len(src) else None
+        if now != was:
+            return f"image #{k} was {was}, is now {now or 'gone'}"
+    return None
+
+
+def _check_same_job(journal: dict, spec: dict, cat: Catalog, src: ImageSource) -> None:
     for key, flag in (("objects", "--objects"), ("min_area", "--min-area")):
         if journal[key] != spec[key]:
             raise CatalogError(
@@ -356,6 +382,13 @@ def _check_same_job(journal: dict, spec: dict, cat: Catalog) -> None:
             f"{journal['source']} held {journal['num_images']} images when it was indexed into {cat.root}, "
             f"now {spec['num_images']}: the source changed. Put new images in a new folder or list "
             f"(indexing it appends), or index into a new catalog folder"
+        )
+    if journal.get("source_sha256", spec["source_sha256"]) != spec["source_sha256"]:  # absent: an older journal
+        what = _first_renamed(cat, journal["job_id"], src) or "its list of paths and sizes differs from the job's"
+        raise CatalogError(
+            f"{journal['source']} changed since its job began in {cat.root} ({what}): resuming would index "
+            f"duplicates and miss images. Put the files back as they were to resume, or index it into a new "
+            f"catalog folder"
         )
 
 

@@ -366,3 +366,43 @@ def test_boxes_of_an_oriented_image_are_in_displayed_coordinates(tmp_path, tiny_
     index_source(src, tmp_path / "cat", tiny_model, IndexOptions(workers=0))
     row = Catalog.open(tmp_path / "cat").read_objects().to_pylist()[0]
     assert (row["x0"], row["y0"], row["x1"], row["y1"]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+# ---------------------------------------------------------------- 3. a resumed source that changed
+
+def four_images(src: Path) -> None:
+    src.mkdir()
+    for i, name in enumerate("abcd"):
+        rect_png(src / f"{name}.png", box=(2 + i, 3, 9 + i, 12))
+
+
+def test_a_resume_after_files_were_renamed_names_the_change(tmp_path, tiny_model):
+    from simdex.engine.catalog import CatalogError
+    from simdex.indexer.runner import IndexOptions, index_source
+
+    src, cat_dir = tmp_path / "imgs", tmp_path / "cat"
+    four_images(src)
+    index_source(src, cat_dir, tiny_model, IndexOptions(workers=0, limit=2))  # as if killed after two images
+    (src / "a.png").rename(src / "e.png")  # same count: b c d e
+    with pytest.raises(CatalogError, match=r"changed since its job began.*image #0 was .*a\.png, is now .*b\.png"):
+        index_source(src, cat_dir, tiny_model, IndexOptions(workers=0))
+    out = one_line_error(["index", str(src), "--catalog", str(cat_dir), "--model", str(tiny_model)],
+                         expect="image #0 was")
+    assert "Put the files back" in out and len(out.strip().splitlines()) == 1
+    (src / "e.png").rename(src / "a.png")  # put back: the resume goes on, nothing duplicated
+    res = index_source(src, cat_dir, tiny_model, IndexOptions(workers=0))
+    assert res.already_indexed == 2 and res.catalog_objects == 4
+    assert sorted(Path(s).name for s in Catalog.open(cat_dir).read_objects(["source"]).column("source").to_pylist()) \
+        == ["a.png", "b.png", "c.png", "d.png"]
+
+
+def test_a_resume_after_a_file_not_yet_indexed_was_rewritten_says_so(tmp_path, tiny_model):
+    from simdex.engine.catalog import CatalogError
+    from simdex.indexer.runner import IndexOptions, index_source
+
+    src, cat_dir = tmp_path / "imgs", tmp_path / "cat"
+    four_images(src)
+    index_source(src, cat_dir, tiny_model, IndexOptions(workers=0, limit=2))
+    rect_png(src / "d.png", h=24, w=24)  # another image under the same name
+    with pytest.raises(CatalogError, match="list of paths and sizes differs"):
+        index_source(src, cat_dir, tiny_model, IndexOptions(workers=0))
