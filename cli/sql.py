@@ -138,6 +138,7 @@ def sql(statement: str | None, catalog: Path, searches: tuple[str, ...], k: int,
                                   memory_limit=memory_limit)
     except (CatalogError, SearchError, SqlError) as exc:
         raise click.ClickException(str(exc)) from None
+    _warn_unjournalled(session.catalog, catalog)
     with session, _sigterm_as_interrupt():
         try:
             if list_views:
@@ -157,6 +158,20 @@ def sql(statement: str | None, catalog: Path, searches: tuple[str, ...], k: int,
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted: the statement was stopped") from None
+
+
+def _warn_unjournalled(cat, catalog: Path) -> None:
+    """One line on standard error when shard or errors files that no journal lists exist: their
+    rows are not in the views (a lost journal, or a job killed while it committed)."""
+    from simdex.engine.catalog import CatalogError
+
+    try:
+        unlisted = cat.unlisted_files()
+    except CatalogError:
+        return
+    if unlisted:
+        click.echo(f"warning: {len(unlisted)} shard/errors file(s) of {catalog} are listed by no job journal, so "
+                   f"their rows are not shown (`simdex check --catalog {catalog}` explains)", err=True)
 
 
 def _check_output(output: Path, catalog: Path) -> None:

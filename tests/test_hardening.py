@@ -406,3 +406,17 @@ def test_a_resume_after_a_file_not_yet_indexed_was_rewritten_says_so(tmp_path, t
     rect_png(src / "d.png", h=24, w=24)  # another image under the same name
     with pytest.raises(CatalogError, match="list of paths and sizes differs"):
         index_source(src, cat_dir, tiny_model, IndexOptions(workers=0))
+
+
+# ---------------------------------------------------------------- 7. a lost journal is not silent in sql
+
+def test_sql_warns_when_shards_are_listed_by_no_journal(cat):
+    runner = CliRunner()
+    ok = runner.invoke(cli_main, ["sql", "-c", str(cat.root), "SELECT count(*) AS n FROM objects"])
+    assert ok.exit_code == 0 and "warning" not in ok.output
+    (cat.root / "jobs/job1.json").unlink()
+    r = runner.invoke(cli_main, ["sql", "-c", str(cat.root), "SELECT count(*) AS n FROM objects"])
+    assert r.exit_code == 0, r.output
+    warning = [line for line in r.output.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "1 shard/errors file(s)" in warning[0] and "simdex check" in warning[0]
+    assert "200" in r.output  # job0's rows are still shown
