@@ -5,11 +5,13 @@ Steps (each a `simdex` command, so every figure can be reproduced by hand):
 
 1. `simdex model-info --evaluate` on the scenes test split, Fashion-MNIST test, and
    Fashion-MNIST test inverted (white background): Dice and R_sp^0.
-2. `simdex index fashion-mnist-scenes` (train then test) into a new catalog, `simdex build`.
+2. for each region mode (`--regions`, default bbox and mask): the first `--train-images`
+   training scenes (2,000 items × 4 copies) and every test scene into a new catalog,
+   `simdex build`.
 3. `simdex eval` twice on that build, every query of the test split:
    - instance: the first copy of each held-out item (split `query`) against its other
      copies (split `gallery`), relevant = same item (`--label-column instance`);
-   - class: the same queries against the training split (other items), relevant = same class.
+   - class: the same queries against the training scenes (other items), relevant = same class.
 4. `simdex index fashion-mnist-scenes:test --objects all` into a second catalog; each
    ground-truth object of a scene (the compositing mask) counts as detected when an
    object row of its image has a box of IoU ≥ 0.5 with the object's box; a row matches
@@ -112,13 +114,14 @@ def markdown(res: dict) -> str:
              "| source | images | Dice | R_sp^0 |", "|---|---:|---:|---:|"]
     for name, e in res["segmentation"].items():
         lines.append(f"| {name} | {e['images']:,} | {e['dice']:.4f} | {e['r_sp0']:.3f} |")
-    for kind in ("instance", "class"):
-        ev = res["retrieval"][kind]
-        lines += ["", f"## Retrieval, {kind} labels ({ev['queries']:,} queries vs {ev['gallery']:,} "
-                  f"gallery objects, `{ev['command']}`)", "",
-                  "| ranking | P@1 | P@10 | mAP |", "|---|---:|---:|---:|"]
-        for method, m in ev["results"].items():
-            lines.append(f"| {method} | {m['p@1']:.3f} | {m['p@10']:.3f} | {m['map']:.3f} |")
+    for region, by_kind in res["retrieval"].items():
+        for kind in ("instance", "class"):
+            ev = by_kind[kind]
+            lines += ["", f"## Retrieval, `--region {region}`, {kind} labels ({ev['queries']:,} queries vs "
+                      f"{ev['gallery']:,} gallery objects; build's Ω: {ev['build_omega']})", "",
+                      f"`{ev['command']}`", "", "| ranking | P@1 | P@10 | mAP |", "|---|---:|---:|---:|"]
+            for method, m in ev["results"].items():
+                lines.append(f"| {method} | {m['p@1']:.3f} | {m['p@10']:.3f} | {m['map']:.3f} |")
     d = res["detection"]
     lines += ["", "## Multi-object scenes (`--objects all` on the test scenes)", "",
               f"{d['objects_in_scenes']:,} objects in {d['scenes']:,} scenes: detection rate "
@@ -136,6 +139,9 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--work", default=None, help="folder for the catalogs (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the catalogs")
+    ap.add_argument("--regions", nargs="+", default=["bbox", "mask"], help="region modes to compare")
+    ap.add_argument("--train-images", type=int, default=8000,
+                    help="first N training scenes as the class gallery (0 = all 30,000); test scenes: all")
     args = ap.parse_args()
     from simdex.indexer.checkpoint import load_model
     from simdex.indexer.sources import find_scenes
@@ -152,16 +158,22 @@ def main() -> None:
     for src in SEG_SOURCES:
         info = json.loads(sh(["model-info", *model, "--evaluate", src, "--json"], log))
         res["segmentation"][src] = {k: info["evaluation"][k] for k in ("images", "dice", "r_sp0", "task_loss")}
-    cat = work / "scenes"
-    shutil.rmtree(cat, ignore_errors=True)
-    sh(["index", "fashion-mnist-scenes", "--catalog", str(cat), *model, "--quiet"], log)
-    sh(["build", "--catalog", str(cat)], log)
-    for kind, opts in (("instance", ["--label-column", "instance", "--gallery-split", "gallery"]),
-                       ("class", ["--label-column", "label", "--gallery-split", "train"])):
-        cmd = ["eval", "--catalog", str(cat), "--query-split", "query", "--queries", "0", *opts]
-        ev = json.loads(sh([*cmd, "--format", "json", "--quiet"], log))
-        res["retrieval"][kind] = {"command": "simdex " + " ".join(cmd).replace(str(cat), "CATALOG"),
-                                  "queries": ev["queries"], "gallery": ev["gallery"], "results": ev["results"]}
+    for region in args.regions:
+        cat = work / f"scenes-{region}"
+        shutil.rmtree(cat, ignore_errors=True)
+        limit = ["--limit", str(args.train_images)] if args.train_images else []
+        sh(["index", str(scenes / "train.csv"), "--catalog", str(cat), "--region", region, *limit, *model,
+            "--quiet"], log)
+        sh(["index", str(scenes / "test.csv"), "--catalog", str(cat), *model, "--quiet"], log)
+        build_out = sh(["build", "--catalog", str(cat)], log)
+        res["retrieval"][region] = {"build": [line for line in build_out.splitlines() if line.startswith("Ω")]}
+        for kind, opts in (("instance", ["--label-column", "instance", "--gallery-split", "gallery"]),
+                           ("class", ["--label-column", "label", "--gallery-split", "train"])):
+            cmd = ["eval", "--catalog", str(cat), "--query-split", "query", "--queries", "0", *opts]
+            ev = json.loads(sh([*cmd, "--format", "json", "--quiet"], log))
+            res["retrieval"][region][kind] = {"command": "simdex " + " ".join(cmd).replace(str(cat), "CATALOG"),
+                                              "queries": ev["queries"], "gallery": ev["gallery"],
+                                              "build_omega": ev.get("build_omega"), "results": ev["results"]}
     multi = work / "scenes_all"
     shutil.rmtree(multi, ignore_errors=True)
     sh(["index", "fashion-mnist-scenes:test", "--catalog", str(multi), "--objects", "all", *model, "--quiet"], log)
