@@ -85,8 +85,9 @@ def train(source, out, epochs, batch_size, lr, width, image_size, channels, targ
                        f"val Dice {m.val_dice:.4f}  val R_sp^0 {m.val_r_sp0:.3f}  {m.seconds:.0f} s")
             return
         if bar[0] is None:
-            bar[0] = ProgressBar(p["steps"] * batch_size, f"epoch {p['epoch']}", unit="img", enabled=not quiet)
-        bar[0].update(batch_size, extra=f"loss {p['loss']:.4f} task {p['task_loss']:.4f} R_sp^0 {p['r_sp0']:.3f}")
+            # the run's batch size: a resumed run keeps its own, whatever --batch-size says
+            bar[0] = ProgressBar(p["steps"] * p["batch_size"], f"epoch {p['epoch']}", unit="img", enabled=not quiet)
+        bar[0].update(p["images"], extra=f"loss {p['loss']:.4f} task {p['task_loss']:.4f} R_sp^0 {p['r_sp0']:.3f}")
 
     try:
         history = run_training(src, out, cfg, resume=resume, progress=progress)

@@ -291,7 +291,8 @@ def _train_epoch(model, opt, convs, train_loader, cfg: TrainConfig, gen, epoch: 
         sums["task"] += task.item()
         sums["r"] += 1.0 - r_sp
         if progress:
-            progress({"epoch": epoch, "step": steps, "steps": len(train_loader), "loss": loss.item(),
+            progress({"epoch": epoch, "step": steps, "steps": len(train_loader), "batch_size": cfg.batch_size,
+                      "images": int(x.shape[0]), "loss": loss.item(),
                       "task_loss": task.item(), "r_sp0": 1.0 - r_sp})
     return {key: value / max(steps, 1) for key, value in sums.items()}
 
@@ -315,7 +316,8 @@ def train(source: ImageSource, out: str | Path, cfg: TrainConfig, resume: bool =
         out: the run folder.
         cfg: options; with `resume`, the saved options of the run win except `epochs`.
         resume: continue from out/last.pt (the epoch that was interrupted is run again).
-        progress: called after every step with {"epoch", "step", "steps", "loss", "r_sp0"}
+        progress: called after every step with {"epoch", "step", "steps", "batch_size", "images", "loss",
+            "task_loss", "r_sp0"}
             and after every epoch with {"epoch_done": EpochMetrics}.
 
     Returns the metrics of every epoch of the run. Ctrl-C stops after saving last.pt
