@@ -108,7 +108,7 @@ def test_index_folder_rows(tmp_path, model_file):
     assert cat.model_sha256 == loaded.sha256
     assert cat.phi == [vars(s) for s in loaded.model.phi]
     assert cat.num_features == loaded.model.num_features == cat.phi[-1]["offset"] + cat.phi[-1]["channels"]
-    assert cat.info["region"] == "bbox"
+    assert cat.info["region"] == "mask"  # the default region
     assert len(cat.shard_paths()) == 2  # shards of 4 images, then 3
     assert cat.num_objects == 13 and cat.num_images == 7
 
