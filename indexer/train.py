@@ -347,6 +347,9 @@ def train(source: ImageSource, out: str | Path, cfg: TrainConfig, resume: bool =
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
+            # Each epoch's shuffle and augmentation from its own seed: a run resumed at epoch e
+            # draws what an uninterrupted run draws, so both end with the same weights.
+            gen.manual_seed(cfg.seed * 1000 + epoch)
             t0 = time.perf_counter()
             means = _train_epoch(model, opt, convs, train_loader, cfg, gen, epoch, progress)
             val = evaluate(model, val_loader)

@@ -153,3 +153,18 @@ def test_cli_runs_outside_the_main_thread():
     thread.start()
     thread.join()
     assert results[0].exit_code == 0 and "tombstone" in results[0].output, results[0].output
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    """Each epoch draws its shuffle and augmentation from its own seed, so `--resume` after any
+    epoch reproduces the uninterrupted run: how the shipped model was trained (in three runs)."""
+    cfg = TrainConfig(epochs=3, batch_size=16, width=0.25, image_size=16, val_fraction=0.25, seed=5)
+    train(_source(), tmp_path / "whole", cfg)
+    train(_source(), tmp_path / "parts", TrainConfig(**{**cfg.__dict__, "epochs": 1}))
+    train(_source(), tmp_path / "parts", TrainConfig(epochs=2), resume=True)
+    train(_source(), tmp_path / "parts", TrainConfig(epochs=3), resume=True)
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
+    parts = torch.load(tmp_path / "parts" / "last.pt", weights_only=True)["model"]
+    assert whole.keys() == parts.keys()
+    for name in whole:
+        assert torch.equal(whole[name], parts[name]), name
