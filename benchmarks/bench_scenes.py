@@ -73,10 +73,10 @@ def detection(catalog: Path, scenes: Path) -> dict:
 
     from simdex.engine.catalog import Catalog
 
-    t = Catalog.open(catalog).read_objects(["source", "bbox"]).to_pylist()
+    t = Catalog.open(catalog).read_objects(["source", "x0", "y0", "x1", "y1"]).to_pylist()
     rows_of: dict[str, list] = {}
     for r in t:
-        rows_of.setdefault(os.path.realpath(r["source"]), []).append(r["bbox"])
+        rows_of.setdefault(os.path.realpath(r["source"]), []).append((r["x0"], r["y0"], r["x1"], r["y1"]))
     with open(scenes / "test.csv", newline="") as f:
         scene_rows = list(csv.DictReader(f))
     gt_total = gt_found = rows_total = rows_matched = 0
@@ -139,6 +139,7 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--work", default=None, help="folder for the catalogs (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the catalogs")
+    ap.add_argument("--reuse", action="store_true", help="with --work: go on with the catalogs a run left there")
     ap.add_argument("--regions", nargs="+", default=["bbox", "mask"], help="region modes to compare")
     ap.add_argument("--train-images", type=int, default=8000,
                     help="first N training scenes as the class gallery (0 = all 30,000); test scenes: all")
@@ -160,8 +161,10 @@ def main() -> None:
         res["segmentation"][src] = {k: info["evaluation"][k] for k in ("images", "dice", "r_sp0", "task_loss")}
     for region in args.regions:
         cat = work / f"scenes-{region}"
-        shutil.rmtree(cat, ignore_errors=True)
         limit = ["--limit", str(args.train_images)] if args.train_images else []
+        if not args.reuse:
+            shutil.rmtree(cat, ignore_errors=True)
+        # a finished index job does nothing again, and an up-to-date build is rebuilt in seconds
         sh(["index", str(scenes / "train.csv"), "--catalog", str(cat), "--region", region, *limit, *model,
             "--quiet"], log)
         sh(["index", str(scenes / "test.csv"), "--catalog", str(cat), *model, "--quiet"], log)
@@ -175,7 +178,8 @@ def main() -> None:
                                               "queries": ev["queries"], "gallery": ev["gallery"],
                                               "build_omega": ev.get("build_omega"), "results": ev["results"]}
     multi = work / "scenes_all"
-    shutil.rmtree(multi, ignore_errors=True)
+    if not args.reuse:
+        shutil.rmtree(multi, ignore_errors=True)
     sh(["index", "fashion-mnist-scenes:test", "--catalog", str(multi), "--objects", "all", *model, "--quiet"], log)
     res["detection"] = detection(multi, scenes)
     res["commands"] = [{**c, "command": c["command"].replace(str(work), "WORK")} for c in log]
