@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("simdex.cli.explain", "Similarity maps: where on the two images the P of an answer comes from."),
     "check": ("simdex.cli.check", "Verify every file of a catalog (sizes, SHA-256); say what is damaged and how to recover."),
     "delete": ("simdex.cli.delete", "Hide objects from every query result (survives rebuilds)."),
-    "demo": ("simdex.cli.demo", "The main job: index Fashion-MNIST, build, query, write an HTML report."),
+    "demo": ("simdex.cli.demo", "The main job: index Fashion-MNIST and colour scenes, build, query, write HTML reports."),
     "eval": ("simdex.cli.eval", "Retrieval quality (precision@k, mAP): fuzzy P against other rankings."),
     "scenes": ("simdex.cli.scenes", "Write the scenes benchmark: items composited onto colour backgrounds, with masks."),
     "sql": ("simdex.cli.sql", "Run SQL over a catalog's objects, features, build and search results (read-only)."),
