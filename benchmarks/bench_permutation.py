@@ -40,7 +40,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def layer_maps(net, images: np.ndarray, layer: int) -> torch.Tensor:
-    """images (n, 1, H, W) float32 → that layer's maps (n, C, h, w), fitted as the indexer fits them."""
+    """images (n, C, H, W) float32 → that layer's maps (n, C, h, w), fitted as the indexer fits them."""
     x = torch.from_numpy(np.stack([fit_to_size(im, net.config.image_size, border_background(im))[0] for im in images]))
     with torch.inference_mode():
         return net(x)[1][layer]
@@ -124,7 +124,7 @@ def main() -> None:
     src = fashion_mnist_source(splits=("test",))
     rng = np.random.default_rng(args.seed)
     picked = rng.choice(len(src), size=2 * args.pairs, replace=False)
-    maps = layer_maps(net, np.stack([src.read(int(i)) for i in picked]), names.index(args.layer))
+    maps = layer_maps(net, np.stack([src.read(int(i), net.config.in_channels) for i in picked]), names.index(args.layer))
     pairs = np.arange(2 * args.pairs).reshape(args.pairs, 2)
     sizes = []
     for g in args.grids:
