@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from simdex.indexer.checkpoint import save_model
 from simdex.indexer.model import SparseUNet, UNetConfig, build_model
@@ -199,7 +199,11 @@ def _loader(source, idx, cfg: TrainConfig, shuffle: bool, gen: torch.Generator |
     ds = SegmentationDataset(source, idx, cfg.image_size, cfg.in_channels, cfg.mask_threshold)
     # In-memory IDX images decode in microseconds: worker processes would only add overhead.
     workers = 0 if isinstance(source, IdxSource) else cfg.workers
-    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, generator=gen, num_workers=workers,
+    # The shuffle draws from `gen` and nothing else does: a DataLoader given the generator also
+    # draws its workers' base seed from it, once per new iterator, so a resumed run (a new
+    # iterator) would shuffle differently from an uninterrupted one (a reused, persistent one).
+    sampler = RandomSampler(ds, generator=gen) if shuffle else None
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, drop_last=False, persistent_workers=workers > 0)
 
 

@@ -168,3 +168,20 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     assert whole.keys() == parts.keys()
     for name in whole:
         assert torch.equal(whole[name], parts[name]), name
+
+
+def test_resume_equals_an_uninterrupted_run_with_decoding_workers(tmp_path):
+    """The same with image files read by a persistent DataLoader worker (the shipped model's case)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate((blob_images(24, 16, seed=3)[:, 0] * 255).astype(np.uint8)):
+        Image.fromarray(im).save(folder / f"{i:02d}.png")
+    from simdex.indexer.sources import open_source
+
+    cfg = TrainConfig(epochs=2, batch_size=8, width=0.25, image_size=16, val_fraction=0.25, seed=2, workers=1)
+    train(open_source(folder), tmp_path / "whole", cfg)
+    train(open_source(folder), tmp_path / "parts", TrainConfig(**{**cfg.__dict__, "epochs": 1}))
+    train(open_source(folder), tmp_path / "parts", TrainConfig(epochs=2), resume=True)
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
+    parts = torch.load(tmp_path / "parts" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(whole[name], parts[name]) for name in whole)
