@@ -76,12 +76,12 @@ class _ChunkIndexer:
         import ray
         import torch
 
-        from simdex.indexer.runner import _DecodedBatches
+        from simdex.indexer.runner import _DecodedBatches, inference_net
 
         torch.set_num_threads(max(1, threads))
         self.device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
         self.source = ray.get(source_ref)
-        self.net = ray.get(model_ref).eval().to(self.device)
+        self.net = inference_net(ray.get(model_ref), self.device)
         self.options = options
         cfg = self.net.config
         self.decoded = _DecodedBatches(self.source, start, end, options.batch_size, cfg.in_channels, cfg.image_size)

@@ -267,7 +267,7 @@ def index_source(
         require_ray()  # a one-line error before anything is opened or created
     src = source if isinstance(source, ImageSource) else open_source(source)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    net = loaded.model.eval()
+    net = inference_net(loaded.model)
     cat, info = _catalog_for(catalog, loaded, options)
     if options.workers is None and options.engine == "local":  # in-memory sources decode faster than a worker could ship them
         options.workers = 0 if isinstance(src, IdxSource) else min(4, max(1, (os.cpu_count() or 2) - 1))
@@ -422,12 +422,17 @@ class BatchObjects:
     errors: list[tuple[int, str, str]]  # (ordinal, reason, detail), sorted by ordinal
 
 
+def inference_net(net, device: str = "cpu"):
+    """The model as the index job runs it: eval mode, on `device`, weights in channels_last (NHWC:
+    oneDNN's convolutions run 1.3-1.6x faster on the CPU than in NCHW; features equal to 1e-5)."""
+    return net.eval().to(device, memory_format=torch.channels_last)
+
+
 def batch_objects(net, batch: dict, options: IndexOptions, device: str = "cpu") -> BatchObjects:
     """Segment one batch of `_DecodedBatches` with the model and extract its objects' features
     (the map step, the same for every engine)."""
-    # NHWC: oneDNN's convolutions run 1.3-1.6x faster on the CPU than in NCHW (features equal to 1e-5)
+    # NHWC, as the engines lay out the weights (`inference_net`)
     x = torch.from_numpy(batch["canvases"]).contiguous(memory_format=torch.channels_last)  # (n, C, S, S)
-    net = net.to(memory_format=torch.channels_last)  # in place, once: a no-op when the weights already are
     feats = np.zeros((0, net.num_features * region_cells(options.region)), np.float32)
     ordinals = component = np.zeros(0, np.int64)
     boxes, areas = np.zeros((0, 4), np.int32), np.zeros(0, np.int64)

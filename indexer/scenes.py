@@ -54,6 +54,7 @@ SHAPE_CLASSES = ("ellipse", "polygon", "star", "ring", "cross")
 BACKGROUNDS = ("white", "black", "solid", "gradient", "noise", "texture")
 BACKGROUND_WEIGHTS = (0.18, 0.14, 0.2, 0.16, 0.16, 0.16)
 PATTERNS = ("shade", "inverted", "two-tone", "stripes", "flat")
+DISTRACTOR_ODDS = (0.5, 0.3, 0.2)  # relative odds of 0, 1, 2 distractors in a scene
 CSV_FIELDS = ["path", "mask", "label", "instance", "split", "view", "kind", "objects", "items", "background",
               "scale", "rotation"]
 DEFAULT_SCENES_DIR = Path("data/scenes")
@@ -272,7 +273,6 @@ def render_scene(primary: Item, distractors: list[Item], cfg: ScenesConfig,
         if abs(float(_luminance(canvas).mean()) - obj_lum) > 0.18 or kind in ("noise", "texture"):
             break
     mask = np.zeros((size, size), np.uint8)
-    placed: list[tuple[np.ndarray, np.ndarray, int, int]] = []
     layers = []
     for j, item in enumerate(distractors):
         ds = rng.uniform(0.18, max(0.2, min(0.45, 0.75 * scale)))
@@ -336,12 +336,13 @@ def _write_split(out: Path, name: str, items: list[Item], copies: int, cfg: Scen
     total = len(items) * copies + len(plain)
     n = 0
     split_no = {"train": 1, "test": 2}.get(name, 3)
+    odds = np.asarray(DISTRACTOR_ODDS[: cfg.max_distractors + 1])
+    distractor_odds = odds / odds.sum()  # P(0, 1, 2 distractors)
     for item_no, item in enumerate(items):
         for view in range(copies):
             # One generator per scene: any scene can be re-made alone, in any order.
             rng = np.random.default_rng([cfg.seed, split_no, item_no, view])
-            k = int(rng.choice(cfg.max_distractors + 1, p=[0.5, 0.3, 0.2][: cfg.max_distractors + 1]
-                               / np.sum([0.5, 0.3, 0.2][: cfg.max_distractors + 1])))
+            k = int(rng.choice(len(distractor_odds), p=distractor_odds))
             others = [items[int(j)] for j in rng.choice(len(items), k, replace=False) if int(j) != item_no]
             image, mask, pose = render_scene(item, others, cfg, rng)
             stem = f"{n:06d}"
