@@ -35,7 +35,13 @@ from simdex.cli.progress import ProgressBar
                                                                                       max_open=True))
 @click.option("--max-images", default=0, show_default=True, type=click.IntRange(0),
               help="Train on at most this many images (0 = all).")
-@click.option("--no-augment", is_flag=True, help="Turn off shift/rotation/scale augmentation.")
+@click.option("--lr-schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "constant"]),
+              help="cosine: decay the learning rate over --epochs to 5 % of --lr (a resumed run keeps "
+                   "its first horizon); constant: the paper's fixed rate.")
+@click.option("--invert", "invert_prob", default=0.3, show_default=True, type=click.FloatRange(0, 1),
+              help="Chance that a training image is inverted (1 − x), so dark-on-light objects are "
+                   "learnt as well as light-on-dark ones.")
+@click.option("--no-augment", is_flag=True, help="Turn off polarity/shift/rotation/scale augmentation.")
 @click.option("--mask-threshold", default=0.05, show_default=True, type=click.FloatRange(0, 1),
               help="Mask rule: a pixel is object when it differs from the border's median colour by more.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -43,7 +49,7 @@ from simdex.cli.progress import ProgressBar
               help="DataLoader workers decoding image files (IDX data is read in-process).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(source, out, epochs, batch_size, lr, width, image_size, channels, target_sparsity, alpha, lam,
+def train(source, out, epochs, batch_size, lr, lr_schedule, invert_prob, width, image_size, channels, target_sparsity, alpha, lam,
           val_fraction, max_images, no_augment, mask_threshold, seed, workers, resume, quiet):
     """Train the sparse U-Net on SOURCE: a folder of images, a .csv/.parquet list with a
     `path` column (and optional `mask`), an IDX file, or `fashion-mnist:train`.
@@ -56,7 +62,7 @@ def train(source, out, epochs, batch_size, lr, width, image_size, channels, targ
 
     \b
     Example (the shipped default model, after `simdex scenes`):
-      simdex train fashion-mnist-scenes:train --out runs/default --epochs 1 --batch-size 32
+      simdex train fashion-mnist-scenes:train --out runs/default --epochs 7 --batch-size 32
     """
     from simdex.indexer.sources import SourceError, open_source
     from simdex.indexer.train import TrainConfig
@@ -71,7 +77,8 @@ def train(source, out, epochs, batch_size, lr, width, image_size, channels, targ
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, beta=1.0 - target_sparsity, alpha=alpha,
                       lam=lam, val_fraction=val_fraction, max_train_images=max_images, augment=not no_augment,
                       mask_threshold=mask_threshold, seed=seed, workers=workers, width=width,
-                      in_channels=int(channels), image_size=image_size)
+                      in_channels=int(channels), image_size=image_size, invert_prob=invert_prob,
+                      decay_epochs=epochs if lr_schedule == "cosine" else 0)
     logging.basicConfig(level=logging.WARNING)
     bar: list[ProgressBar | None] = [None]
 

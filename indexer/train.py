@@ -1,6 +1,7 @@
 """Training of the sparse U-Net (paper, Appendix A).
 
-Adam at 1e-3, shift/rotation/scale augmentation, pixel-wise softmax cross-entropy
+Adam at 1e-3 (optionally decayed on a cosine to 5 % of it), shift/rotation/scale augmentation
+(and optionally polarity: the whole image inverted), pixel-wise softmax cross-entropy
 and the channel-sparsity objective of `indexer.sparsity`. Each epoch reports the
 task loss, the validation Dice and R_sp^0 = 1 − R_sp (the paper's Table II).
 
@@ -67,6 +68,8 @@ class TrainConfig:
     max_rotation_deg: float = 15.0
     min_scale: float = 0.9
     max_scale: float = 1.1
+    invert_prob: float = 0.0  # chance that an image is trained on inverted (1 − x): dark on light as light on dark
+    decay_epochs: int = 0  # cosine decay of the learning rate over this many epochs (0 = constant)
     mask_threshold: float = 0.05
     sparsity_tolerance: float = 0.05
     seed: int = 0
@@ -134,12 +137,16 @@ def collate(batch):
 
 def augment_batch(x: torch.Tensor, mask: torch.Tensor, bg: torch.Tensor, cfg: TrainConfig,
                   gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random shift, rotation and scale applied to images and masks together.
+    """Random polarity, shift, rotation and scale applied to images and masks together.
 
     x (B, C, H, W), mask (B, H, W), bg (B, C). The image is warped as (x − bg) with zero
     padding, so uncovered pixels get the image's own background colour.
     """
     b = x.shape[0]
+    if cfg.invert_prob > 0:
+        flip = (torch.rand(b, generator=gen) < cfg.invert_prob)[:, None]
+        bg = torch.where(flip, 1.0 - bg, bg)
+        x = torch.where(flip[:, :, None, None], 1.0 - x, x)
     angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(cfg.max_rotation_deg)
     scale = cfg.min_scale + torch.rand(b, generator=gen) * (cfg.max_scale - cfg.min_scale)
     shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * cfg.max_shift * 2  # grid units span 2
@@ -269,6 +276,21 @@ def _resume_state(out: Path, cfg: TrainConfig) -> tuple[TrainConfig, dict, list[
     return cfg, saved, history, header["epoch_done"] + 1, header["best_score"]
 
 
+LR_FLOOR = 0.05  # the cosine ends at this fraction of the learning rate
+
+
+def learning_rate(cfg: TrainConfig, epoch: int, step: int, steps: int) -> float:
+    """The learning rate of step `step` (0-based) of epoch `epoch` (1-based) with `steps` steps per epoch.
+
+    A function of the position only, so a resumed run follows the same schedule. Past
+    `decay_epochs` (a run resumed with more epochs) it stays at the floor.
+    """
+    if cfg.decay_epochs <= 0:
+        return cfg.lr
+    t = min(((epoch - 1) * steps + step) / (cfg.decay_epochs * max(steps, 1)), 1.0)
+    return cfg.lr * (LR_FLOOR + (1.0 - LR_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
 def _train_epoch(model, opt, convs, train_loader, cfg: TrainConfig, gen, epoch: int,
                  progress: ProgressFn | None) -> dict[str, float]:
     """One pass over the training images with the sparsity objective R(θ) = L_task + λ·L_sp·γ;
@@ -276,9 +298,12 @@ def _train_epoch(model, opt, convs, train_loader, cfg: TrainConfig, gen, epoch: 
     model.train()
     sums = {"loss": 0.0, "task": 0.0, "r": 0.0}
     steps = 0
-    for batch in train_loader:
+    n_steps = len(train_loader)
+    for i, batch in enumerate(train_loader):
         if batch is None:
             continue
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg, epoch, i, n_steps)
         x, mask, bg = batch
         if cfg.augment:
             x, mask = augment_batch(x, mask, bg, cfg, gen)

@@ -10,7 +10,7 @@ from PIL import Image
 from simdex.cli.main import main
 from simdex.indexer.checkpoint import load_model
 from simdex.indexer.sources import IdxSource, ImageRecord
-from simdex.indexer.train import TrainConfig, augment_batch, evaluate, train
+from simdex.indexer.train import LR_FLOOR, TrainConfig, augment_batch, evaluate, learning_rate, train
 from synth import blob_images
 
 
@@ -158,7 +158,8 @@ def test_cli_runs_outside_the_main_thread():
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     """Each epoch draws its shuffle and augmentation from its own seed, so `--resume` after any
     epoch reproduces the uninterrupted run: how the shipped model was trained (in three runs)."""
-    cfg = TrainConfig(epochs=3, batch_size=16, width=0.25, image_size=16, val_fraction=0.25, seed=5)
+    cfg = TrainConfig(epochs=3, batch_size=16, width=0.25, image_size=16, val_fraction=0.25, seed=5,
+                      decay_epochs=3, invert_prob=0.3)
     train(_source(), tmp_path / "whole", cfg)
     train(_source(), tmp_path / "parts", TrainConfig(**{**cfg.__dict__, "epochs": 1}))
     train(_source(), tmp_path / "parts", TrainConfig(epochs=2), resume=True)
@@ -185,3 +186,39 @@ def test_resume_equals_an_uninterrupted_run_with_decoding_workers(tmp_path):
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
     parts = torch.load(tmp_path / "parts" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(whole[name], parts[name]) for name in whole)
+
+
+def test_cosine_schedule_decays_to_the_floor_and_keeps_it_past_its_horizon():
+    cfg = TrainConfig(lr=1e-3, decay_epochs=4)
+    lrs = [learning_rate(cfg, e, s, 10) for e in range(1, 7) for s in range(10)]
+    assert lrs[0] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[20] == pytest.approx(1e-3 * (LR_FLOOR + (1 - LR_FLOOR) * 0.5))  # half-way: the cosine's middle
+    assert lrs[-1] == pytest.approx(1e-3 * LR_FLOOR) and lrs[40] == pytest.approx(1e-3 * LR_FLOOR)
+    assert learning_rate(TrainConfig(lr=2e-3), 5, 3, 10) == 2e-3  # decay_epochs 0: the paper's constant rate
+
+
+def test_polarity_augmentation_inverts_image_and_background_but_not_the_mask():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.from_numpy(blob_images(8, 32, seed=3))
+    mask = (x[:, 0] > 0.05).to(torch.uint8)
+    still = TrainConfig(invert_prob=1.0, max_shift=0.0, max_rotation_deg=0.0, min_scale=1.0, max_scale=1.0)
+    xa, ma = augment_batch(x, mask, torch.zeros(8, 1), still, gen)
+    assert torch.allclose(xa, 1.0 - x, atol=1e-5) and torch.equal(ma, mask)
+    half = TrainConfig(invert_prob=0.5, max_shift=0.0, max_rotation_deg=0.0, min_scale=1.0, max_scale=1.0)
+    xb, _ = augment_batch(x, mask, torch.zeros(8, 1), half, torch.Generator().manual_seed(1))
+    inverted = [bool(torch.allclose(xb[i], 1.0 - x[i], atol=1e-5)) for i in range(8)]
+    assert 0 < sum(inverted) < 8  # some images inverted, others kept
+    assert all(inv or torch.allclose(xb[i], x[i], atol=1e-5) for i, inv in enumerate(inverted))
+
+
+def test_train_cli_records_the_schedule_and_polarity_in_the_model(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate((blob_images(16, 16, seed=4)[:, 0] * 255).astype(np.uint8)):
+        Image.fromarray(im).save(folder / f"{i:02d}.png")
+    res = CliRunner().invoke(main, ["train", str(folder), "--out", str(tmp_path / "run"), "--epochs", "2",
+                                    "--width", "0.25", "--image-size", "16", "--workers", "0", "--quiet"])
+    assert res.exit_code == 0, res.output
+    meta = load_model(tmp_path / "run" / "model.pt").meta["train"]
+    assert meta["decay_epochs"] == 2 and meta["invert_prob"] == 0.3
