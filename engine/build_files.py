@@ -9,6 +9,8 @@ A build folder (`builds/<version>/`, which `Catalog` places and publishes) holds
     codec.npz               the 8-bit codec of z (lo, step) for the exhaustive table scan
     z.npy                   (n, d) float32 z-scores of the kept features, memory-mapped by readers
     codes.npy               (n, d) uint8 codes of z
+    codec4.npz              the 4-bit codec (16 levels per feature, the map from 8-bit codes)
+    codes4-NNN.faiss        4-bit codes of 2^19 rows each, as FAISS fast-scan indexes (the exact scan's first pass)
     object_ids.npy          (n,) int64, ascending: the object of each row
     omega.npy               Ω of the build (d,)
     omegas.npz              the class-based Ω a query may pick instead (clusters, welch)
@@ -41,6 +43,7 @@ _PRUNING, _CODEC = "pruning.npz", "codec.npz"
 _Z, _CODES, _OBJECT_IDS = "z.npy", "codes.npy", "object_ids.npy"
 _OMEGA, _OMEGAS = "omega.npy", "omegas.npz"
 _CANDIDATES_INFO, _CANDIDATES_INDEX, _CANDIDATES_OMEGA = "candidates.json", "candidates.faiss", "candidates_omega.npy"
+_CODEC4, _CODES4 = "codec4.npz", "codes4-{:03d}.faiss"
 _MANIFEST = "manifest.json"
 _NOT_IN_MANIFEST = (_MANIFEST, ".owner", VERIFIED_FILE)
 
@@ -195,6 +198,34 @@ class BuildFiles:
     def read_codec(self) -> UniformCodec:
         with np.load(self.folder / _CODEC) as f:
             return UniformCodec(f["lo"], f["lo"] + f["step"] * 255)
+
+    # ------------------------------------------------------------------ the 4-bit fast-scan codes
+
+    def write_fastscan(self, codec4, chunks) -> None:
+        """The 4-bit codec and its fast-scan chunks ((first row, FAISS index), in row order)."""
+        import faiss
+
+        np.savez(self.folder / _CODEC4, levels=codec4.levels, map8=codec4.map8)
+        for i, (start, index) in enumerate(chunks):
+            faiss.write_index(index, str(self.folder / _CODES4.format(i)))
+
+    def read_fastscan(self):
+        """(FourBitCodec, [(first row, fast-scan index)]) or None for a build without 4-bit codes."""
+        import faiss
+
+        from simdex.engine.fastscan import FourBitCodec
+
+        path = self.folder / _CODEC4
+        if not path.is_file():
+            return None
+        with np.load(path) as f:
+            codec4 = FourBitCodec(f["levels"], f["map8"])
+        chunks, start, i = [], 0, 0
+        while (chunk := self.folder / _CODES4.format(i)).is_file():
+            index = faiss.read_index(str(chunk))
+            chunks.append((start, index))
+            start, i = start + int(index.ntotal), i + 1
+        return (codec4, chunks) if chunks else None
 
     # ------------------------------------------------------------------ the row matrices
 

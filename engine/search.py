@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from simdex.engine.candidates import DEFAULT_CANDIDATES, CandidateIndex, ExactIndex
+from simdex.engine.fastscan import FastScanner
 from simdex.engine.membership import Membership
 from simdex.engine.quantized import LutScanner, UniformCodec
 from simdex.engine.scoring import check_omega, exact_search, rerank
@@ -18,18 +19,23 @@ from simdex.engine.scoring import check_omega, exact_search, rerank
 # the 8-bit scan keeps this many rows per wanted result for the float32 rescoring
 RESCORE_FACTOR = 20
 MIN_RESCORE = 200
+# the 4-bit fast-scan is coarser: it keeps more (benchmarks/bench_query.py measures the recall)
+FAST_RESCORE_FACTOR = 200
+FAST_MIN_RESCORE = 2000
 
 
 def quantized_exhaustive_search(
     Z: np.ndarray,
-    scanner: LutScanner,
-    codec: UniformCodec,
+    scanner: FastScanner | LutScanner,
+    codec: UniformCodec | None,
     memberships: Sequence[Membership],
     omega: np.ndarray,
     k: int,
     allow: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scan every row on its 8-bit codes, rescore the best RESCORE_FACTOR·k rows in float32.
+    """Scan every row on its codes, rescore the best rows in float32: FAST_RESCORE_FACTOR·k of
+    the 4-bit fast-scan (`FastScanner`, which holds its own codec), RESCORE_FACTOR·k of the 8-bit
+    table scan (`LutScanner`, with the 8-bit `codec`).
 
     With a filter that allows under half of the catalog the float32 scan of the
     allowed rows is cheaper than over-fetching, so it is used instead.
@@ -39,10 +45,13 @@ def quantized_exhaustive_search(
     frac = 1.0 if allow is None else float(allow.mean())
     if frac < 0.5:
         return exact_search(Z, memberships, omega, k, allow=allow)
-    depth = min(n, int(max(MIN_RESCORE, RESCORE_FACTOR * k) / max(frac, 1e-9)))
+    fast = isinstance(scanner, FastScanner)
+    factor, least = (FAST_RESCORE_FACTOR, FAST_MIN_RESCORE) if fast else (RESCORE_FACTOR, MIN_RESCORE)
+    depth = min(n, int(max(least, factor * k) / max(frac, 1e-9)))
+    table_codec = scanner.codec if fast else codec
     cands = np.full((len(memberships), depth), -1, np.int64)
     for q, membership in enumerate(memberships):
-        _, ids = scanner.search(codec.table(membership, omega), depth)
+        _, ids = scanner.search(table_codec.table(membership, omega), depth)
         cands[q, : len(ids)] = ids
     P, hits = rerank(Z, cands, memberships, omega, k, allow=allow)
     allowed = n if allow is None else int(allow.sum())
@@ -76,8 +85,9 @@ def search(
         allow: boolean (n,) mask of rows that may be returned (filters, deletions).
         exact: scan the whole catalog instead of using the candidate stage.
         n_candidates: candidates per query centre for the rerank.
-        scanner, codec: the 8-bit codes of Z; when given, exhaustive scans use them
-            (then rescore in float32) instead of the float32 scan.
+        scanner, codec: the codes of Z (a 4-bit `FastScanner`, or a `LutScanner` with its 8-bit
+            codec); when given, exhaustive scans use them (then rescore in float32) instead of
+            the float32 scan.
 
     Returns:
         (P, hits): float32 (nq, k) in [0, 1] and int64 row ids (nq, k), −1 / 0 where missing.
@@ -92,7 +102,7 @@ def search(
         raise ValueError(f"k must be ≥ 1, got {k}")
     omega = check_omega(omega, Z.shape[1])
     if exact or index is None or isinstance(index, ExactIndex):
-        if scanner is not None and codec is not None:
+        if scanner is not None and (codec is not None or isinstance(scanner, FastScanner)):
             return quantized_exhaustive_search(Z, scanner, codec, memberships, omega, k, allow)
         return exact_search(Z, memberships, omega, k, allow=allow)
     if allow is not None and allow.mean() < 0.02:

@@ -26,6 +26,7 @@ from simdex.engine.errors import SimdexError, as_object_ids
 from simdex.engine.explain import layer_of_features
 from simdex.engine.membership import MembershipError, make_membership
 from simdex.engine.omega import OmegaInputs, make_omega
+from simdex.engine.fastscan import FastScanner
 from simdex.engine.quantized import LutScanner
 from simdex.engine.search import search
 
@@ -44,6 +45,17 @@ class SearchError(SimdexError):
 class Query:
     z: np.ndarray  # (m, d) normalised query vectors
     object_ids: list[int]  # query object ids (empty for vectors)
+
+
+def load_scanner(files: BuildFiles, threads: int) -> FastScanner | LutScanner:
+    """The exhaustive scan's first pass: the build's 4-bit fast-scan chunks, or for a build
+    made before them the 8-bit table scan (one shard per thread, at most 4: each holds its own
+    118 MB identity codebook)."""
+    fast = files.read_fastscan()
+    if fast is not None:
+        codec4, chunks = fast
+        return FastScanner(chunks, codec4, threads=threads)
+    return LutScanner(files.codes(), threads=threads)
 
 
 class Searcher:
@@ -97,11 +109,9 @@ class Searcher:
         return self._index
 
     @property
-    def scanner(self) -> LutScanner | None:
+    def scanner(self) -> FastScanner | LutScanner | None:
         if self._scanner is None and len(self.object_ids) > QUANTIZED_SCAN_ABOVE:
-            # one shard per core, at most 4: each shard holds its own 118 MB identity codebook
-            threads = min(4, os.cpu_count() or 1)
-            self._scanner = LutScanner(self.files.codes(), threads=threads)
+            self._scanner = load_scanner(self.files, threads=min(4, os.cpu_count() or 1))
         return self._scanner
 
     @property
