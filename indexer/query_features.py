@@ -1,9 +1,11 @@
 """Raw feature vectors of new images with a catalog's own model: what `simdex query --image` searches with.
 
-This is the only query path that imports torch. Images are prepared as the indexer
-prepares them (decoded, fitted to the model's canvas), segmented by the model, and the
-largest object of each image gives one vector of the catalog's N features, with the
-catalog's region mode.
+Images are prepared as the indexer prepares them (decoded, fitted to the model's canvas),
+segmented by the model, and the largest object of each image gives one vector of the
+catalog's N features, with the catalog's region mode. For a catalog of the U-Net, the
+forward pass and the extraction run in numpy (`indexer.lite`) once its weights are
+exported, which the indexer and the first query do: no torch import, ~3 s less per CLI
+process. torchvision backbones, and callers that pass a torch model, use torch.
 """
 
 from __future__ import annotations
@@ -38,6 +40,24 @@ def catalog_model(catalog: Catalog):
         raise QueryImageError(f"the model at {model_path} is not the one the catalog was indexed with "
                               f"({loaded.sha256[:12]}… vs {catalog.model_sha256[:12]}…)")
     return loaded.model.eval()
+
+
+def query_net(catalog: Catalog):
+    """The cheapest forward pass for the catalog's model: its numpy export (`indexer.lite.LiteUNet`)
+    when one of exactly this model is cached, else the torch model (exported for next time)."""
+    from simdex.indexer.lite import LiteUNet, export, lite_path
+
+    # the U-Net's config says arch "unet" (older catalogs: nothing); backbones name theirs.
+    # Not `backbones.is_backbone`: that module imports torch, which is what this avoids.
+    unet = catalog.info.get("config", {}).get("arch", "unet") == "unet"
+    if unet and catalog.model_sha256:
+        lite = LiteUNet.load(lite_path(catalog.model_sha256), catalog.model_sha256)
+        if lite is not None:
+            return lite
+    net = catalog_model(catalog)
+    if unet:
+        export(net, catalog.model_sha256)
+    return net
 
 
 def parse_box(text: str) -> tuple[int, int, int, int]:
@@ -75,7 +95,7 @@ def image_features(catalog: Catalog, paths: list[str | os.PathLike], min_area: i
             pixels: the region is then the box itself (query by a region, Stylianou et al.): the model
             still sees the whole image, and the catalog's region mode pools inside the box (`mask`:
             the predicted segment within the box, or the box where it holds none).
-        net: the catalog's model, if already loaded (`catalog_model`); else it is loaded here.
+        net: the catalog's model, if already loaded (`catalog_model` or `query_net`); else `query_net`.
     Raises:
         QueryImageError: the catalog's model file is missing or different, an image cannot be
             decoded, the model finds no object in it, or a box is outside the image or cannot
@@ -83,7 +103,7 @@ def image_features(catalog: Catalog, paths: list[str | os.PathLike], min_area: i
     """
     from simdex.indexer.sources import ImageReadError, decode_image
 
-    net = catalog_model(catalog) if net is None else net
+    net = query_net(catalog) if net is None else net
     images = []
     for path in paths:
         try:
@@ -97,17 +117,57 @@ def array_features(catalog: Catalog, images: list[np.ndarray], names: list[str],
                    boxes: list[tuple[int, int, int, int] | None] | None = None, net=None) -> np.ndarray:
     """`image_features` for images already decoded (float32 (C, H, W) in [0, 1], as `decode_image` gives),
     e.g. uploaded to `simdex serve`; `names` only name them in errors; `net` the catalog's model if loaded."""
-    import torch
-
-    from simdex.indexer.extract import Objects, find_objects, object_features
-    from simdex.indexer.sources import fit_to_size
+    from simdex.indexer.lite import LiteUNet
 
     boxes = boxes or [None] * len(images)
     if len(boxes) != len(images):
         raise QueryImageError(f"{len(boxes)} boxes for {len(images)} images")
     if catalog.region == "full" and any(b is not None for b in boxes):
         raise QueryImageError("this catalog pools whole images (region mode 'full'): a box cannot select a region")
-    net = catalog_model(catalog) if net is None else net
+    net = query_net(catalog) if net is None else net
+    if isinstance(net, LiteUNet):
+        return _lite_features(catalog, images, names, min_area, boxes, net)
+    return _torch_features(catalog, images, names, min_area, boxes, net)
+
+
+def _box_region(foreground: np.ndarray, box, image_hw: tuple[int, int], placement: tuple[float, int, int],
+                size: int, region_mode: str):
+    """A query box's region on the canvas: the box (x0, y0, x1, y1 in canvas pixels) and the pixels it
+    pools, (H, W) bool: `mask` catalogs the predicted segment inside the box, or the box where it holds none."""
+    scale, top, left = placement
+    x0, y0, x1, y1 = box_on_canvas(box, (image_hw[0], image_hw[1], scale, top, left), size)
+    inside = np.zeros_like(foreground, dtype=bool)
+    inside[y0:y1, x0:x1] = True
+    region = inside & foreground if region_mode == "mask" and (inside & foreground).any() else inside
+    return (x0, y0, x1, y1), region
+
+
+def _lite_features(catalog, images, names, min_area, boxes, net) -> np.ndarray:
+    from simdex.indexer.lite import largest_object, object_features
+    from simdex.indexer.sources import fit_to_size
+
+    size, out = net.config.image_size, []
+    for image, path, box in zip(images, names, boxes, strict=True):
+        canvas, scale, top, left = fit_to_size(image, size)
+        logits, acts = net.forward(canvas)
+        foreground = logits[1] > logits[0] if logits.shape[0] == 2 else logits.argmax(0) != 0
+        if box is None:
+            found = largest_object(foreground, min_area)
+            if found is None:
+                raise QueryImageError(f"the model finds no object in {path}")
+            mask, bbox = found
+        else:
+            bbox, mask = _box_region(foreground, box, image.shape[1:], (scale, top, left), size, catalog.region)
+        out.append(object_features(acts, mask, bbox, catalog.region))
+    return np.stack(out).astype(np.float32)
+
+
+def _torch_features(catalog, images, names, min_area, boxes, net) -> np.ndarray:
+    import torch
+
+    from simdex.indexer.extract import Objects, find_objects, object_features
+    from simdex.indexer.sources import fit_to_size
+
     cfg = net.config
     out = []
     for image, path, box in zip(images, names, boxes, strict=True):
@@ -120,10 +180,9 @@ def array_features(catalog: Catalog, images: list[np.ndarray], names: list[str],
                 if len(objs) == 0:
                     raise QueryImageError(f"the model finds no object in {path}")
             else:
-                x0, y0, x1, y1 = box_on_canvas(box, (image.shape[1], image.shape[2], scale, top, left), cfg.image_size)
-                inside = torch.zeros_like(foreground)
-                inside[:, y0:y1, x0:x1] = True
-                region = inside & foreground if catalog.region == "mask" and (inside & foreground).any() else inside
+                (x0, y0, x1, y1), region = _box_region(foreground[0].numpy(), box, image.shape[1:], (scale, top, left),
+                                                       cfg.image_size, catalog.region)
+                region = torch.from_numpy(region)[None]
                 one = torch.zeros(1, dtype=torch.long)
                 objs = Objects(image_index=one, component=one, bbox=torch.tensor([[x0, y0, x1, y1]]),
                                area=region.sum().reshape(1), label_map=region.long(), label_value=one + 1)

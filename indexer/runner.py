@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from simdex.engine.catalog import Catalog, CatalogError, region_cells, region_grid
+from simdex.indexer import lite
 from simdex.indexer.checkpoint import LoadedModel, load_model
 from simdex.indexer.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_AREA, DEFAULT_SHARD_IMAGES
 from simdex.indexer.extract import OBJECT_MODES, REGION_MODES, find_objects, object_features
@@ -268,6 +269,7 @@ def index_source(
     src = source if isinstance(source, ImageSource) else open_source(source)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     net = inference_net(loaded.model)
+    lite.export(loaded.model, loaded.sha256)  # so that `simdex query --image` need not import torch
     cat, info = _catalog_for(catalog, loaded, options)
     if options.workers is None and options.engine == "local":  # in-memory sources decode faster than a worker could ship them
         options.workers = 0 if isinstance(src, IdxSource) else min(4, max(1, (os.cpu_count() or 2) - 1))
