@@ -22,9 +22,14 @@ down (without clipping, the exact L2 top-500 hold only ~85 % of the fuzzy top-10
 Measured, per catalog size:
 - build: PCA + IVF training and adding (candidate index), 8-bit codes and their scanner;
 - sizes: candidate index and matrices on disk, resident memory added by loading them;
-- single-query latency (p50, p99) of `engine.search.search` with the defaults
+- single-query latency (p50, p99) of `engine.search.search` with the `ivf` index
   (PCA-64 IVF-Flat, nprobe max(32, nlist/32), 1000 candidates, exact float32 rerank), plus a sweep of
-  nprobe × candidates;
+  nprobe × candidates; and with `ivf4` (engine/fuzzy_ivf.py, the build's default from 50k
+  objects: the same partition, nprobe max(32, nlist/16), each probed row scored by P's 4-bit
+  tables, 100 reranked in float32), plus its sweep;
+- the exhaustive search `--exact` runs: the 4-bit fast-scan (engine/fastscan.py) of every
+  row, then float32 rescoring of its best rows, on every query, and its recall against
+  the float32 scan;
 - recall@10 against the exact float32 top-10 (mean and worst query) over the queries;
 - exhaustive scans: the float32 reference scan and the 8-bit table scan with float32
   rescoring (`exact=True`), their latency and the latter's recall.
@@ -51,9 +56,12 @@ from simdex.engine.build_files import BuildFiles
 from simdex.engine.candidates import DEFAULT_CANDIDATES, ClippedL2IVF, load_candidate_index
 from simdex.engine.membership import make_membership
 from simdex.engine.omega import ClassStats, OmegaInputs, make_omega
+from simdex.engine.fastscan import FastScanner, FourBitCodec, chunk_indexes
+from simdex.engine.fuzzy_ivf import FuzzyIVF, default_nprobe4
 from simdex.engine.quantized import LutScanner, UniformCodec
 from simdex.engine.scoring import exact_search
 from simdex.engine.search import search
+from simdex.engine.searcher import load_scanner
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -121,6 +129,14 @@ def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: fl
         codes[a : a + 65536] = codec.encode(Z[a : a + 65536])
     np.save(workdir / "codes.npy", codes)
     encode_s = time.perf_counter() - t
+    t = time.perf_counter()
+    codec4 = FourBitCodec.fit(codes, codec)
+    BuildFiles(workdir).write_fastscan(codec4, chunk_indexes(codes, codec4))  # as `simdex build` writes them
+    encode4_s = time.perf_counter() - t
+    t = time.perf_counter()
+    FuzzyIVF.build(index, codes, codec4).save(BuildFiles(workdir))  # ivf4: the same partition, 4-bit lists
+    build_ivf4_s = time.perf_counter() - t
+    index.save(BuildFiles(workdir))  # candidates.json back to the plain ivf for the loads below
     del codes, index
     rss0 = rss_bytes()
     (index, load_index_s) = timed(load_candidate_index, BuildFiles(workdir))
@@ -128,6 +144,10 @@ def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: fl
     rss0 = rss_bytes()
     scanner, load_scanner_s = timed(LutScanner, np.load(workdir / "codes.npy", mmap_mode="r"), 2)
     rss_scanner = rss_bytes() - rss0
+    rss0 = rss_bytes()
+    fast, load_fast_s = timed(load_scanner, BuildFiles(workdir), 2)
+    assert isinstance(fast, FastScanner)
+    rss_fast = rss_bytes() - rss0
     print(f"index built in {build_index_s:.1f} s, loaded in {load_index_s:.2f} s", flush=True)
 
     rng = np.random.default_rng(seed + 1)
@@ -165,6 +185,33 @@ def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: fl
         print(row, flush=True)
     default = run(default_nprobe, DEFAULT_CANDIDATES)
 
+    # ivf4 (the default of `simdex build` from 50k objects): the same lists scored by P's 4-bit tables
+    info4 = {**index.info(), "kind": "ivf4", "coarse_nprobe": index.nprobe}
+    info4["nprobe"] = default_nprobe4(index.ivf.nlist)
+    rss0 = rss_bytes()
+    (index4, load_ivf4_s) = timed(FuzzyIVF.load, BuildFiles(workdir), info4, omega)
+    rss_ivf4 = rss_bytes() - rss0
+    nprobe4 = index4.nprobe
+    for m in memberships[:10]:
+        search(Z, [m], omega, k, index=index4)
+
+    def run4(nprobe, depth):
+        ix = index4.with_nprobe(nprobe)
+        lat, hits = [], []
+        for m in memberships:
+            (P, h), s = timed(search, Z, [m], omega, k, index=ix, n_candidates=depth)
+            lat.append(1000 * s)
+            hits.append(h[0])
+        rec = recall_at(gt, np.array(hits))
+        return {"nprobe": nprobe, "candidates": depth, "p50_ms": float(np.median(lat)),
+                "p99_ms": float(np.percentile(lat, 99)), "recall_mean": float(rec.mean()), "recall_min": float(rec.min())}
+
+    sweep4 = [run4(p, c) for p in sorted({nprobe4 // 2, nprobe4 * 3 // 4, nprobe4})
+              for c in (50, 100, 200)]
+    for row in sweep4:
+        print("ivf4", row, flush=True)
+    default4 = run4(nprobe4, index4.default_candidates)
+
     lat8, hits8 = [], []
     for m in memberships[: min(40, n_queries)]:
         (P, h), s = timed(search, Z, [m], omega, k, exact=True, scanner=scanner, codec=codec)
@@ -172,7 +219,17 @@ def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: fl
         hits8.append(h[0])
     rec8 = recall_at(gt[: len(hits8)], np.array(hits8))
 
+    lat4, hits4 = [], []
+    for m in memberships:  # every query: the 4-bit pass is the one `--exact` uses
+        (P, h), s = timed(search, Z, [m], omega, k, exact=True, scanner=fast)
+        lat4.append(1000 * s)
+        hits4.append(h[0])
+    rec4 = recall_at(gt, np.array(hits4))
+    print(f"exact 4-bit: p50 {np.median(lat4):.1f} ms, recall {rec4.mean():.4f} (worst {rec4.min():.2f})", flush=True)
+
     size = {name: (workdir / name).stat().st_size for name in ("candidates.faiss", "z.npy", "codes.npy")}
+    size["codes4"] = sum(p.stat().st_size for p in workdir.glob("codes4-*.faiss"))
+    size["candidates4.faiss"] = (workdir / "candidates4.faiss").stat().st_size
     return {
         "objects": n_objects, "features": int(Z.shape[1]), "queries": n_queries, "k": k, "tau": tau,
         "zero_fraction": zero_fraction,
@@ -180,12 +237,17 @@ def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: fl
         "build_candidate_index_s": build_index_s, "encode_8bit_s": encode_s,
         "load_candidate_index_s": load_index_s, "load_8bit_scanner_s": load_scanner_s,
         "disk_bytes": size, "rss_candidate_index_bytes": rss_index, "rss_8bit_scanner_bytes": rss_scanner,
-        "query": default, "sweep": sweep,
+        "query": default, "sweep": sweep, "query_ivf4": default4, "sweep_ivf4": sweep4,
+        "build_ivf4_s": build_ivf4_s, "load_ivf4_s": load_ivf4_s, "rss_ivf4_bytes": rss_ivf4,
         "exact_float32_ms_median": float(np.median(exact_float_ms)),
         "ground_truth_s_per_query": gt_s / n_queries,
         "exact_8bit_ms_median": float(np.median(lat8)), "exact_8bit_ms_p99": float(np.percentile(lat8, 99)),
         "exact_8bit_recall_mean": float(rec8.mean()), "exact_8bit_recall_min": float(rec8.min()),
         "exact_8bit_queries": len(hits8),
+        "encode_4bit_s": encode4_s, "load_4bit_scanner_s": load_fast_s, "rss_4bit_scanner_bytes": rss_fast,
+        "exact_4bit_ms_median": float(np.median(lat4)), "exact_4bit_ms_p99": float(np.percentile(lat4, 99)),
+        "exact_4bit_recall_mean": float(rec4.mean()), "exact_4bit_recall_min": float(rec4.min()),
+        "exact_4bit_queries": len(hits4),
     }
 
 
@@ -194,18 +256,36 @@ def markdown(results: list[dict], machine: dict) -> str:
         "# bench_query", "",
         f"Machine: {machine['cpus']} CPUs, {machine['processor']}, load average at start {machine['loadavg']}; "
         f"{machine['date']}. Command: `{machine['command']}`.", "",
-        "| objects | nprobe | p50 ms | p99 ms | recall@10 mean | recall@10 worst | exact 8-bit ms | exact 8-bit recall | "
-        "exact float32 ms | index build s | index disk MB | index RSS MB | 8-bit codes MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| objects | nprobe | p50 ms | p99 ms | recall@10 mean | recall@10 worst | exact 4-bit ms p50 / p99 | "
+        "exact 4-bit recall mean / worst | exact 8-bit ms | exact 8-bit recall | "
+        "exact float32 ms | index build s | index disk MB | index RSS MB | 8-bit codes MB | 4-bit codes MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         q = r["query"]
         lines.append(
             f"| {r['objects']:,} | {q['nprobe']} | {q['p50_ms']:.1f} | {q['p99_ms']:.1f} | {q['recall_mean']:.3f} | {q['recall_min']:.1f} | "
+            f"{r['exact_4bit_ms_median']:.0f} / {r['exact_4bit_ms_p99']:.0f} | "
+            f"{r['exact_4bit_recall_mean']:.3f} / {r['exact_4bit_recall_min']:.1f} | "
             f"{r['exact_8bit_ms_median']:.0f} | {r['exact_8bit_recall_mean']:.3f} | {r['exact_float32_ms_median']:.0f} | "
             f"{r['build_candidate_index_s']:.0f} | {r['disk_bytes']['candidates.faiss'] / 1e6:.0f} | "
-            f"{r['rss_candidate_index_bytes'] / 1e6:.0f} | {r['disk_bytes']['codes.npy'] / 1e6:.0f} |")
-    lines += ["", "Sweep (nprobe × candidates):", "", "| objects | nprobe | candidates | p50 ms | p99 ms | recall mean | recall worst |",
+            f"{r['rss_candidate_index_bytes'] / 1e6:.0f} | {r['disk_bytes']['codes.npy'] / 1e6:.0f} | "
+            f"{r['disk_bytes']['codes4'] / 1e6:.0f} |")
+    lines += ["", "ivf4 (the default from 50,000 objects: the same lists holding 4-bit codes scored by P's tables):", "",
+              "| objects | nprobe | reranked | p50 ms | p99 ms | recall@10 mean | recall@10 worst | lists on disk MB | "
+              "lists RSS MB | lists build s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        q = r["query_ivf4"]
+        lines.append(f"| {r['objects']:,} | {q['nprobe']} | {q['candidates']} | {q['p50_ms']:.1f} | {q['p99_ms']:.1f} | "
+                     f"{q['recall_mean']:.3f} | {q['recall_min']:.1f} | {r['disk_bytes']['candidates4.faiss'] / 1e6:.0f} | "
+                     f"{r['rss_ivf4_bytes'] / 1e6:.0f} | {r['build_ivf4_s']:.0f} |")
+    lines += ["", "ivf4 sweep (nprobe × reranked rows):", "",
+              "| objects | nprobe | reranked | p50 ms | p99 ms | recall mean | recall worst |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for s in r["sweep_ivf4"]:
+            lines.append(f"| {r['objects']:,} | {s['nprobe']} | {s['candidates']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
+                         f"{s['recall_mean']:.3f} | {s['recall_min']:.1f} |")
+    lines += ["", "ivf sweep (nprobe × candidates):", "", "| objects | nprobe | candidates | p50 ms | p99 ms | recall mean | recall worst |",
               "|---|---|---|---|---|---|---|"]
     for r in results:
         for s in r["sweep"]:

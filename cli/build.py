@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from simdex.engine.build import ENGINE_CHOICES, OMEGA_CHOICES, BuildConfig
+from simdex.engine.candidates import CANDIDATE_KINDS
 
 
 @click.command(name="build")
@@ -29,8 +30,10 @@ from simdex.engine.build import ENGINE_CHOICES, OMEGA_CHOICES, BuildConfig
                    "all, or a split value.")
 @click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Default width τ of the memberships (in standard deviations) for queries and the recall check.")
-@click.option("--index", "index_kind", type=click.Choice(["auto", "exact", "ivf"]), default="auto", show_default=True,
-              help="Candidate index: exact (scan everything), ivf (PCA + IVF over clipped √ω·z), auto by size.")
+@click.option("--index", "index_kind", type=click.Choice(CANDIDATE_KINDS), default="auto", show_default=True,
+              help="Candidate index: exact (scan everything); ivf (PCA + IVF over clipped √ω·z, 1,000 candidates "
+                   "reranked); ivf4 (ivf's lists holding 4-bit codes, every probed row scored by P's tables, "
+                   "100 reranked); auto: exact below 50,000 objects, else ivf4.")
 @click.option("--recall-queries", type=click.IntRange(min=1), default=50, show_default=True,
               help="Sampled objects on which the candidate stage's recall@10 is measured.")
 @click.option("--learned-rows", type=click.IntRange(min=8), default=4000, show_default=True,

@@ -85,7 +85,7 @@ class BuildConfig:
     n_clusters: int = 10  # k-means clusters when there is no class column
     omega_split: str = "auto"  # auto (train rows if a split column has them) | all | a split value
     tau: float = 1.0  # τ used for the recorded recall (queries may choose another)
-    index: str = "auto"  # auto | exact | ivf
+    index: str = "auto"  # auto | exact | ivf | ivf4 (auto: exact below 50,000 objects, else ivf4)
     recall_queries: int = 50
     batch_rows: int = 65536
     seed: int = 0  # k-means, recall queries and the learned Ω's sample and fit
@@ -225,12 +225,13 @@ def _build(catalog: Catalog, config: BuildConfig, report: Callable[[str, int, in
         Z, object_ids = _normalise(catalog, files, pruning, codec, report, passes)
         timings["normalise"] = time.perf_counter() - started - timings["statistics"]
         t0 = time.perf_counter()
-        _write_fastscan(files, codec)
+        codec4 = _write_fastscan(files, codec)
         timings["codes4"] = time.perf_counter() - t0
 
         omega, omega_record = _estimate_omega(catalog, files, Z, object_ids, pruning, config)
         t0 = time.perf_counter()
-        index = build_candidate_index(Z, omega, config.index, **config.index_options)
+        index = build_candidate_index(Z, omega, config.index, codes8=files.codes(), codec4=codec4,
+                                      **config.index_options)
         index.save(files)
         timings["candidate_index"] = time.perf_counter() - t0
         recall = _measure_build_recall(catalog, files, Z, object_ids, omega, index, codec, config)
@@ -426,11 +427,12 @@ def _auto_choice(validation: dict[str, dict]) -> tuple[str, str]:
     return best, f"{best}: learned does not beat eq. 5 and Welch on held-out mAP ({figures})"
 
 
-def _write_fastscan(files: BuildFiles, codec: UniformCodec) -> None:
-    """The 4-bit codes of the exhaustive scan's first pass, derived from the 8-bit ones."""
+def _write_fastscan(files: BuildFiles, codec: UniformCodec) -> FourBitCodec:
+    """The 4-bit codes of the exhaustive scan's first pass (and of ivf4's lists), derived from the 8-bit ones."""
     codes8 = files.codes()
     codec4 = FourBitCodec.fit(codes8, codec)
     files.write_fastscan(codec4, chunk_indexes(codes8, codec4))
+    return codec4
 
 
 def _measure_build_recall(catalog: Catalog, files: BuildFiles, Z, object_ids, omega, index, codec,

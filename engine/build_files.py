@@ -16,6 +16,7 @@ A build folder (`builds/<version>/`, which `Catalog` places and publishes) holds
     omegas.npz              the class-based Ω a query may pick instead (clusters, welch)
     candidates.json         the candidate index's kind and parameters
     candidates.faiss        the FAISS index (IVF builds only)
+    candidates4.faiss       the 4-bit lists of an ivf4 candidate index
     candidates_omega.npy    the Ω the candidate index was weighted with
     manifest.json           size and SHA-256 of every other file, written when the build is published
     .verified.json          which large files were hashed in full, and their stat then (`VerifiedStamps`)
@@ -43,6 +44,7 @@ _PRUNING, _CODEC = "pruning.npz", "codec.npz"
 _Z, _CODES, _OBJECT_IDS = "z.npy", "codes.npy", "object_ids.npy"
 _OMEGA, _OMEGAS = "omega.npy", "omegas.npz"
 _CANDIDATES_INFO, _CANDIDATES_INDEX, _CANDIDATES_OMEGA = "candidates.json", "candidates.faiss", "candidates_omega.npy"
+_CANDIDATES_LISTS = "candidates4.faiss"
 _CODEC4, _CODES4 = "codec4.npz", "codes4-{:03d}.faiss"
 _MANIFEST = "manifest.json"
 _NOT_IN_MANIFEST = (_MANIFEST, ".owner", VERIFIED_FILE)
@@ -282,3 +284,7 @@ class BuildFiles:
     @property
     def candidates_index_path(self) -> Path:
         return self.folder / _CANDIDATES_INDEX
+
+    @property
+    def candidates_lists_path(self) -> Path:
+        return self.folder / _CANDIDATES_LISTS

@@ -15,6 +15,8 @@ them in about a millisecond; the exact rerank of ~1000 rows costs about as much.
 Kinds (`make_candidate_index`):
 - ``exact``: no index; `engine.search` scans the whole catalog (small catalogs).
 - ``ivf``: PCA + IVF-Flat over y, tuned by `nprobe` and the number of candidates.
+- ``ivf4``: ``ivf``'s partition with lists of 4-bit codes scored by P itself
+  (engine/fuzzy_ivf.py); built by `engine.build` from the build's 4-bit codes.
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ class CandidateIndex(ABC):
     def with_nprobe(self, nprobe: int) -> CandidateIndex:
         """This index visiting `nprobe` lists (a copy where that matters; indexes without lists are shared)."""
         return self
+
+    @property
+    def default_candidates(self) -> int:
+        """Rows per query the exact rerank scores when the caller does not say."""
+        return DEFAULT_CANDIDATES
 
 
 class ExactIndex(CandidateIndex):
@@ -192,15 +199,32 @@ class ClippedL2IVF(CandidateIndex):
         files.write_candidates(self.info(), omega=self.sqrt_omega**2)
 
 
-def build_candidate_index(Z: np.ndarray, omega: np.ndarray, kind: str = "auto", **options) -> CandidateIndex:
-    """Build the candidate index chosen by catalog size (`auto`: exact below EXACT_BELOW rows, else ivf)."""
-    if kind == "auto":
-        kind = "exact" if Z.shape[0] < EXACT_BELOW else "ivf"
+CANDIDATE_KINDS = ("auto", "exact", "ivf", "ivf4")
+
+
+def resolve_kind(kind: str, n: int) -> str:
+    """`auto`: exact below EXACT_BELOW rows, else ivf4."""
+    if kind not in CANDIDATE_KINDS:
+        raise ValueError(f"unknown candidate index {kind!r}; choose {', '.join(CANDIDATE_KINDS)}")
+    return ("exact" if n < EXACT_BELOW else "ivf4") if kind == "auto" else kind
+
+
+def build_candidate_index(Z: np.ndarray, omega: np.ndarray, kind: str = "auto", codes8=None, codec4=None,
+                          **options) -> CandidateIndex:
+    """Build the candidate index chosen by catalog size (`resolve_kind`); ivf4 needs the rows' 8-bit
+    codes and the 4-bit codec (`engine.fastscan`)."""
+    kind = resolve_kind(kind, Z.shape[0])
     if kind == "exact":
         return ExactIndex()
+    nprobe4 = options.pop("nprobe4", None)
+    coarse = ClippedL2IVF.build(Z, omega, **options)
     if kind == "ivf":
-        return ClippedL2IVF.build(Z, omega, **options)
-    raise ValueError(f"unknown candidate index {kind!r}; choose auto, exact or ivf")
+        return coarse
+    from simdex.engine.fuzzy_ivf import FuzzyIVF
+
+    if codes8 is None or codec4 is None:
+        raise ValueError("an ivf4 index needs the rows' 8-bit codes and the 4-bit codec")
+    return FuzzyIVF.build(coarse, codes8, codec4, nprobe=nprobe4)
 
 
 def load_candidate_index(files: BuildFiles) -> CandidateIndex:
@@ -208,6 +232,10 @@ def load_candidate_index(files: BuildFiles) -> CandidateIndex:
     info, omega = files.read_candidates()
     if info["kind"] == "exact":
         return ExactIndex()
+    if info["kind"] == "ivf4":
+        from simdex.engine.fuzzy_ivf import FuzzyIVF
+
+        return FuzzyIVF.load(files, info, omega)
     import faiss
 
     path = str(files.candidates_index_path)

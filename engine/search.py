@@ -70,7 +70,7 @@ def search(
     index: CandidateIndex | None = None,
     allow: np.ndarray | None = None,
     exact: bool = False,
-    n_candidates: int = DEFAULT_CANDIDATES,
+    n_candidates: int | None = None,
     scanner: LutScanner | None = None,
     codec: UniformCodec | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +84,8 @@ def search(
         index: candidate index; None or `ExactIndex` means an exhaustive scan.
         allow: boolean (n,) mask of rows that may be returned (filters, deletions).
         exact: scan the whole catalog instead of using the candidate stage.
-        n_candidates: candidates per query centre for the rerank.
+        n_candidates: candidates per query centre for the rerank (default: the index's own,
+            DEFAULT_CANDIDATES for ivf, fewer for ivf4 whose candidates are ranked by P already).
         scanner, codec: the codes of Z (a 4-bit `FastScanner`, or a `LutScanner` with its 8-bit
             codec); when given, exhaustive scans use them (then rescore in float32) instead of
             the float32 scan.
@@ -108,11 +109,14 @@ def search(
     if allow is not None and allow.mean() < 0.02:
         # a very selective filter leaves IVF lists nearly empty: scoring the few allowed rows is cheaper
         return exact_search(Z, memberships, omega, k, allow=allow)
-    width = max(n_candidates, k)
+    width = max(index.default_candidates if n_candidates is None else n_candidates, k)
+    by_tables = hasattr(index, "search_membership")  # ivf4: the lists are scored by P's tables
     cands = []
     for membership in memberships:
-        ids = index.search(membership.centres(), width, allow=allow)  # (m', width)
-        cands.append(ids.ravel())
+        if by_tables:
+            cands.append(index.search_membership(membership, omega, width, allow=allow))
+        else:
+            cands.append(index.search(membership.centres(), width, allow=allow).ravel())  # (m'·width,)
     size = max(len(c) for c in cands)
     C = np.full((len(cands), size), -1, np.int64)
     for q, c in enumerate(cands):

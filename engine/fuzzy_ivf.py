@@ -1,0 +1,170 @@
+"""Candidate stage `ivf4`: an IVF whose lists hold the rows' 4-bit codes, scored by P itself.
+
+The `ivf` stage (engine/candidates.py) ranks the rows of the probed lists by L2 in a
+64-dimensional PCA of √ω·clip(z), a stand-in for P; its top-1000 miss a few of P's top-10
+(recall@10 0.967 at 1M objects, benchmarks/bench_query.py), and more candidates cost a
+float32 rerank each. But the lists themselves are not the problem: with 256 of 4,096
+lists probed, every one of P's top-10 lies in them (measured on the same data). So
+`ivf4` keeps `ivf`'s coarse partition (the same PCA and k-means centroids decide which
+lists a query probes) and stores in each list the rows' 4-bit codes (engine/fastscan.py),
+as a FAISS `IndexIVFPQFastScan` with identity codebooks: every row of the probed lists
+is scored by P's own 4-bit tables in SIMD, and only the best few hundred are reranked
+exactly in float32.
+
+The coarse assignment is ours, not FAISS's (`search_preassigned`): the lists' FAISS
+index works in the 16·d-dimensional space of tables, where no centroid means anything.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from simdex.engine.candidates import CandidateIndex, ClippedL2IVF, faiss_threads
+from simdex.engine.fastscan import LEVELS4, FourBitCodec, pack, subquantizers
+from simdex.engine.membership import Membership
+
+if TYPE_CHECKING:
+    from simdex.engine.build_files import BuildFiles
+
+NPROBE_SHARE4 = 16  # lists probed: 1/16 of them (1M objects: 256 of 4,096), at least DEFAULT_NPROBE4
+DEFAULT_NPROBE4 = 32
+DEFAULT_DEPTH = 100  # rows of the probed lists reranked in float32 (bench_query: recall@10 1.000 at 1M)
+
+
+def default_nprobe4(nlist: int) -> int:
+    return min(nlist, max(DEFAULT_NPROBE4, nlist // NPROBE_SHARE4))
+
+
+def _identity_ivf(nlist: int, m: int):
+    import faiss
+
+    quantizer = faiss.IndexFlatL2(m * LEVELS4)  # never searched: assignments come from the coarse index
+    index = faiss.IndexIVFPQ(quantizer, m * LEVELS4, nlist, m, 4, faiss.METRIC_L2)
+    index.by_residual = False
+    centroids = np.zeros((m, LEVELS4, LEVELS4), np.float32)
+    centroids[:, np.arange(LEVELS4), np.arange(LEVELS4)] = 1.0
+    faiss.copy_array_to_vector(centroids.ravel(), index.pq.centroids)
+    index.is_trained = True
+    return index, quantizer
+
+
+class FuzzyIVF(CandidateIndex):
+    """`ivf`'s coarse partition, lists of 4-bit codes scored by P's tables (module docstring)."""
+
+    kind = "ivf4"
+
+    def __init__(self, coarse: ClippedL2IVF, lists, codec: FourBitCodec, nprobe: int | None = None):
+        self.coarse, self.lists, self.codec = coarse, lists, codec
+        self.nprobe = int(nprobe or default_nprobe4(int(coarse.ivf.nlist)))
+
+    @classmethod
+    def build(cls, coarse: ClippedL2IVF, codes8: np.ndarray, codec: FourBitCodec,
+              nprobe: int | None = None) -> FuzzyIVF:
+        """Lists of the coarse IVF's rows (its own assignment), each row as its 4-bit codes."""
+        import faiss
+
+        ivf = coarse.ivf
+        m = subquantizers(codes8.shape[1])
+        index, quantizer = _identity_ivf(int(ivf.nlist), m)
+        for lst in range(int(ivf.nlist)):
+            size = int(ivf.invlists.list_size(lst))
+            if size == 0:
+                continue
+            ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size).astype(np.int64)  # a copy we own
+            codes = pack(codec.encode8(codes8[np.sort(ids)]), m)
+            ids = np.sort(ids)  # rows in order: the 8-bit codes are read sequentially
+            index.invlists.add_entries(lst, size, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+        index.ntotal = int(ivf.ntotal)
+        lists = faiss.IndexIVFPQFastScan(index)
+        lists.nprobe = 1
+        del index, quantizer
+        return cls(coarse, lists, codec, nprobe)
+
+    @property
+    def default_candidates(self) -> int:
+        return DEFAULT_DEPTH
+
+    def with_nprobe(self, nprobe: int) -> FuzzyIVF:
+        if nprobe < 1:
+            raise ValueError(f"nprobe must be ≥ 1, got {nprobe}")
+        other = copy.copy(self)
+        other.nprobe = int(nprobe)
+        return other
+
+    def _coarse_vectors(self, centres: np.ndarray) -> np.ndarray:
+        import faiss
+
+        y = self.coarse.transform(np.atleast_2d(centres))
+        index = self.coarse.index
+        if isinstance(index, faiss.IndexPreTransform):
+            y = index.chain.at(0).apply_py(np.ascontiguousarray(y))
+        return np.ascontiguousarray(y, dtype=np.float32)
+
+    def search(self, centres, n_candidates, allow=None):
+        """Without a membership (no tables): the coarse `ivf` search."""
+        return self.coarse.search(centres, n_candidates, allow)
+
+    def search_membership(self, membership: Membership, omega: np.ndarray, n_candidates: int,
+                          allow: np.ndarray | None = None) -> np.ndarray:
+        """The n_candidates rows (int64, −1 padded) of the lists probed around the membership's
+        centres with the highest 4-bit P; a filter (`allow`) over-fetches by its selectivity."""
+        ivf = self.coarse.ivf
+        nprobe = min(self.nprobe, int(ivf.nlist))
+        with faiss_threads(1):
+            dis, probe = ivf.quantizer.search(self._coarse_vectors(membership.centres()), nprobe)
+        if probe.shape[0] > 1:  # a set of queries: the union of every centre's lists, nearest first
+            order = np.argsort(dis.ravel(), kind="stable")
+            flat = probe.ravel()[order]
+            _, first = np.unique(flat, return_index=True)
+            keep = flat[np.sort(first)]
+            keep = keep[keep >= 0]
+            dis = np.zeros((1, len(keep)), np.float32)
+            probe = keep[None].astype(np.int64)
+        frac = 1.0 if allow is None else max(float(allow.mean()), 1e-6)
+        depth = int(min(ivf.ntotal, max(1, n_candidates / frac)))
+        d = self.codec.dim
+        x = np.zeros((subquantizers(d), LEVELS4), np.float32)
+        x[:d] = self.codec.table(membership, omega)
+        self.lists.nprobe = probe.shape[1]
+        with faiss_threads(1):
+            _, hits = self.lists.search_preassigned(x.reshape(1, -1), depth, probe, np.ascontiguousarray(dis))
+        hits = hits[0]
+        if allow is not None:
+            ok = hits >= 0
+            ok[ok] = allow[hits[ok]]
+            hits = hits[ok]
+        out = np.full(n_candidates, -1, np.int64)
+        out[: min(len(hits), n_candidates)] = hits[:n_candidates]
+        return out
+
+    def info(self) -> dict:
+        info = self.coarse.info()
+        info.update({"kind": self.kind, "nprobe": self.nprobe, "lists": "4-bit fast-scan of P's tables",
+                     "coarse_nprobe": self.coarse.nprobe})
+        return info
+
+    def save(self, files: BuildFiles) -> None:
+        import faiss
+
+        faiss.write_index(self.coarse.index, str(files.candidates_index_path))
+        faiss.write_index(self.lists, str(files.candidates_lists_path))
+        files.write_candidates(self.info(), omega=self.coarse.sqrt_omega**2)
+
+    @classmethod
+    def load(cls, files: BuildFiles, info: dict, omega: np.ndarray) -> FuzzyIVF:
+        import faiss
+
+        path = str(files.candidates_index_path)
+        try:
+            index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:
+            index = faiss.read_index(path)
+        coarse = ClippedL2IVF(index, omega, info["clip"], info.get("coarse_nprobe", info["nprobe"]))
+        fast = files.read_fastscan()
+        if fast is None:
+            raise FileNotFoundError(f"{files.folder}: an ivf4 build without its 4-bit codec")
+        lists = faiss.read_index(str(files.candidates_lists_path))
+        return cls(coarse, lists, fast[0], info["nprobe"])
