@@ -8,7 +8,9 @@ Two catalogs, one report each (the Fashion-MNIST report links to the scenes repo
   trapezoid query; evaluation with class labels.
 - scenes (`indexer.scenes`, written into data/scenes-demo at a demo size if missing):
   the first copy of each held-out item per class as a query against every other scene;
-  evaluation with instance labels (an item's other copies, in other poses and backgrounds).
+  built with Ω fitted to the training split's items (`--clusters-from instance`: the task
+  is finding the same item); evaluation with instance labels (an item's other copies, in
+  other poses and backgrounds).
 
 Each step reuses what an earlier run made: the index job of a finished catalog does
 nothing, and the build is redone only when the catalog's shards changed since.
@@ -73,6 +75,7 @@ class DemoSpec:
     eval_query_split: str = "test"
     eval_gallery_split: str = "train"
     eval_label_column: str = "label"
+    build_clusters_from: str | None = None  # the column whose classes Ω is fitted to (None: label)
 
 
 def fmnist_spec(source: str = "fashion-mnist", train_images: int | None = None,
@@ -93,7 +96,7 @@ def scenes_spec(folder: str | Path) -> DemoSpec:
                     query_split="query", gallery_where="split <> 'query'",
                     gallery_text="every other scene (the item's other copies and the training scenes)",
                     trapezoid=False, eval_query_split="query", eval_gallery_split="gallery",
-                    eval_label_column="instance")
+                    eval_label_column="instance", build_clusters_from="instance")  # the task: the same item
 
 
 DEMO_SCENES = ScenesConfig(train_items=1500, train_copies=4, plain_fmnist=0, test_items=200, test_copies=4)
@@ -177,8 +180,9 @@ def run_demo(catalog_dir: str | Path = "catalogs/fmnist", report_dir: str | Path
     t = time.perf_counter()
     catalog = Catalog.open(catalog_dir)
     if not _build_is_current(catalog):
-        say("building: pruning, z-scores, Ω from the training split's labels, candidate index")
-        build(catalog, BuildConfig(), progress=progress)
+        column = spec.build_clusters_from or "label"
+        say(f"building: pruning, z-scores, Ω from the {column} column of the training split, candidate index")
+        build(catalog, BuildConfig(clusters_from=spec.build_clusters_from), progress=progress)
         result.built = True
     else:
         say("build is up to date: reused")
