@@ -25,7 +25,7 @@ Measured, per catalog size:
 - single-query latency (p50, p99) of `engine.search.search` with the `ivf` index
   (PCA-64 IVF-Flat, nprobe max(32, nlist/32), 1000 candidates, exact float32 rerank), plus a sweep of
   nprobe × candidates; and with `ivf4` (engine/fuzzy_ivf.py, the build's default from 50k
-  objects: the same partition, nprobe max(32, nlist/16), each probed row scored by P's 4-bit
+  objects: the same partition, nprobe max(32, 3·nlist/64), each probed row scored by P's 4-bit
   tables, 100 reranked in float32), plus its sweep;
 - the exhaustive search `--exact` runs: the 4-bit fast-scan (engine/fastscan.py) of every
   row, then float32 rescoring of its best rows, on every query, and its recall against
@@ -54,10 +54,10 @@ import numpy as np
 
 from simdex.engine.build_files import BuildFiles
 from simdex.engine.candidates import DEFAULT_CANDIDATES, ClippedL2IVF, load_candidate_index
-from simdex.engine.membership import make_membership
-from simdex.engine.omega import ClassStats, OmegaInputs, make_omega
 from simdex.engine.fastscan import FastScanner, FourBitCodec, chunk_indexes
 from simdex.engine.fuzzy_ivf import FuzzyIVF, default_nprobe4
+from simdex.engine.membership import make_membership
+from simdex.engine.omega import ClassStats, OmegaInputs, make_omega
 from simdex.engine.quantized import LutScanner, UniformCodec
 from simdex.engine.scoring import exact_search
 from simdex.engine.search import search

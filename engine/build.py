@@ -56,9 +56,9 @@ from simdex.engine.build_files import BuildFiles
 from simdex.engine.candidates import build_candidate_index
 from simdex.engine.catalog import Catalog, CatalogError
 from simdex.engine.errors import SimdexError
+from simdex.engine.fastscan import FourBitCodec, chunk_indexes
 from simdex.engine.omega import ClassStats, OmegaError, OmegaInputs, kmeans_labels, make_omega
 from simdex.engine.pruning import FeatureStats, Pruning, PruningError, format_table_iii
-from simdex.engine.fastscan import FourBitCodec, chunk_indexes
 from simdex.engine.quantized import UniformCodec
 from simdex.engine.searcher import QUANTIZED_SCAN_ABOVE, load_scanner
 from simdex.engine.shard_reader import column_values

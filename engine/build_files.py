@@ -208,7 +208,7 @@ class BuildFiles:
         import faiss
 
         np.savez(self.folder / _CODEC4, levels=codec4.levels, map8=codec4.map8)
-        for i, (start, index) in enumerate(chunks):
+        for i, (_first_row, index) in enumerate(chunks):  # chunks are in row order: the file number says where
             faiss.write_index(index, str(self.folder / _CODES4.format(i)))
 
     def read_fastscan(self):

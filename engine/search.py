@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from simdex.engine.candidates import DEFAULT_CANDIDATES, CandidateIndex, ExactIndex
+from simdex.engine.candidates import CandidateIndex, ExactIndex
 from simdex.engine.fastscan import FastScanner
 from simdex.engine.membership import Membership
 from simdex.engine.quantized import LutScanner, UniformCodec

@@ -24,9 +24,9 @@ from simdex.engine.candidates import load_candidate_index
 from simdex.engine.catalog import Catalog
 from simdex.engine.errors import SimdexError, as_object_ids
 from simdex.engine.explain import layer_of_features
+from simdex.engine.fastscan import FastScanner
 from simdex.engine.membership import MembershipError, make_membership
 from simdex.engine.omega import OmegaInputs, make_omega
-from simdex.engine.fastscan import FastScanner
 from simdex.engine.quantized import LutScanner
 from simdex.engine.search import search
 

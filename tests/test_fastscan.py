@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from synth_catalog import append_objects, class_objects, new_catalog
 
 from simdex.engine import searcher as searcher_module
 from simdex.engine.build import BuildConfig, build
@@ -11,7 +12,6 @@ from simdex.engine.quantized import LutScanner, UniformCodec
 from simdex.engine.scoring import exact_search
 from simdex.engine.search import search
 from simdex.engine.searcher import Searcher, load_scanner
-from synth_catalog import append_objects, class_objects, new_catalog
 
 
 def _clustered(n, d, seed=0):

@@ -1,6 +1,8 @@
 """Candidate stage ivf4 (engine/fuzzy_ivf.py): ivf's partition, lists of 4-bit codes scored by P."""
 
 import numpy as np
+from synth_catalog import append_objects, class_objects, new_catalog
+from test_fastscan import _clustered
 
 from simdex.engine.build import BuildConfig, build
 from simdex.engine.candidates import ClippedL2IVF, load_candidate_index, resolve_kind
@@ -11,8 +13,6 @@ from simdex.engine.quantized import UniformCodec
 from simdex.engine.scoring import exact_search
 from simdex.engine.search import search
 from simdex.engine.searcher import Searcher
-from synth_catalog import append_objects, class_objects, new_catalog
-from test_fastscan import _clustered
 
 
 def _recall(got, want):
