@@ -23,8 +23,9 @@ Arrays in, arrays out; no I/O. Two steps:
      mean per cell and channel, so the object's layout survives pooling
      (benchmarks/bench_quality_pooling.py). Features are ordered layer, cell, channel.
 
-   Every mode is one batched matrix product per layer: activations (B, C, h·w) times
-   per-object weight maps (B, h·w, K) that sum to 1, K the most objects of one image.
+   Every mode is one batched matrix product per layer: per-object weight maps (B, K, h·w)
+   that sum to 1, K the most objects of one image, times the activations (B, h·w, C) — the
+   channels_last layout the index job's forward pass leaves them in, so no copy is made.
 
 Bounding boxes are half-open pixel ranges [x0, x1) × [y0, y1) of the model's input.
 """
@@ -267,7 +268,9 @@ def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "b
             wts = region_weights(objects, region, out_hw, (lh, lw), masks)  # (M·cells, h, w)
             padded = torch.zeros((b, k, lh * lw), dtype=torch.float32)
             padded[image.reshape(-1), slot.reshape(-1)] = wts.reshape(m * cells, lh * lw)
-            weights[(lh, lw)] = padded.transpose(1, 2)  # (B, h·w, K)
-        per_image = torch.bmm(a.float().reshape(b, ch, lh * lw), weights[(lh, lw)])  # (B, C, K)
-        out.append(per_image.transpose(1, 2)[image, slot].reshape(m, cells * ch))  # (M, cells·C), cell-major
+            weights[(lh, lw)] = padded  # (B, K, h·w)
+        # (B, h·w, C): a view of the channels_last maps the index job makes (a copy of NCHW ones)
+        maps = a.float().permute(0, 2, 3, 1).reshape(b, lh * lw, ch)
+        per_image = torch.bmm(weights[(lh, lw)], maps)  # (B, K, C)
+        out.append(per_image[image, slot].reshape(m, cells * ch))  # (M, cells·C), cell-major
     return torch.cat(out, dim=1)
