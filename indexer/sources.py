@@ -184,6 +184,32 @@ def _pil_to_array(img, channels: int) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
 
 
+@functools.lru_cache(maxsize=256)
+def _antialias_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float32 rows of a triangle filter widened by the reduction (PIL's and torch's
+    antialiased bilinear: support n_in / n_out input pixels on each side), each summing to 1."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    weights = np.zeros((n_out, n_in), np.float64)
+    for i in range(n_out):
+        centre = scale * (i + 0.5)
+        lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
+        x = np.arange(lo, hi)
+        w = np.clip(1.0 - np.abs((x - centre + 0.5) / support), 0.0, None)
+        weights[i, lo:hi] = w / w.sum()
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)  # shared by every caller through the cache
+    return weights
+
+
+def resize_antialiased(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(C, H, W) → (C, height, width), antialiased bilinear: torch's
+    `F.interpolate(mode="bilinear", antialias=True)` to 2e-6, as two matrix products and without
+    torch, so that a query by image (indexer/lite.py) never imports it."""
+    _, h, w = image.shape
+    return _antialias_weights(h, height) @ np.asarray(image, dtype=np.float32) @ _antialias_weights(w, width).T
+
+
 def fit_to_size(image: np.ndarray, size: int, background: np.ndarray | None = None) -> tuple[np.ndarray, float, int, int]:
     """Fit (C, H, W) into a size×size canvas: scale down to fit (aspect kept), pad centred.
 
@@ -196,12 +222,8 @@ def fit_to_size(image: np.ndarray, size: int, background: np.ndarray | None = No
         background = border_background(image)
     scale = min(1.0, size / max(h, w))
     if scale < 1.0:
-        import torch
-        from torch.nn import functional as F
-
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        t = torch.from_numpy(np.ascontiguousarray(image))[None]
-        image = F.interpolate(t, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0].numpy()
+        image = resize_antialiased(image, nh, nw)
         h, w = nh, nw
     top, left = (size - h) // 2, (size - w) // 2
     canvas = np.empty((c, size, size), dtype=np.float32)
