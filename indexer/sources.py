@@ -185,29 +185,40 @@ def _pil_to_array(img, channels: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=256)
-def _antialias_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) float32 rows of a triangle filter widened by the reduction (PIL's and torch's
-    antialiased bilinear: support n_in / n_out input pixels on each side), each summing to 1."""
+def _antialias_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per output pixel, the input pixels of a triangle filter widened by the reduction and their
+    weights (PIL's and torch's antialiased bilinear: support n_in / n_out input pixels on each
+    side): index (n_out, T) int64 and weight (n_out, T) float32 rows summing to 1, padded with
+    zero weights on pixel 0."""
     scale = n_in / n_out
     support = max(scale, 1.0)
-    weights = np.zeros((n_out, n_in), np.float64)
+    rows = []
     for i in range(n_out):
         centre = scale * (i + 0.5)
         lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
         x = np.arange(lo, hi)
         w = np.clip(1.0 - np.abs((x - centre + 0.5) / support), 0.0, None)
-        weights[i, lo:hi] = w / w.sum()
-    weights = weights.astype(np.float32)
-    weights.setflags(write=False)  # shared by every caller through the cache
-    return weights
+        rows.append((x, w / w.sum()))
+    taps = max(len(x) for x, _ in rows)
+    index, weight = np.zeros((n_out, taps), np.int64), np.zeros((n_out, taps), np.float32)
+    for i, (x, w) in enumerate(rows):
+        index[i, : len(x)], weight[i, : len(x)] = x, w
+    index.setflags(write=False)
+    weight.setflags(write=False)  # shared by every caller through the cache
+    return index, weight
 
 
 def resize_antialiased(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """(C, H, W) → (C, height, width), antialiased bilinear: torch's
-    `F.interpolate(mode="bilinear", antialias=True)` to 2e-6, as two matrix products and without
-    torch, so that a query by image (indexer/lite.py) never imports it."""
+    `F.interpolate(mode="bilinear", antialias=True)` to 2e-6 (tested), without torch, so that a
+    query by image (indexer/lite.py) never imports it. Separable, each pass a gather of the
+    filter's few taps (no BLAS: decoding workers must not start BLAS threads beside the model's)."""
     _, h, w = image.shape
-    return _antialias_weights(h, height) @ np.asarray(image, dtype=np.float32) @ _antialias_weights(w, width).T
+    iy, wy = _antialias_taps(h, height)
+    ix, wx = _antialias_taps(w, width)
+    image = np.asarray(image, dtype=np.float32)
+    rows = np.einsum("cytw,yt->cyw", image[:, iy, :], wy)  # (C, height, W)
+    return np.einsum("cyxt,xt->cyx", rows[:, :, ix], wx)  # (C, height, width)
 
 
 def fit_to_size(image: np.ndarray, size: int, background: np.ndarray | None = None) -> tuple[np.ndarray, float, int, int]:
