@@ -211,17 +211,24 @@ class BuildFiles:
         for i, (_first_row, index) in enumerate(chunks):  # chunks are in row order: the file number says where
             faiss.write_index(index, str(self.folder / _CODES4.format(i)))
 
-    def read_fastscan(self):
-        """(FourBitCodec, [(first row, fast-scan index)]) or None for a build without 4-bit codes."""
-        import faiss
-
+    def read_codec4(self):
+        """The 4-bit codec (`FourBitCodec`), or None for a build made before 4-bit codes."""
         from simdex.engine.fastscan import FourBitCodec
 
         path = self.folder / _CODEC4
         if not path.is_file():
             return None
         with np.load(path) as f:
-            codec4 = FourBitCodec(f["levels"], f["map8"])
+            return FourBitCodec(f["levels"], f["map8"])
+
+    def read_fastscan(self):
+        """(FourBitCodec, [(first row, fast-scan index)]) or None for a build without 4-bit codes:
+        the exact scan's chunks, all of them read into memory (226 MB at 1M × 450)."""
+        import faiss
+
+        codec4 = self.read_codec4()
+        if codec4 is None:
+            return None
         chunks, start, i = [], 0, 0
         while (chunk := self.folder / _CODES4.format(i)).is_file():
             index = faiss.read_index(str(chunk))

@@ -165,8 +165,8 @@ class FuzzyIVF(CandidateIndex):
         except RuntimeError:
             index = faiss.read_index(path)
         coarse = ClippedL2IVF(index, omega, info["clip"], info.get("coarse_nprobe", info["nprobe"]))
-        fast = files.read_fastscan()
-        if fast is None:
+        codec = files.read_codec4()  # only the codec: the exact scan's chunks are not needed here
+        if codec is None:
             raise FileNotFoundError(f"{files.folder}: an ivf4 build without its 4-bit codec")
         lists = faiss.read_index(str(files.candidates_lists_path))
-        return cls(coarse, lists, fast[0], info["nprobe"])
+        return cls(coarse, lists, codec, info["nprobe"])
