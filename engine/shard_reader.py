@@ -135,9 +135,9 @@ class ShardReader:
                     groups.append(g)
             if groups:
                 t = pf.read_row_groups(groups, columns=names)
-                for row, oid in enumerate(t.column("object_id").to_numpy()):
-                    if int(oid) in wanted:
-                        found[int(oid)] = t.slice(row, 1)
+                ids = t.column("object_id").to_numpy()
+                for row in np.flatnonzero(np.isin(ids, object_ids)):  # not a Python loop over every row read
+                    found[int(ids[row])] = t.slice(int(row), 1)
         parts = [found[i] for i in object_ids.tolist() if i in found]
         if not parts:
             return pa.table({"object_id": pa.array([], pa.int64())})
