@@ -169,16 +169,19 @@ def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: fl
 
     default_nprobe = index.nprobe  # what `simdex build` chooses for this size (the sweep changes it)
 
-    def run(nprobe, n_candidates):
-        index.nprobe = nprobe
+    def timed_queries(ix, nprobe, n_candidates):
+        """Every query through candidate index `ix`: latency percentiles and recall against the truth."""
         lat, hits = [], []
         for m in memberships:
-            (P, h), s = timed(search, Z, [m], omega, k, index=index, n_candidates=n_candidates)
+            (P, h), s = timed(search, Z, [m], omega, k, index=ix, n_candidates=n_candidates)
             lat.append(1000 * s)
             hits.append(h[0])
         rec = recall_at(gt, np.array(hits))
         return {"nprobe": nprobe, "candidates": n_candidates, "p50_ms": float(np.median(lat)),
                 "p99_ms": float(np.percentile(lat, 99)), "recall_mean": float(rec.mean()), "recall_min": float(rec.min())}
+
+    def run(nprobe, n_candidates):
+        return timed_queries(index.with_nprobe(nprobe), nprobe, n_candidates)
 
     sweep = [run(p, c) for p in (16, 32, 64, 128) for c in (500, 1000, 2000)]
     for row in sweep:
@@ -196,15 +199,7 @@ def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: fl
         search(Z, [m], omega, k, index=index4)
 
     def run4(nprobe, depth):
-        ix = index4.with_nprobe(nprobe)
-        lat, hits = [], []
-        for m in memberships:
-            (P, h), s = timed(search, Z, [m], omega, k, index=ix, n_candidates=depth)
-            lat.append(1000 * s)
-            hits.append(h[0])
-        rec = recall_at(gt, np.array(hits))
-        return {"nprobe": nprobe, "candidates": depth, "p50_ms": float(np.median(lat)),
-                "p99_ms": float(np.percentile(lat, 99)), "recall_mean": float(rec.mean()), "recall_min": float(rec.min())}
+        return timed_queries(index4.with_nprobe(nprobe), nprobe, depth)
 
     sweep4 = [run4(p, c) for p in sorted({nprobe4 // 2, nprobe4 * 3 // 4, nprobe4})
               for c in (50, 100, 200)]
