@@ -86,6 +86,12 @@ class CandidateIndex(ABC):
         """Rows per query the exact rerank scores when the caller does not say."""
         return DEFAULT_CANDIDATES
 
+    def search_membership(self, membership, omega: np.ndarray, n_candidates: int,
+                          allow: np.ndarray | None = None) -> np.ndarray:
+        """Candidate row ids (−1 padded, flat) for one membership: `search` around its centres.
+        An index that can score by the membership itself (ivf4) ranks by it instead."""
+        return self.search(membership.centres(), n_candidates, allow=allow).ravel()
+
 
 class ExactIndex(CandidateIndex):
     """No candidate stage: every query is answered by the exhaustive scan."""
@@ -164,6 +170,18 @@ class ClippedL2IVF(CandidateIndex):
         self.index = index
         return self
 
+    @classmethod
+    def load(cls, files: BuildFiles, omega: np.ndarray, clip: float, nprobe: int) -> ClippedL2IVF:
+        """The index `save` wrote, its lists memory-mapped where FAISS allows it."""
+        import faiss
+
+        path = str(files.candidates_index_path)
+        try:
+            index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:
+            index = faiss.read_index(path)
+        return cls(index, omega, clip, nprobe)
+
     @property
     def ivf(self):
         import faiss
@@ -236,11 +254,4 @@ def load_candidate_index(files: BuildFiles) -> CandidateIndex:
         from simdex.engine.fuzzy_ivf import FuzzyIVF
 
         return FuzzyIVF.load(files, info, omega)
-    import faiss
-
-    path = str(files.candidates_index_path)
-    try:
-        index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError:
-        index = faiss.read_index(path)
-    return ClippedL2IVF(index, omega, info["clip"], info["nprobe"])
+    return ClippedL2IVF.load(files, omega, info["clip"], info["nprobe"])

@@ -29,13 +29,10 @@ drops, never a missed one.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from simdex.engine.candidates import faiss_threads
 from simdex.engine.membership import Membership
-from simdex.engine.quantized import LEVELS, UniformCodec
+from simdex.engine.quantized import LEVELS, UniformCodec, scan_shards, set_identity_codebooks
 
 LEVELS4 = 16
 CHUNK_ROWS = 1 << 19  # rows per fast-scan file: the unit of parallelism (two for 1M rows)
@@ -122,9 +119,7 @@ def fastscan_index(packed: np.ndarray, m: int):
     import faiss
 
     pq = faiss.IndexPQ(m * LEVELS4, m, 4, faiss.METRIC_L2)  # L2, not inner product: see the module docstring
-    centroids = np.zeros((m, LEVELS4, LEVELS4), np.float32)
-    centroids[:, np.arange(LEVELS4), np.arange(LEVELS4)] = 1.0
-    faiss.copy_array_to_vector(centroids.ravel(), pq.pq.centroids)
+    set_identity_codebooks(pq.pq, m, LEVELS4)
     pq.is_trained = True
     faiss.copy_array_to_vector(np.ascontiguousarray(packed).ravel(), pq.codes)
     pq.ntotal = int(packed.shape[0])
@@ -157,21 +152,4 @@ class FastScanner:
         x[:d] = table
         # FAISS returns Σ_j ‖x_j − e_c‖² = Σ_j (‖x_j‖² + 1) − 2·Σ_j T_j[c]: the sum is recovered from it
         offset = float((x.astype(np.float64) ** 2).sum() + len(x))
-        x = x.reshape(1, -1)
-
-        def one(chunk):
-            start, index = chunk
-            with faiss_threads(1):  # the chunks are the parallelism
-                D, hits = index.search(x, min(k, int(index.ntotal)))
-            ok = hits[0] >= 0
-            return (offset - D[0][ok]) / 2, hits[0][ok] + start
-
-        if self.threads == 1:
-            parts = [one(c) for c in self.chunks]
-        else:
-            with ThreadPoolExecutor(self.threads) as pool:
-                parts = list(pool.map(one, self.chunks))
-        D = np.concatenate([p[0] for p in parts])
-        hits = np.concatenate([p[1] for p in parts])
-        order = np.argsort(-D, kind="stable")[:k]
-        return D[order], hits[order]
+        return scan_shards(self.chunks, x.reshape(1, -1), k, self.threads, to_score=lambda D: (offset - D) / 2)

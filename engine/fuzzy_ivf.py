@@ -25,6 +25,7 @@ import numpy as np
 from simdex.engine.candidates import CandidateIndex, ClippedL2IVF, faiss_threads
 from simdex.engine.fastscan import LEVELS4, FourBitCodec, pack, subquantizers
 from simdex.engine.membership import Membership
+from simdex.engine.quantized import set_identity_codebooks
 
 if TYPE_CHECKING:
     from simdex.engine.build_files import BuildFiles
@@ -46,9 +47,7 @@ def _identity_ivf(nlist: int, m: int):
     quantizer = faiss.IndexFlatL2(m * LEVELS4)  # never searched: assignments come from the coarse index
     index = faiss.IndexIVFPQ(quantizer, m * LEVELS4, nlist, m, 4, faiss.METRIC_L2)
     index.by_residual = False
-    centroids = np.zeros((m, LEVELS4, LEVELS4), np.float32)
-    centroids[:, np.arange(LEVELS4), np.arange(LEVELS4)] = 1.0
-    faiss.copy_array_to_vector(centroids.ravel(), index.pq.centroids)
+    set_identity_codebooks(index.pq, m, LEVELS4)
     index.is_trained = True
     return index, quantizer
 
@@ -75,9 +74,9 @@ class FuzzyIVF(CandidateIndex):
             size = int(ivf.invlists.list_size(lst))
             if size == 0:
                 continue
-            ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size).astype(np.int64)  # a copy we own
-            codes = pack(codec.encode8(codes8[np.sort(ids)]), m)
-            ids = np.sort(ids)  # rows in order: the 8-bit codes are read sequentially
+            # a sorted copy we own: rows in order, so the 8-bit codes are read sequentially
+            ids = np.sort(faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size).astype(np.int64))
+            codes = pack(codec.encode8(codes8[ids]), m)
             index.invlists.add_entries(lst, size, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
         index.ntotal = int(ivf.ntotal)
         lists = faiss.IndexIVFPQFastScan(index)
@@ -159,12 +158,7 @@ class FuzzyIVF(CandidateIndex):
     def load(cls, files: BuildFiles, info: dict, omega: np.ndarray) -> FuzzyIVF:
         import faiss
 
-        path = str(files.candidates_index_path)
-        try:
-            index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
-        except RuntimeError:
-            index = faiss.read_index(path)
-        coarse = ClippedL2IVF(index, omega, info["clip"], info.get("coarse_nprobe", info["nprobe"]))
+        coarse = ClippedL2IVF.load(files, omega, info["clip"], info.get("coarse_nprobe", info["nprobe"]))
         codec = files.read_codec4()  # only the codec: the exact scan's chunks are not needed here
         if codec is None:
             raise FileNotFoundError(f"{files.folder}: an ivf4 build without its 4-bit codec")

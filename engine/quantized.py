@@ -60,11 +60,44 @@ def _identity_pq(d: int):
     import faiss
 
     index = faiss.IndexPQ(d * LEVELS, d, 8, faiss.METRIC_INNER_PRODUCT)
-    centroids = np.zeros((d, LEVELS, LEVELS), np.float32)  # (M, ksub, dsub): e_c for code c
-    centroids[:, np.arange(LEVELS), np.arange(LEVELS)] = 1.0
-    faiss.copy_array_to_vector(centroids.ravel(), index.pq.centroids)
+    set_identity_codebooks(index.pq, d, LEVELS)
     index.is_trained = True
     return index
+
+
+def set_identity_codebooks(pq, m: int, ksub: int) -> None:
+    """Make each of a FAISS ProductQuantizer's m codebooks the identity: centroid c of
+    sub-quantizer j is the unit vector e_c (ksub dimensions), so the query's sub-vector j is
+    read as a table, T_j[c]. The trick every table scan here rests on (8-bit and 4-bit)."""
+    import faiss
+
+    centroids = np.zeros((m, ksub, ksub), np.float32)  # (M, ksub, dsub)
+    centroids[:, np.arange(ksub), np.arange(ksub)] = 1.0
+    faiss.copy_array_to_vector(centroids.ravel(), pq.centroids)
+
+
+def scan_shards(shards: list[tuple[int, object]], x: np.ndarray, k: int, threads: int,
+                to_score=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k over FAISS indexes holding contiguous runs of rows ((first row, index) each),
+    searched in parallel, one OpenMP thread each: (scores (k',), row ids (k',)), best first.
+    `to_score` turns an index's distances into scores where higher must mean better."""
+    def one(shard):
+        start, index = shard
+        with faiss_threads(1):  # the shards are the parallelism
+            D, hits = index.search(x, min(k, int(index.ntotal)))
+        ok = hits[0] >= 0
+        scores = D[0][ok] if to_score is None else to_score(D[0][ok])
+        return scores, hits[0][ok] + start
+
+    if threads <= 1 or len(shards) == 1:
+        parts = [one(shard) for shard in shards]
+    else:
+        with ThreadPoolExecutor(min(threads, len(shards))) as pool:
+            parts = list(pool.map(one, shards))
+    D = np.concatenate([p[0] for p in parts])
+    hits = np.concatenate([p[1] for p in parts])
+    order = np.argsort(-D, kind="stable")[:k]
+    return D[order], hits[order]
 
 
 class LutScanner:
@@ -87,20 +120,4 @@ class LutScanner:
     def search(self, table: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows by Σ_j table[j, code_ij]: (scores (k,), row ids (k,)), ids −1 where missing."""
         x = np.ascontiguousarray(table, dtype=np.float32).reshape(1, -1)
-
-        def one(shard):
-            start, index = shard
-            with faiss_threads(1):  # the shards are the parallelism
-                D, hits = index.search(x, min(k, index.ntotal))
-            ok = hits[0] >= 0
-            return D[0][ok], hits[0][ok] + start
-
-        if len(self.shards) == 1:
-            parts = [one(self.shards[0])]
-        else:
-            with ThreadPoolExecutor(len(self.shards)) as pool:
-                parts = list(pool.map(one, self.shards))
-        D = np.concatenate([p[0] for p in parts])
-        hits = np.concatenate([p[1] for p in parts])
-        order = np.argsort(-D, kind="stable")[:k]
-        return D[order], hits[order]
+        return scan_shards(self.shards, x, k, len(self.shards))

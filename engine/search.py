@@ -110,13 +110,7 @@ def search(
         # a very selective filter leaves IVF lists nearly empty: scoring the few allowed rows is cheaper
         return exact_search(Z, memberships, omega, k, allow=allow)
     width = max(index.default_candidates if n_candidates is None else n_candidates, k)
-    by_tables = hasattr(index, "search_membership")  # ivf4: the lists are scored by P's tables
-    cands = []
-    for membership in memberships:
-        if by_tables:
-            cands.append(index.search_membership(membership, omega, width, allow=allow))
-        else:
-            cands.append(index.search(membership.centres(), width, allow=allow).ravel())  # (m'·width,)
+    cands = [index.search_membership(membership, omega, width, allow=allow) for membership in memberships]
     size = max(len(c) for c in cands)
     C = np.full((len(cands), size), -1, np.int64)
     for q, c in enumerate(cands):
