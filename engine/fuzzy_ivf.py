@@ -80,7 +80,6 @@ class FuzzyIVF(CandidateIndex):
             index.invlists.add_entries(lst, size, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
         index.ntotal = int(ivf.ntotal)
         lists = faiss.IndexIVFPQFastScan(index)
-        lists.nprobe = 1
         del index, quantizer
         return cls(coarse, lists, codec, nprobe)
 
@@ -129,10 +128,7 @@ class FuzzyIVF(CandidateIndex):
         d = self.codec.dim
         x = np.zeros((subquantizers(d), LEVELS4), np.float32)
         x[:d] = self.codec.table(membership, omega)
-        self.lists.nprobe = probe.shape[1]
-        with faiss_threads(1):
-            _, hits = self.lists.search_preassigned(x.reshape(1, -1), depth, probe, np.ascontiguousarray(dis))
-        hits = hits[0]
+        hits = self._scan_lists(x.reshape(1, -1), depth, probe, dis)
         if allow is not None:
             ok = hits >= 0
             ok[ok] = allow[hits[ok]]
@@ -140,6 +136,24 @@ class FuzzyIVF(CandidateIndex):
         out = np.full(n_candidates, -1, np.int64)
         out[: min(len(hits), n_candidates)] = hits[:n_candidates]
         return out
+
+    def _scan_lists(self, x: np.ndarray, k: int, probe: np.ndarray, dis: np.ndarray) -> np.ndarray:
+        """The k best rows (−1 padded) of the lists `probe` (1, p) for the table x (1, 16·m).
+
+        The list count goes in per call (SearchParametersIVF), never into the shared index:
+        FAISS's Python `search_preassigned` takes it from `index.nprobe`, which concurrent
+        queries of `simdex serve` (and the copies `with_nprobe` makes) would change under
+        one another, so this calls the C++ method, which takes parameters."""
+        import faiss
+
+        probe = np.ascontiguousarray(probe, dtype=np.int64)
+        dis = np.ascontiguousarray(dis, dtype=np.float32)
+        distances, labels = np.empty((1, k), np.float32), np.empty((1, k), np.int64)
+        params = faiss.SearchParametersIVF(nprobe=int(probe.shape[1]))
+        with faiss_threads(1):
+            self.lists.search_preassigned_c(1, faiss.swig_ptr(x), k, faiss.swig_ptr(probe), faiss.swig_ptr(dis),
+                                            faiss.swig_ptr(distances), faiss.swig_ptr(labels), False, params)
+        return labels[0]
 
     def info(self) -> dict:
         info = self.coarse.info()

@@ -63,3 +63,21 @@ def test_auto_is_ivf4_from_50k_objects_and_a_build_saves_and_loads_it(tmp_path):
     assert int(table.column("object_id")[0].as_py()) == int(s.object_ids[7])
     wider = s.search(ids=[int(s.object_ids[7])], k=5, nprobe=4)  # --nprobe overrides the lists probed
     assert wider.num_rows == 5
+
+
+def test_concurrent_queries_with_different_list_counts_answer_as_alone():
+    """`simdex serve` answers from threads; a query's list count must not leak into another's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    z, omega = _clustered(8000, 64, seed=9)
+    codec8 = UniformCodec(z.min(0), z.max(0))
+    codes8 = codec8.encode(z)
+    index = FuzzyIVF.build(ClippedL2IVF.build(z, omega, nlist=64), codes8, FourBitCodec.fit(codes8, codec8), nprobe=8)
+    jobs = [(index.with_nprobe(p), make_membership(kind, z[rows], 1.0))
+            for p, kind, rows in [(2, "gaussian", [1]), (40, "gaussian", [2]), (8, "trapezoid", [3, 4, 5]),
+                                  (64, "gaussian", [6])] * 6]
+    alone = [ix.search_membership(m, omega, 30) for ix, m in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda job: job[0].search_membership(job[1], omega, 30), jobs))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, b)
