@@ -66,9 +66,8 @@ from simdex.engine.searcher import load_scanner
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def synthetic_features(n_objects, n_features=450, n_classes=10, latent=32, subclusters=500, seed=0,
-                       noise=0.5, burst=0.6):
-    """Raw sparse ReLU features (n_objects, n_features) float32 and class labels (see module docstring)."""
+def synthetic_world(n_features=450, n_classes=10, latent=32, subclusters=500, seed=0, noise=0.5, burst=0.6):
+    """The generator's fixed parts (classes, styles, read-out, biases, scales) and its random stream."""
     rng = np.random.default_rng(seed)
     class_centre = rng.normal(0, 1.0, (n_classes, latent)).astype(np.float32)
     sub_class = rng.integers(0, n_classes, subclusters)
@@ -76,17 +75,30 @@ def synthetic_features(n_objects, n_features=450, n_classes=10, latent=32, subcl
     readout = (rng.normal(0, 1, (latent, n_features)) / np.sqrt(latent) * 1.5).astype(np.float32)
     bias = rng.normal(-0.6, 0.6, n_features).astype(np.float32)
     scale = rng.lognormal(0, 0.7, n_features).astype(np.float32)
+    return {"sub_class": sub_class, "sub_centre": sub_centre, "readout": readout, "bias": bias, "scale": scale,
+            "noise": noise, "burst": burst}, rng
+
+
+def synthetic_sample(world: dict, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """m objects of `world`: raw features (m, n_features) float32 and class labels (m,)."""
+    sub_centre, readout = world["sub_centre"], world["readout"]
+    sub = rng.integers(0, len(sub_centre), m)
+    f = sub_centre[sub] + rng.normal(0, 0.6, (m, sub_centre.shape[1])).astype(np.float32)
+    h = f @ readout + world["bias"] + rng.normal(0, world["noise"], (m, readout.shape[1])).astype(np.float32)
+    np.maximum(h, 0, out=h)
+    h *= np.exp(rng.normal(0, world["burst"], (m, readout.shape[1])).astype(np.float32))
+    return h * world["scale"], world["sub_class"][sub]
+
+
+def synthetic_features(n_objects, n_features=450, n_classes=10, latent=32, subclusters=500, seed=0,
+                       noise=0.5, burst=0.6):
+    """Raw sparse ReLU features (n_objects, n_features) float32 and class labels (see module docstring)."""
+    world, rng = synthetic_world(n_features, n_classes, latent, subclusters, seed, noise, burst)
     x = np.empty((n_objects, n_features), np.float32)
     labels = np.empty(n_objects, np.int64)
     for a in range(0, n_objects, 100_000):
         m = min(100_000, n_objects - a)
-        sub = rng.integers(0, subclusters, m)
-        f = sub_centre[sub] + rng.normal(0, 0.6, (m, latent)).astype(np.float32)
-        h = f @ readout + bias + rng.normal(0, noise, (m, n_features)).astype(np.float32)
-        np.maximum(h, 0, out=h)
-        h *= np.exp(rng.normal(0, burst, (m, n_features)).astype(np.float32))
-        x[a : a + m] = h * scale
-        labels[a : a + m] = sub_class[sub]
+        x[a : a + m], labels[a : a + m] = synthetic_sample(world, m, rng)
     return x, labels
 
 

@@ -12,8 +12,10 @@ Steps (each a `simdex` command, so every figure can be reproduced by hand):
    - instance: the first copy of each held-out item (split `query`) against its other
      copies (split `gallery`), relevant = same item (`--label-column instance`);
    - class: the same queries against the training scenes (other items), relevant = same class;
-   then `simdex build --clusters-from instance` (Ω fitted to the training split's items,
-   what a catalog for finding the same item would use) and the instance evaluation again.
+   the build is `simdex build` with its defaults: Ω fitted to the training split's classes
+   (`label`, the build's Ω) and, separately, to its items (`instance`, what
+   `simdex query --omega instance` uses); `simdex eval --label-column instance` ranks with
+   the latter.
 4. `simdex index fashion-mnist-scenes:test --objects all` into a second catalog; each
    ground-truth object of a scene (the compositing mask) counts as detected when an
    object row of its image has a box of IoU ≥ 0.5 with the object's box; a row matches
@@ -117,13 +119,9 @@ def markdown(res: dict) -> str:
     for name, e in res["segmentation"].items():
         lines.append(f"| {name} | {e['images']:,} | {e['dice']:.4f} | {e['r_sp0']:.3f} |")
     for region, by_kind in res["retrieval"].items():
-        for kind in ("instance", "class", "instance_build"):
-            if kind not in by_kind:
-                continue
+        for kind in ("instance", "class"):
             ev = by_kind[kind]
-            title = ("instance labels, built with `--clusters-from instance` (Ω from the training split's items)"
-                     if kind == "instance_build" else f"{kind} labels")
-            lines += ["", f"## Retrieval, `--region {region}`, {title} ({ev['queries']:,} queries vs "
+            lines += ["", f"## Retrieval, `--region {region}`, {kind} labels, default build ({ev['queries']:,} queries vs "
                       f"{ev['gallery']:,} gallery objects; build's Ω: {ev['build_omega']})", "",
                       f"`{ev['command']}`", "", "| ranking | P@1 | P@10 | mAP |", "|---|---:|---:|---:|"]
             for method, m in ev["results"].items():
@@ -183,18 +181,6 @@ def main() -> None:
             res["retrieval"][region][kind] = {"command": "simdex " + " ".join(cmd).replace(str(cat), "CATALOG"),
                                               "queries": ev["queries"], "gallery": ev["gallery"],
                                               "build_omega": ev.get("build_omega"), "results": ev["results"]}
-        # a catalog for finding the same item: Ω from the training split's instances (held-out items are
-        # disjoint from them), then the instance evaluation again; the last build is left current
-        build_out = sh(["build", "--catalog", str(cat), "--clusters-from", "instance"], log)
-        cmd = ["eval", "--catalog", str(cat), "--query-split", "query", "--queries", "0",
-               "--label-column", "instance", "--gallery-split", "gallery"]
-        ev = json.loads(sh([*cmd, "--format", "json", "--quiet"], log))
-        res["retrieval"][region]["instance_build"] = {
-            "command": "simdex build --catalog CATALOG --clusters-from instance; simdex " +
-                       " ".join(cmd).replace(str(cat), "CATALOG"),
-            "build": [line for line in build_out.splitlines() if line.startswith("Ω")],
-            "queries": ev["queries"], "gallery": ev["gallery"], "build_omega": ev.get("build_omega"),
-            "results": ev["results"]}
     multi = work / "scenes_all"
     if not args.reuse:
         shutil.rmtree(multi, ignore_errors=True)

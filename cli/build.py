@@ -23,6 +23,11 @@ from simdex.engine.candidates import CANDIDATE_KINDS
                    "of those), uniform without labels.")
 @click.option("--clusters-from", default=None, metavar="COLUMN",
               help="Column of classes for --omega clusters/welch/learned.  [default: label; k-means when absent]")
+@click.option("--omega-columns", default=None, metavar="COLUMN[,COLUMN…]|none",
+              help="Further columns of classes, each given its own Ω (chosen as --omega auto chooses, on that "
+                   "column's classes) that a query picks by the column's name: `simdex query --omega instance` "
+                   "ranks the same item first, `--omega label` the same class.  [default: label and instance, "
+                   "where the objects have them; none: only the build's Ω]")
 @click.option("--n-clusters", type=click.IntRange(min=2), default=10, show_default=True,
               help="k-means clusters for --omega clusters when the objects have no classes.")
 @click.option("--omega-split", default="auto", show_default=True,
@@ -50,7 +55,8 @@ from simdex.engine.candidates import CANDIDATE_KINDS
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="With --engine ray: tasks in flight.  [default: the cluster's CPUs]")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the version.")
-def build(catalog: Path, retain: float, omega: str, clusters_from: str | None, n_clusters: int, omega_split: str,
+def build(catalog: Path, retain: float, omega: str, clusters_from: str | None, omega_columns: str | None,
+          n_clusters: int, omega_split: str,
           tau: float, index_kind: str, recall_queries: int, learned_rows: int, seed: int, engine: str,
           address: str | None, workers: int | None, quiet: bool) -> None:
     """Build the search structures of a catalog and make them current.
@@ -70,6 +76,7 @@ def build(catalog: Path, retain: float, omega: str, clusters_from: str | None, n
       simdex build --catalog cat/
       simdex build --catalog cat/ --omega welch --retain 0.95
       simdex build --catalog cat/ --omega learned --learned-rows 8000
+      simdex build --catalog cat/ --clusters-from label --omega-columns instance
       simdex build --catalog /shared/cat/ --engine ray --address auto
     """
     from simdex.cli.progress import ProgressBar
@@ -92,7 +99,10 @@ def build(catalog: Path, retain: float, omega: str, clusters_from: str | None, n
             bar = bars[stage] = ProgressBar(total, stage, unit="obj")
         bar.update(done - bar.done)
 
-    config = BuildConfig(retain=retain, omega=omega, clusters_from=clusters_from, n_clusters=n_clusters,
+    columns = None if omega_columns is None else tuple(
+        c.strip() for c in omega_columns.split(",") if c.strip() and omega_columns.strip().lower() != "none")
+    config = BuildConfig(retain=retain, omega=omega, clusters_from=clusters_from, omega_columns=columns,
+                         n_clusters=n_clusters,
                          omega_split=omega_split, tau=tau, index=index_kind, recall_queries=recall_queries,
                          learned_rows=learned_rows, seed=seed, engine=engine, address=address, workers=workers)
     try:

@@ -48,10 +48,13 @@ def _format_table(table, layer_weights: dict | None = None) -> str:
 @click.option("--membership", type=click.Choice(MEMBERSHIPS), default="auto", show_default=True,
               help="gaussian (eq. 2) for one query; trapezoid (eq. 3), triangle or max for a set; "
                    "auto = gaussian for one, trapezoid for several.")
-@click.option("--omega", type=click.Choice(["uniform", "svd", "clusters", "welch", "learned"]), default=None,
-              help="Feature weights Ω of the score: another estimator the build stored (clusters, welch and "
-                   "learned need classes). Candidates stay weighted by the build's Ω: add --exact for an exact "
-                   "ranking.  [default: the build's]")
+@click.option("--omega", default=None, metavar="NAME|COLUMN",
+              help="Feature weights Ω of the score: another estimator the build stored (uniform, svd, clusters, "
+                   "welch, learned; the last three need classes), or the Ω fitted to a label column's classes, "
+                   "i.e. what similar means: `--omega instance` ranks the same item first, `--omega label` the "
+                   "same class (`simdex build` fits one for label and instance where the objects have them). "
+                   "Candidates stay weighted by the build's Ω: add --exact for an exact ranking.  "
+                   "[default: the build's]")
 @click.option("--where", default=None, metavar="SQL",
               help="Only objects whose metadata satisfy this SQL predicate, e.g. \"label = 'Sneaker'\".")
 @click.option("--exact", is_flag=True, help="Scan the whole catalog instead of the candidate index.")
@@ -96,6 +99,7 @@ def query(ids: tuple[int, ...], catalog: Path, images: tuple[Path, ...], box: st
       simdex query --catalog cat/ 42
       simdex query --catalog cat/ 42 43 44 --membership max -k 20
       simdex query --catalog cat/ 42 --omega uniform --exact
+      simdex query --catalog cat/ 42 --omega instance
       simdex query --catalog cat/ 42 --explain
       simdex query --catalog cat/ 42 --where "label = 'Sneaker' AND split = 'test'" --format json
       simdex query --catalog cat/ --image boot.png --sheet boots.png

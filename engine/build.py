@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 
 BUILD_FORMAT = "simdex-build/1"
 OMEGA_CHOICES = ("auto", "uniform", "svd", "clusters", "welch", "learned")
+OMEGA_COLUMNS = ("label", "instance")  # columns given an Ω of their own by default, where the objects have them
 ENGINE_CHOICES = ("local", "ray")
 
 
@@ -82,6 +83,11 @@ class BuildConfig:
     retain: float = 1.0
     omega: str = "auto"  # auto | uniform | svd | clusters | welch | learned
     clusters_from: str | None = None  # column of classes for clusters/welch (default: label)
+    # further columns of classes, each given its own Ω (the `auto` choice on that column's classes) that
+    # a query picks by the column's name (`--omega instance`); None: those of OMEGA_COLUMNS the objects
+    # have besides clusters_from. A column's Ω answers "similar in this column's sense": the scenes'
+    # class Ω ranks items at mAP 0.09, their instance Ω at 0.45 (benchmarks/results/bench_scenes.md)
+    omega_columns: tuple[str, ...] | None = None
     n_clusters: int = 10  # k-means clusters when there is no class column
     omega_split: str = "auto"  # auto (train rows if a split column has them) | all | a split value
     tau: float = 1.0  # τ used for the recorded recall (queries may choose another)
@@ -124,14 +130,17 @@ def _previous_stats(catalog: Catalog, shards: list[str]) -> tuple[FeatureStats |
     return stats, covered
 
 
-def _class_column(catalog: Catalog, config: BuildConfig, object_ids: np.ndarray) -> tuple[np.ndarray | None, str | None, str]:
-    """Class of each row (object dtype, None where unknown) for Ω, the column used and the rows used."""
+def _class_column(catalog: Catalog, config: BuildConfig, object_ids: np.ndarray,
+                  column: str | None = None) -> tuple[np.ndarray | None, str | None, str]:
+    """Class of each row (object dtype, None where unknown) for Ω, the column used and the rows used.
+    `column`: one of the further Ω columns (default: clusters_from, else label)."""
     reader = catalog.shards()
     columns = sorted(reader.columns)
-    name = config.clusters_from or "label"
+    name = column or config.clusters_from or "label"
     if name not in columns:
-        if config.clusters_from:
-            raise BuildError(f"--clusters-from {name}: no such column; the objects have {', '.join(columns)}")
+        if column or config.clusters_from:
+            option = "--omega-columns" if column else "--clusters-from"
+            raise BuildError(f"{option} {name}: no such column; the objects have {', '.join(columns)}")
         return None, None, "none"
     want = ["object_id", name] + (["split"] if "split" in columns and name != "split" else [])
     table = reader.read(want)
@@ -392,8 +401,59 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
             omega = make_omega(omega_name).estimate(omega_inputs).astype(np.float32)
         except OmegaError as exc:
             raise BuildError(str(exc)) from None
+    columns = _further_omega_columns(catalog, config, class_column if labelled else None)
+    if columns:
+        record["columns"] = {}
+    for column in columns:
+        column_omega, column_record = _column_omega(catalog, Z, object_ids, config, column)
+        record["columns"][column] = column_record
+        if column_omega is not None:
+            stored[column_key(column)] = column_omega
     files.write_omega(omega, stored)
     return omega, record
+
+
+def column_key(column: str) -> str:
+    """Name under which the build stores the Ω of a further label column (`omegas.npz`)."""
+    return f"@{column}"
+
+
+def _further_omega_columns(catalog: Catalog, config: BuildConfig, primary: str | None) -> list[str]:
+    """The further columns to fit an Ω for: as configured, or those of OMEGA_COLUMNS the objects have."""
+    if config.omega_columns is not None:
+        return [c for c in dict.fromkeys(config.omega_columns) if c != primary]
+    have = set(catalog.shards().columns)
+    return [c for c in OMEGA_COLUMNS if c in have and c != primary]
+
+
+def _column_omega(catalog: Catalog, Z: np.ndarray, object_ids: np.ndarray, config: BuildConfig,
+                  column: str) -> tuple[np.ndarray | None, dict]:
+    """Ω for the classes of a further column, chosen as `--omega auto` chooses (learned if it beats eq. 5
+    and Welch on held-out rows of that column, else the best of those); None where the column has
+    fewer than 2 classes (recorded)."""
+    classes, _, rows_used = _class_column(catalog, config, object_ids, column=column)
+    if classes is None:
+        return None, {"estimator": None, "rows": rows_used, "choice": f"no Ω: {column} has fewer than 2 classes"}
+    d = Z.shape[1]
+    class_stats = ClassStats(d)
+    for a in range(0, len(Z), config.batch_rows):
+        class_stats.update(np.asarray(Z[a : a + config.batch_rows]), classes[a : a + config.batch_rows])
+    candidates = _class_omegas(OmegaInputs(dim=d, class_stats=class_stats, tau=config.tau, seed=config.seed),
+                               labelled=True)
+    record: dict = {"rows": rows_used}
+    try:
+        fit = _learn_omega(Z, classes, class_stats, config)
+    except OmegaError as exc:
+        name = "clusters" if "clusters" in candidates else None
+        record.update(estimator=name, choice=f"eq. 5 (clusters): learned Ω could not be fitted ({exc})")
+        return (candidates.get(name) if name else None), record
+    candidates["learned"] = fit.omega.astype(np.float32)
+    name, record["choice"] = _auto_choice(fit.validation)
+    record.update(estimator=name, learned=fit.record)
+    if name not in candidates:  # uniform
+        candidates[name] = np.full(d, 1.0 / d, np.float32)
+    log.info("Ω for %s: %s", column, record["choice"])
+    return candidates[name], record
 
 
 def _learn_omega(Z: np.ndarray, classes: np.ndarray, class_stats: ClassStats, config: BuildConfig):
@@ -501,6 +561,11 @@ def measure_recall(Z, object_ids, omega, index, deleted, config: BuildConfig, sc
             "queries": len(sample), "tau": config.tau, "p50_ms": 1000 * float(np.median(latencies))}
 
 
+def _column_lines(record: dict) -> list[str]:
+    return [f"Ω for {column} (`simdex query --omega {column}`): {r['estimator'] or 'none'}: {r['choice']}"
+            for column, r in record.get("columns", {}).items()]
+
+
 def _learned_lines(record: dict) -> list[str]:
     lines = []
     fit = record.get("learned")
@@ -530,6 +595,7 @@ def format_build_summary(info: dict, version: str) -> str:
         f"Ω: {info['omega']['estimator']}" + (f" from {info['omega']['classes_from']} ({info['omega']['rows']})"
                                              if info["omega"]["classes_from"] else ""),
         *_learned_lines(info["omega"]),
+        *_column_lines(info["omega"]),
         f"candidates: {json.dumps(info['candidates'])}",
         f"recall@10 vs exact: {r['note']}" if r["recall_at_10_mean"] is None else
         f"recall@10 vs exact: mean {r['recall_at_10_mean']:.3f}, worst {r['recall_at_10_min']:.2f} "

@@ -46,10 +46,15 @@ class LearnedOmegaConfig:
     max_sample_values: int = 40_000_000  # bound on sample rows × d held in memory (float32)
     validation_share: float = 0.25  # of the sample, held out to choose λ (at most validation_queries)
     validation_queries: int = 300
-    validation_gallery: int = 2000  # fit rows the validation queries are ranked against
+    validation_gallery: int = 4000  # fit rows the validation queries are ranked against (at most)
     fit_queries: int = 256
     hard_candidates: int = 32  # nearest fit rows in z (L2) per query: the top of the ranking
     random_candidates: int = 32  # random fit rows per query: the rest of it
+    positive_candidates: int = 32  # rows of the query's class (random) added when the others hold fewer
+    # fine labels (an item's few copies): when a uniform sample leaves the median row fewer than this
+    # many rows of its class, the sample is drawn as whole classes (at most group_rows rows each)
+    min_partners: int = 4
+    group_rows: int = 16
     max_pair_values: int = 6_000_000  # bound on queries × candidates × d held in memory (float32)
     steps: int = 200
     learning_rate: float = 0.1
@@ -83,10 +88,48 @@ def _class_codes(labels: np.ndarray) -> np.ndarray:
     return np.array([codes.setdefault(v, len(codes)) for v in labels], np.int64)
 
 
+def sample_labelled_rows(rows: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator,
+                         min_partners: int = 4, group_rows: int = 16) -> tuple[np.ndarray, str]:
+    """At most n of the labelled `rows` (sorted) for fitting and validating Ω, and how they were drawn.
+
+    A ranking loss learns only from queries that have rows of their own class among the
+    candidates. With broad classes (Fashion-MNIST: 6,000 rows each) a uniform sample gives every
+    row hundreds of them; with fine ones (the scenes' items: a handful of copies each) a uniform
+    4,000 of 90,000 rows leaves most rows alone in their class (56 of 256 fit queries were usable
+    on the scenes). Then the sample is drawn as whole classes in random order (at most
+    `group_rows` rows of each), so every sampled row has its class's other rows beside it.
+    """
+    if len(rows) <= n:
+        return rows, "all"
+    uniform = np.sort(rng.choice(rows, n, replace=False))
+    codes = _class_codes(labels[uniform])
+    partners = np.bincount(codes)[codes] - 1
+    if np.median(partners) >= min_partners:
+        return uniform, "uniform"
+    codes = _class_codes(labels[rows])
+    by_class = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    picked, total = [], 0
+    for c in rng.permutation(len(counts)):
+        if counts[c] < 2:
+            continue  # a class of one row has nothing to rank first
+        members = rows[by_class[starts[c] : starts[c] + counts[c]]]
+        if len(members) > group_rows:
+            members = rng.choice(members, group_rows, replace=False)
+        picked.append(members)
+        total += len(members)
+        if total >= n:
+            break
+    if not picked:
+        return uniform, "uniform"
+    return np.sort(np.concatenate(picked)), "classes"
+
+
 def _candidates(zf: np.ndarray, yf: np.ndarray, config: LearnedOmegaConfig, rng: np.random.Generator, tau: float):
     """Memberships G (queries, candidates, d) of sampled fit queries to their candidates, and relevance."""
     n = len(zf)
-    n_cand = min(config.hard_candidates, n - 1) + min(config.random_candidates, n - 1)
+    n_cand = min(config.hard_candidates, n - 1) + min(config.random_candidates, n - 1) + config.positive_candidates
     n_q = max(1, min(config.fit_queries, n, config.max_pair_values // max(1, n_cand * zf.shape[1])))
     qi = np.sort(rng.choice(n, n_q, replace=False))
     n_hard = min(config.hard_candidates, n - 1)
@@ -100,6 +143,19 @@ def _candidates(zf: np.ndarray, yf: np.ndarray, config: LearnedOmegaConfig, rng:
         pick = rng.choice(n - 1, n_rand, replace=False)
         rand[a] = pick + (pick >= q)  # every row but the query itself
     cand = np.concatenate([hard, rand], axis=1)  # (Q, C)
+    n_pos = config.positive_candidates
+    if n_pos > 0:  # rows of the query's class, so that fine classes have something to rank first
+        order = np.argsort(yf, kind="stable")
+        counts = np.bincount(yf)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        pos = np.empty((n_q, n_pos), np.int64)
+        for a, q in enumerate(qi):
+            members = order[starts[yf[q]] : starts[yf[q]] + counts[yf[q]]]
+            members = members[members != q]
+            if len(members) == 0:
+                members = cand[a, :1]  # no other row of its class: a repeat of a candidate adds nothing
+            pos[a] = rng.choice(members, n_pos, replace=len(members) < n_pos)
+        cand = np.concatenate([cand, pos], axis=1)
     rel = yf[cand] == yf[qi][:, None]
     keep = rel.any(axis=1) & (~rel).any(axis=1)  # a query with only one kind of candidate teaches nothing
     if not keep.any():
@@ -217,8 +273,7 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
     labels = np.asarray(labels, dtype=object)
     rows = np.flatnonzero(~_missing(labels))
     sample_rows = min(config.sample_rows, max(1000, config.max_sample_values // max(1, z.shape[1])))
-    if len(rows) > sample_rows:
-        rows = np.sort(rng.choice(rows, sample_rows, replace=False))
+    rows, drawn = sample_labelled_rows(rows, labels, sample_rows, rng, config.min_partners, config.group_rows)
     if len({labels[r] for r in rows}) < 2:
         raise OmegaError("omega 'learned' needs labelled objects of at least 2 classes")
     if len(rows) < 8:
@@ -256,7 +311,8 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
     validation = {"learned": figures[f"learned λ={best:g}"], **{k: figures[k] for k in others}}
     validation.setdefault("uniform", figures["uniform"])
     record = {
-        "seed": config.seed, "tau": tau, "sample_rows": int(len(rows)), "fit_rows": int(len(fit_rows)),
+        "seed": config.seed, "tau": tau, "sample_rows": int(len(rows)), "sample_drawn": drawn,
+        "fit_rows": int(len(fit_rows)),
         "validation_queries": int(len(vq)), "validation_gallery": int(len(vg)),
         "fit_queries": int(relevant.shape[0]), "candidates_per_query": int(relevant.shape[1]),
         "strength": best, "beta": beta,

@@ -126,14 +126,32 @@ class Searcher:
             self._omegas = omegas
         return self._omegas
 
+    def omega_columns(self) -> dict[str, str]:
+        """Label columns with an Ω of their own → the key it is stored under: the build's Ω for the
+        column it was fitted on, and one per further column (`BuildConfig.omega_columns`)."""
+        record = self.info["omega"]
+        out = {}
+        if record.get("classes_from") and not str(record["classes_from"]).startswith("k-means"):
+            out[record["classes_from"]] = record["estimator"]
+        for column, r in record.get("columns", {}).items():
+            if r.get("estimator"):
+                out[column] = f"@{column}"
+        return out
+
     def omega_named(self, name: str | None) -> np.ndarray:
-        """The build's Ω (None) or another one it stored; SearchError names the ones there are."""
+        """The build's Ω (None), another one it stored by estimator name, or the Ω of a label column
+        (`simdex query --omega instance`); SearchError names the ones there are."""
         if name is None or name == self.info["omega"]["estimator"]:
             return self.omega
         if name not in self.omegas:
-            raise SearchError(f"this build has no {name!r} Ω; it has {', '.join(sorted(self.omegas))} (clusters "
-                              f"needs classes or `simdex build --omega clusters`, welch a label column; builds "
-                              f"made before simdex stored them need `simdex build` again)")
+            key = self.omega_columns().get(name.removeprefix("@"))
+            if key is not None:
+                return self.omega_named(key)
+            columns = sorted(self.omega_columns())
+            raise SearchError(f"this build has no {name!r} Ω; it has {', '.join(sorted(k for k in self.omegas if not k.startswith('@')))}"
+                              + (f" and one per label column: {', '.join(columns)}" if columns else "")
+                              + " (clusters needs classes or `simdex build --omega clusters`, welch a label column; "
+                                "builds made before simdex stored them need `simdex build` again)")
         return self.omegas[name]
 
     @property

@@ -69,7 +69,9 @@ class ShardReader:
             raise KeyError(f"no column {', '.join(unknown)}; the objects have {', '.join(self.columns)}")
         if not self.paths:
             return
-        scanner = self.dataset().scanner(columns=list(columns), batch_size=batch_rows, use_threads=False)
+        # no read-ahead: the default of 16 batches of 4 files held 2+ GB of a build pass at 512 features
+        scanner = self.dataset().scanner(columns=list(columns), batch_size=batch_rows, use_threads=False,
+                                         batch_readahead=1, fragment_readahead=1)
         for batch in scanner.to_batches():
             if batch.num_rows:
                 yield batch

@@ -8,7 +8,10 @@ Rankings compared in one run, on the same queries and gallery:
   learned (`engine.omega_learned`, seeded): every one estimated here on the gallery's
   labels, never on the queries';
 - fuzzy P with the build's Ω: the Ω `simdex build` stored and a query uses by default
-  (estimated at build time from the rows `--omega-split` chose, normally the train split);
+  (estimated at build time from the rows `--omega-split` chose, normally the train split),
+  or, when the build fitted an Ω to the classes of the label column judged here
+  (`simdex query --omega instance`), that one: what a user asking for that kind of
+  similarity gets;
 - cosine similarity of the raw object vectors (the measure of Stylianou et al. and Park);
 - L2 distance of the z-scored kept features (the space of the build);
 - L2 distance of the raw pixels (no network at all: the floor to beat), in colour when
@@ -172,8 +175,10 @@ def evaluate(root, config: EvalConfig | None = None,
     d = Z.shape[1]
     tau = searcher.tau if config.tau is None else config.tau
     omegas = _gallery_omegas(zg, labels_g, searcher.v1, config.methods, tau, config.seed)
+    build_omega = _build_omega_for(searcher, config.label_column)
     if BUILD_OMEGA in config.methods:
-        omegas[BUILD_OMEGA] = np.asarray(searcher.omega, np.float32)
+        omegas[BUILD_OMEGA] = np.asarray(searcher.omega_named(config.label_column if build_omega != searcher.info[
+            "omega"]["estimator"] else None), np.float32)
     raw_q = raw_g = pix_q = pix_g = None
     if "cosine, raw vectors" in config.methods:
         raw_q, raw_g = _raw_vectors(catalog, np.asarray(searcher.object_ids), q_rows, g_rows, report)
@@ -186,7 +191,7 @@ def evaluate(root, config: EvalConfig | None = None,
     results = {m: results[m] for m in config.methods if m in results}
     return {"catalog": str(root), "build": searcher.version, "queries": int(len(q_rows)),
             "gallery": int(len(g_rows)), "tau": tau, "kept_features": d, **splits, "ks": list(config.ks),
-            "build_omega": searcher.info["omega"]["estimator"], "results": results}
+            "build_omega": build_omega, "results": results}
 
 
 def _queries_and_gallery(searcher, config: EvalConfig):
@@ -222,6 +227,15 @@ def _queries_and_gallery(searcher, config: EvalConfig):
     if config.num_queries and len(q_rows) > config.num_queries:
         q_rows = np.sort(rng.choice(q_rows, config.num_queries, replace=False))
     return labels, sources, q_rows, g_rows, splits
+
+
+def _build_omega_for(searcher, label_column: str) -> str:
+    """Which of the build's Ω the evaluation of `label_column` uses (module docstring), as a name."""
+    record = searcher.info["omega"]
+    key = searcher.omega_columns().get(label_column)
+    if key is None or record.get("classes_from") == label_column:
+        return record["estimator"]
+    return f"{record['columns'][label_column]['estimator']} for {label_column}"
 
 
 def _gallery_omegas(zg: np.ndarray, labels_g: np.ndarray, v1: np.ndarray, methods, tau: float = 1.0,

@@ -31,8 +31,9 @@ class SearchOptions(BaseModel):
     membership: str = Field("auto", description="auto, gaussian (eq. 2), trapezoid (eq. 3), triangle or max.")
     tau: float | None = Field(None, gt=0, description="Width τ of the membership in standard deviations "
                                                        "(default: the build's).")
-    omega: str | None = Field(None, description="Feature weights Ω: uniform, svd, clusters, welch "
-                                                "(those the build stored; default: the build's).")
+    omega: str | None = Field(None, description="Feature weights Ω: uniform, svd, clusters, welch, learned "
+                                                "(those the build stored), or a label column's Ω (e.g. instance: "
+                                                "the same item); default: the build's.")
     exact: bool = Field(False, description="Scan the whole catalog instead of the candidate index.")
     explain: bool = Field(False, description="Split each P into per-layer parts (they add up to P).")
     candidates: int | None = Field(None, ge=1, le=100_000, description="Candidates reranked exactly per query centre.")
