@@ -85,6 +85,7 @@ class Searcher:
         self.allowed = np.ones(len(self.object_ids), bool)
         if len(self.deleted):
             self.allowed &= ~np.isin(self.object_ids, self.deleted)
+        self.all_allowed = bool(self.allowed.all())
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> Searcher:
@@ -184,12 +185,13 @@ class Searcher:
         z = ((x[:, self.kept] - self.mean) / self.std).astype(np.float32)
         return Query(z, [])
 
-    def allow_mask(self, where: str | None = None) -> np.ndarray:
-        """Rows that may be returned: not deleted, and matching the SQL predicate `where` on the objects' metadata."""
-        allow = self.allowed.copy()
-        if where:
-            allow &= np.isin(self.object_ids, self.filter_ids(where))
-        return allow
+    def allow_mask(self, where: str | None = None) -> np.ndarray | None:
+        """Rows that may be returned: not deleted, and matching the SQL predicate `where` on the objects'
+        metadata; None when that is every row (at 10M rows, copying and counting a full mask cost a
+        query more than its candidate stage)."""
+        if not where:
+            return None if self.all_allowed else self.allowed.copy()
+        return self.allowed & np.isin(self.object_ids, self.filter_ids(where))
 
     def filter_ids(self, where: str) -> np.ndarray:
         """Object ids whose metadata satisfy the SQL predicate `where`, run in the locked, read-only

@@ -89,9 +89,9 @@ class FilteredSearcher(Searcher):
             except SqlError as exc:
                 raise SearchError(f"bad where predicate {where!r}: {str(exc).splitlines()[0]}") from None
 
-    def allow_mask(self, where: str | None = None) -> np.ndarray:
+    def allow_mask(self, where: str | None = None) -> np.ndarray | None:
         if not where:
-            return self.allowed.copy()
+            return None if self.all_allowed else self.allowed.copy()
         with self._sql_lock:
             mask = self._masks.get(where)
         if mask is None:
