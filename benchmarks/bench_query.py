@@ -102,6 +102,35 @@ def synthetic_features(n_objects, n_features=450, n_classes=10, latent=32, subcl
     return x, labels
 
 
+def dense_features(n_objects, n_features=384, n_classes=100, latent=48, clusters=5000, seed=0):
+    """The second data set (`--data dense`): other statistics than `synthetic_features`. 100 classes
+    in 5,000 clusters of a 48-dimensional latent, Student-t (3 degrees of freedom) spread around each
+    cluster, read out linearly to 384 features plus Gaussian noise; only a fifth of the features pass
+    a ReLU (sparse), the rest stay signed and dense; per-feature log-normal scales. Returns raw
+    features (n_objects, n_features) float32 and class labels."""
+    rng = np.random.default_rng(seed + 1000)
+    class_centre = rng.normal(0, 1.0, (n_classes, latent)).astype(np.float32)
+    cluster_class = rng.integers(0, n_classes, clusters)
+    centre = class_centre[cluster_class] + rng.normal(0, 0.8, (clusters, latent)).astype(np.float32)
+    readout = (rng.normal(0, 1, (latent, n_features)) / np.sqrt(latent)).astype(np.float32)
+    relu = rng.random(n_features) < 0.2
+    scale = rng.lognormal(0, 0.5, n_features).astype(np.float32)
+    x = np.empty((n_objects, n_features), np.float32)
+    labels = np.empty(n_objects, np.int64)
+    for a in range(0, n_objects, 100_000):
+        m = min(100_000, n_objects - a)
+        c = rng.integers(0, clusters, m)
+        f = centre[c] + 0.5 * rng.standard_t(3, (m, latent)).astype(np.float32)
+        h = f @ readout + rng.normal(0, 0.3, (m, n_features)).astype(np.float32)
+        h[:, relu] = np.maximum(h[:, relu], 0)
+        x[a : a + m] = h * scale
+        labels[a : a + m] = cluster_class[c]
+    return x, labels
+
+
+DATASETS = {"skewed": synthetic_features, "dense": dense_features}
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -117,9 +146,10 @@ def timed(fn, *args, **kw):
     return out, time.perf_counter() - t
 
 
-def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: float = 1.0, seed: int = 0) -> dict:
-    print(f"== {n_objects:,} objects", flush=True)
-    x, labels = synthetic_features(n_objects, seed=seed)
+def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: float = 1.0, seed: int = 0,
+             data: str = "skewed") -> dict:
+    print(f"== {n_objects:,} objects ({data})", flush=True)
+    x, labels = DATASETS[data](n_objects, seed=seed)
     zero_fraction = float((x == 0).mean())
     z = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
     del x
@@ -258,9 +288,9 @@ def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: fl
     }
 
 
-def markdown(results: list[dict], machine: dict) -> str:
+def markdown(results: list[dict], machine: dict, name: str = "bench_query") -> str:
     lines = [
-        "# bench_query", "",
+        f"# {name}", "",
         f"Machine: {machine['cpus']} CPUs, {machine['processor']}, load average at start {machine['loadavg']}; "
         f"{machine['date']}. Command: `{machine['command']}`.", "",
         "| objects | nprobe | p50 ms | p99 ms | recall@10 mean | recall@10 worst | exact 4-bit ms p50 / p99 | "
@@ -305,22 +335,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--data", choices=sorted(DATASETS), default="skewed",
+                        help="skewed: the module docstring's features; dense: `dense_features`, other statistics")
+    parser.add_argument("--name", default=None, help="result files' name (default: bench_query, or bench_query_DATA)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    name = args.name or ("bench_query" if args.data == "skewed" else f"bench_query_{args.data}")
     machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                "loadavg": " ".join(f"{v:.1f}" for v in os.getloadavg()),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "command": "python benchmarks/bench_query.py " + " ".join(
-                   [f"--sizes {' '.join(map(str, args.sizes))}", f"--queries {args.queries}"])}
+                   [f"--sizes {' '.join(map(str, args.sizes))}", f"--queries {args.queries}"]
+                   + ([f"--data {args.data}"] if args.data != "skewed" else []))}
     results = []
     for n in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            results.append(run_size(n, args.queries, Path(tmp)))
+            results.append(run_size(n, args.queries, Path(tmp), data=args.data))
     results_doc = {"machine": machine, "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                    "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_query.json").write_text(json.dumps(results_doc, indent=2))
-    (args.out / "bench_query.md").write_text(markdown(results, machine))
+    (args.out / f"{name}.json").write_text(json.dumps(results_doc, indent=2))
+    (args.out / f"{name}.md").write_text(markdown(results, machine, name))
     print(markdown(results, machine))
 
 

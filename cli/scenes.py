@@ -42,7 +42,7 @@ def scenes(out, train_items, train_copies, plain_fmnist, test_items, test_copies
       simdex scenes --out data/scenes
       simdex index data/scenes/train.csv --catalog catalogs/scenes
       simdex index data/scenes/test.csv --catalog catalogs/scenes
-      simdex build --catalog catalogs/scenes --clusters-from label
+      simdex build --catalog catalogs/scenes     # Ω for label, and for instance (--omega instance)
       simdex eval --catalog catalogs/scenes --label-column instance --query-split query --gallery-split gallery
     """
     from simdex.indexer.scenes import ScenesConfig, write_scenes

@@ -562,7 +562,7 @@ def measure_recall(Z, object_ids, omega, index, deleted, config: BuildConfig, sc
 
 
 def _column_lines(record: dict) -> list[str]:
-    return [f"Ω for {column} (`simdex query --omega {column}`): {r['estimator'] or 'none'}: {r['choice']}"
+    return [f"Ω for {column} (`simdex query --omega {column}`): {r['choice']}"
             for column, r in record.get("columns", {}).items()]
 
 
