@@ -7,13 +7,14 @@ Two catalogs, one report each (the Fashion-MNIST report links to the scenes repo
   test query per class against the training split, and two test ankle boots as one
   trapezoid query; evaluation with class labels.
 - scenes (`indexer.scenes`, written into data/scenes-demo at a demo size if missing):
-  the first copy of each held-out item per class as a query against every other scene;
-  built with Ω fitted to the training split's items (`--clusters-from instance`: the task
-  is finding the same item); evaluation with instance labels (an item's other copies, in
-  other poses and backgrounds).
+  the first copy of each held-out item per class as a query against every other scene,
+  ranked with the Ω the build fitted to the training split's items (`--omega instance`:
+  the task is finding the same item); evaluation with instance labels (an item's other
+  copies, in other poses and backgrounds).
 
 Each step reuses what an earlier run made: the index job of a finished catalog does
-nothing, and the build is redone only when the catalog's shards changed since.
+nothing, and the build is redone only when the catalog's shards changed since (or it lacks
+the Ω the queries use).
 """
 
 from __future__ import annotations
@@ -52,14 +53,19 @@ class DemoResult:
     evaluation: dict | None = None
 
 
-def _build_is_current(catalog: Catalog) -> bool:
+def _build_is_current(catalog: Catalog, omega: str | None = None) -> bool:
+    """The current build covers every shard (and has the label column's Ω `omega` the demo queries with)."""
     try:
         current = catalog.current_build()
     except CatalogError:  # a damaged build: build again
         return False
     if current is None:
         return False
-    return current.read_info().get("shards") == [p.name for p in catalog.shard_paths()]
+    info = current.read_info()
+    record = info.get("omega", {})
+    if omega and omega != record.get("classes_from") and omega not in record.get("columns", {}):
+        return False
+    return info.get("shards") == [p.name for p in catalog.shard_paths()]
 
 
 @dataclass
@@ -75,7 +81,7 @@ class DemoSpec:
     eval_query_split: str = "test"
     eval_gallery_split: str = "train"
     eval_label_column: str = "label"
-    build_clusters_from: str | None = None  # the column whose classes Ω is fitted to (None: label)
+    query_omega: str | None = None  # the label column whose Ω the example queries use (None: the build's)
 
 
 def fmnist_spec(source: str = "fashion-mnist", train_images: int | None = None,
@@ -96,7 +102,7 @@ def scenes_spec(folder: str | Path) -> DemoSpec:
                     query_split="query", gallery_where="split <> 'query'",
                     gallery_text="every other scene (the item's other copies and the training scenes)",
                     trapezoid=False, eval_query_split="query", eval_gallery_split="gallery",
-                    eval_label_column="instance", build_clusters_from="instance")  # the task: the same item
+                    eval_label_column="instance", query_omega="instance")  # the task: the same item
 
 
 DEMO_SCENES = ScenesConfig(train_items=1500, train_copies=4, plain_fmnist=0, test_items=200, test_copies=4)
@@ -130,12 +136,12 @@ def run_examples(searcher: Searcher, catalog: Catalog, spec: DemoSpec | None = N
     spec = spec or fmnist_spec()
     per_class, boots = pick_examples(catalog, spec.query_split)
     examples = []
-    where, columns = spec.gallery_where, ["label", "source", "split"]
+    where, columns, omega = spec.gallery_where, ["label", "source", "split"], spec.query_omega
     for label, oid in per_class:
-        table = searcher.search(ids=[oid], membership="gaussian", where=where, columns=columns)
+        table = searcher.search(ids=[oid], membership="gaussian", where=where, columns=columns, omega=omega)
         examples.append(Example(f"{label} (object {oid})", [oid], "gaussian", table))
     if spec.trapezoid and len(boots) == 2:
-        table = searcher.search(ids=boots, membership="trapezoid", where=where, columns=columns)
+        table = searcher.search(ids=boots, membership="trapezoid", where=where, columns=columns, omega=omega)
         examples.append(Example(f"two {TRAPEZOID_CLASS.lower()}s as one query (objects {boots[0]}, {boots[1]})",
                                 boots, "trapezoid (eq. 3)", table))
     return examples
@@ -179,10 +185,10 @@ def run_demo(catalog_dir: str | Path = "catalogs/fmnist", report_dir: str | Path
 
     t = time.perf_counter()
     catalog = Catalog.open(catalog_dir)
-    if not _build_is_current(catalog):
-        column = spec.build_clusters_from or "label"
-        say(f"building: pruning, z-scores, Ω from the {column} column of the training split, candidate index")
-        build(catalog, BuildConfig(clusters_from=spec.build_clusters_from), progress=progress)
+    if not _build_is_current(catalog, spec.query_omega):
+        say("building: pruning, z-scores, Ω from the label column of the training split"
+            + (f" and one from its {spec.query_omega} column" if spec.query_omega else "") + ", candidate index")
+        build(catalog, BuildConfig(), progress=progress)
         result.built = True
     else:
         say("build is up to date: reused")
@@ -205,7 +211,7 @@ def run_demo(catalog_dir: str | Path = "catalogs/fmnist", report_dir: str | Path
 
     curves, rows = _model_training(Path(model) if model is not None else DEFAULT_MODEL_PATH)
     result.report = write_report(report_dir, searcher, examples, curves, rows, result.evaluation, title=spec.title,
-                                 gallery_text=spec.gallery_text, links=links)
+                                 gallery_text=spec.gallery_text, links=links, omega=spec.query_omega)
     result.timings_s["total"] = time.perf_counter() - t0
     return result
 

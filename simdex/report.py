@@ -27,25 +27,29 @@ class Example:
     results: pa.Table  # rank, object_id, score, label, source, …
 
 
-def omega_by_layer(searcher) -> list[tuple[str, float, int]]:
-    """(layer, Σ ω over its kept features, number kept) for every layer of φ, in φ's order."""
+def omega_by_layer(searcher, omega: str | None = None) -> list[tuple[str, float, int]]:
+    """(layer, Σ ω over its kept features, number kept) for every layer of φ, in φ's order; of the
+    build's Ω or the one `omega` names (`Searcher.omega_named`)."""
+    weights = searcher.omega_named(omega)
     out = []
     for i, p in enumerate(searcher.catalog.phi):
         sel = searcher.layer_of_kept == i
-        out.append((p["name"], float(searcher.omega[sel].sum()), int(sel.sum())))
+        out.append((p["name"], float(weights[sel].sum()), int(sel.sum())))
     return out
 
 
 def write_report(out_dir: str | Path, searcher, examples: list[Example], curves_png: Path | None = None,
                  training_rows: list[dict] | None = None, evaluation: dict | None = None,
                  notes: list[str] | None = None, explain: bool = True, title: str = "simdex report",
-                 gallery_text: str = "the training split", links: list[dict] | None = None) -> Path:
+                 gallery_text: str = "the training split", links: list[dict] | None = None,
+                 omega: str | None = None) -> Path:
     """Write index.html and its pictures into `out_dir`; returns the path of index.html.
 
     The markup is `templates/report.html`, rendered by Jinja2 with autoescaping: every value
     (labels, paths, notes) is escaped, whatever it holds. `explain` draws the similarity maps of
     the first single-object example and its best answer (re-runs the model on both images).
-    `links` ({"href", "text"}) lead to other pages, e.g. the report of another catalog."""
+    `links` ({"href", "text"}) lead to other pages, e.g. the report of another catalog. `omega`: the
+    Ω the examples were ranked with (a label column's, e.g. instance), drawn and explained with it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = searcher.info
@@ -57,9 +61,9 @@ def write_report(out_dir: str | Path, searcher, examples: list[Example], curves_
         "examples": _draw_examples(out, searcher, examples),
         "curves": _copy_curves(out, curves_png), "training": _training_table(training_rows),
         "table_iii": [[r["layer"], r["initial"], r["active"], r["kept"]] for r in info["table_iii"]],
-        "omega_png": "omega_layers.png", "omega_layers": _draw_omega_layers(out, searcher),
-        "evaluation": _evaluation_table(evaluation),
-        "explanation": _draw_explanation(out, searcher, examples) if explain else None,
+        "omega_png": "omega_layers.png", "omega_layers": _draw_omega_layers(out, searcher, omega),
+        "query_omega": omega, "evaluation": _evaluation_table(evaluation),
+        "explanation": _draw_explanation(out, searcher, examples, omega) if explain else None,
     }
     index = out / "index.html"
     index.write_text(_template().render(**context), encoding="utf-8")
@@ -88,7 +92,7 @@ def _draw_examples(out: Path, searcher, examples: list[Example]) -> list[dict]:
     return drawn
 
 
-def _draw_explanation(out: Path, searcher, examples: list[Example]) -> dict | None:
+def _draw_explanation(out: Path, searcher, examples: list[Example], omega: str | None = None) -> dict | None:
     """The similarity maps (explain_map.png) of the first example with one query and its best answer
     other than itself, with P per layer; a message instead when the images cannot be read again."""
     from simdex.explain_maps import ExplainError, draw_explanation, explain_pair
@@ -98,7 +102,7 @@ def _draw_explanation(out: Path, searcher, examples: list[Example]) -> dict | No
         if len(ex.query_ids) != 1 or not answers:
             continue
         try:
-            e = explain_pair(searcher, ex.query_ids, answers[0])
+            e = explain_pair(searcher, ex.query_ids, answers[0], omega=omega)
         except ExplainError as exc:
             return {"error": str(exc)}
         draw_explanation(e, out / "explain_map.png")
@@ -122,11 +126,11 @@ def _training_table(training_rows: list[dict] | None) -> dict | None:
     return {"header": keys, "rows": [[r.get(k, "") for k in keys] for r in training_rows]}
 
 
-def _draw_omega_layers(out: Path, searcher) -> list[list]:
+def _draw_omega_layers(out: Path, searcher, omega: str | None = None) -> list[list]:
     """The share of Ω per layer as a bar chart (omega_layers.png) and as table rows."""
     from simdex.indexer.plots import bar_chart
 
-    layers = omega_by_layer(searcher)
+    layers = omega_by_layer(searcher, omega)
     bar_chart(out / "omega_layers.png", [name for name, _, _ in layers], [w for _, w, _ in layers],
               "share of Omega per layer of phi (the paper's Fig. 4)")
     return [[n, f"{w:.4f}", k] for n, w, k in layers]

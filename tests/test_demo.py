@@ -47,6 +47,8 @@ def test_demos_of_both_catalogs_link_their_reports(tmp_path, monkeypatch):
     html = sc.report.read_text()
     assert sc.report == tmp_path / "report" / "scenes" / "index.html" and "../index.html" in html
     assert "relevant = same\ninstance" in html and sc.evaluation["label_column"] == "instance"
+    assert "simdex query --omega instance" in html  # the examples ranked with the build's instance Ω
+    assert sc.evaluation["build_omega"].endswith("for instance")
     assert sc.evaluation["query_split"] == "query" and sc.evaluation["gallery_split"] == "gallery"
     again = run_demos(tmp_path / "cats", tmp_path / "report", eval_queries=0, fmnist_train=100, fmnist_test=30,
                       scenes_dir=tmp_path / "scenes", scenes_config=small, model=model)
