@@ -362,9 +362,16 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
     if omega_name in ("auto", "clusters", "welch", "learned"):
         classes, class_column, rows_used = _class_column(catalog, config, object_ids)
     labelled = classes is not None
+    if not labelled and omega_name in ("auto", "learned"):
+        from_views = _views_omega(catalog, pruning, config)
+        if from_views is not None:
+            omega, record = from_views
+            files.write_omega(omega, {"learned": omega} if record["estimator"] == "learned" else {})
+            return omega, record
     if omega_name == "learned" and not labelled:
-        raise BuildError("omega 'learned' needs a column of classes with 2 or more values (--clusters-from); "
-                         "without labels use --omega clusters (k-means) or uniform")
+        raise BuildError("omega 'learned' needs a column of classes with 2 or more values (--clusters-from) "
+                         "or augmented views (`simdex index --views N`); without either use --omega clusters "
+                         "(k-means) or uniform")
     if omega_name == "auto" and not labelled:
         omega_name = "uniform"
     class_stats = None
@@ -411,6 +418,43 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
             stored[column_key(column)] = column_omega
     files.write_omega(omega, stored)
     return omega, record
+
+
+def _views_omega(catalog: Catalog, pruning: Pruning, config: BuildConfig) -> tuple[np.ndarray, dict] | None:
+    """Self-supervised Ω from the catalog's augmented views (`indexer.views`): learned Ω with each
+    image's views as a class, kept when it beats uniform Ω on held-out images' views, else uniform.
+    None when the catalog has no views."""
+    from simdex.engine.omega_learned import LearnedOmegaConfig, learn_omega
+
+    try:
+        views = catalog.read_views()
+    except CatalogError as exc:
+        raise BuildError(str(exc)) from None
+    if views is None:
+        return None
+    groups, x = views
+    z = pruning.normalise(x)
+    d = z.shape[1]
+    uniform = np.full(d, 1.0 / d, np.float32)
+    images = len(np.unique(groups))
+    record: dict = {"estimator": "uniform", "classes_from": None, "rows": "none",
+                    "views": {"views": int(len(groups)), "images": int(images)}}
+    try:
+        fit = learn_omega(z, groups.astype(object), config.tau,
+                          LearnedOmegaConfig(sample_rows=config.learned_rows, seed=config.seed))
+    except OmegaError as exc:
+        record["choice"] = f"uniform: learned Ω could not be fitted on the views ({exc})"
+        return uniform, record
+    record["learned"] = fit.record
+    learned, base = fit.validation["learned"]["map"], fit.validation["uniform"]["map"]
+    figures = f"held-out views' mAP: learned {learned:.4f}, uniform {base:.4f}"
+    if learned > base:
+        record.update(estimator="learned", choice=f"learned from {len(groups):,} augmented views of {images:,} "
+                                                   f"images (no labels; {figures})")
+        log.info("Ω: %s", record["choice"])
+        return fit.omega.astype(np.float32), record
+    record["choice"] = f"uniform: learned from views does not beat it ({figures})"
+    return uniform, record
 
 
 def column_key(column: str) -> str:

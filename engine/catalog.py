@@ -66,6 +66,7 @@ CURRENT_FILE = "CURRENT"
 DELETED_FILE = "deleted.parquet"
 LOCK_FILE, COMMIT_LOCK_FILE = ".lock", ".commit.lock"
 SHARDS_DIR, ERRORS_DIR, JOBS_DIR, BUILDS_DIR, QUARANTINE_DIR = "shards", "errors", "jobs", "builds", "quarantine"
+VIEWS_DIR = "views"  # augmented views of sampled images, one file per job (`write_views`): self-supervised Ω
 BUILD_TMP_PREFIX, BUILD_OWNER_FILE = ".tmp-", ".owner"
 REGION_MODES = ("bbox", "mask", "full", "grid2", "grid4")
 _BUILD_OWNERS: dict[str, object] = {}  # open .owner files of this process's unpublished builds
@@ -432,7 +433,7 @@ class Catalog:
 
     def _remove_temporaries(self) -> None:
         """Temporary files of a killed writer: never committed, so nothing is lost."""
-        for sub in (SHARDS_DIR, ERRORS_DIR, JOBS_DIR):
+        for sub in (SHARDS_DIR, ERRORS_DIR, JOBS_DIR, VIEWS_DIR):
             folder = self.root / sub
             for p in folder.iterdir() if folder.is_dir() else ():
                 if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
@@ -715,6 +716,55 @@ class Catalog:
         return removed
 
     # ------------------------------------------------------------------ tombstones
+
+    # ------------------------------------------------------------------ augmented views
+
+    def views_path(self, job_id: str) -> Path:
+        return self.root / VIEWS_DIR / f"{job_id}.parquet"
+
+    def write_views(self, job_id: str, groups: np.ndarray, features: np.ndarray) -> Path:
+        """Store the augmented views of a job's sampled images: rows of raw features (n, N) float32,
+        `groups` (n,) int64 naming the image each view is of (two or more views per image). Written
+        to a temporary name and renamed, so a killed job leaves none or all of them."""
+        features = np.asarray(features, np.float32)
+        if features.ndim != 2 or features.shape[1] != self.num_features or len(groups) != len(features):
+            raise CatalogError(f"views must be (n, {self.num_features}) features with one group each")
+        folder = self.root / VIEWS_DIR
+        folder.mkdir(exist_ok=True)
+        path = self.views_path(job_id)
+        tmp = folder / f".{uuid.uuid4().hex}.parquet.tmp"
+        flat = pa.array(features.reshape(-1), pa.float32())
+        table = pa.table({"group": pa.array(np.asarray(groups, np.int64)),
+                          "features": pa.FixedSizeListArray.from_arrays(flat, self.num_features)})
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def read_views(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every job's views: groups (n,) int64, distinct across jobs, and raw features (n, N) float32;
+        None when there are none. DamagedFileError names an unreadable file."""
+        folder = self.root / VIEWS_DIR
+        paths = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) if folder.is_dir() else []
+        if not paths:
+            return None
+        groups, feats = [], []
+        for k, path in enumerate(paths):
+            try:
+                table = pq.read_table(path)
+                g = table.column("group").to_numpy().astype(np.int64)
+                x = np.asarray(table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                               np.float32).reshape(len(g), self.num_features)
+            except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+                raise DamagedFileError(path, f"unreadable views ({str(exc).splitlines()[0]})",
+                                       "delete it (the views are made again by `simdex index --views`)") from None
+            groups.append(g + (k << 40))
+            feats.append(x)
+        return np.concatenate(groups), np.concatenate(feats)
 
     def add_deleted(self, ids: Sequence[int] | np.ndarray) -> int:
         """Hide objects `ids` from every result (persisted; survives rebuilds). Returns how

@@ -54,6 +54,9 @@ class IndexOptions:
     limit: int | None = None  # index only the first `limit` images of the source (a rerun continues)
     engine: str = "local"  # local (this process) | ray (Ray Data and model actors: indexer.ray_runner)
     address: str | None = None  # ray: the cluster to join ('auto', HOST:PORT); None starts a local one
+    # images (a seeded sample) also indexed as two augmented views each, for a self-supervised Ω
+    # (indexer.views); None: views.AUTO_VIEWS when the source has no labels, else none
+    views: int | None = None
 
     def check(self) -> None:
         if self.objects not in (None, *OBJECT_MODES):
@@ -71,6 +74,8 @@ class IndexOptions:
             raise ValueError("workers must be at least 1 with engine ray (the number of model actors)")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
+        if self.views is not None and self.views < 0:
+            raise ValueError(f"views must be >= 0, got {self.views}")
 
 
 @dataclass
@@ -98,6 +103,7 @@ class IndexResult:
     catalog_objects: int = 0  # object rows in the whole catalog afterwards
     resumed: bool = False
     options: IndexOptions | None = None  # the options after defaults were resolved
+    views: int = 0  # images written as augmented views by this run (indexer.views)
 
     @property
     def images_per_s(self) -> float:
@@ -299,6 +305,8 @@ def index_source(
                 run_on_ray(src, loaded, options, committer)
             else:
                 _run(src, net, options, committer)
+        if cat.journal(job_id)["next_ordinal"] >= end:  # the images are indexed: their views next
+            result.views = _views(src, cat, job_id, net, options, end)
     result.elapsed_s = time.perf_counter() - t0
     result.catalog_objects = cat.num_objects
     return result
@@ -409,6 +417,19 @@ def _run(src, net, options, committer: _Committer) -> None:
     )
     for batch in loader:
         committer.add(batch["first"], batch["count"], batch_objects(net, batch, options))
+
+
+def _views(src: ImageSource, cat: Catalog, job_id: str, net, options: IndexOptions, end: int) -> int:
+    """The job's augmented views (`indexer.views`), written once, after its last shard."""
+    from simdex.indexer.views import AUTO_VIEWS, index_views
+
+    count = options.views
+    if count is None:
+        count = 0 if any(r.label is not None for r in src.records[:end]) else AUTO_VIEWS
+    if count <= 0:
+        return 0
+    log.info("indexing %d sampled images again as augmented views (self-supervised Ω)", min(count, end))
+    return index_views(src, cat, job_id, net, options, count, end)
 
 
 @dataclass
