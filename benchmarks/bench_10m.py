@@ -158,8 +158,9 @@ def _timed_search(searcher, oid, **options) -> tuple[float, np.ndarray]:
     return 1000 * (time.perf_counter() - t), table.column("object_id").to_numpy()
 
 
-def query_phase(root: Path, n_queries: int, truth_queries: int, seed: int = 1) -> dict:
-    """Phase 3 (module docstring), in this fresh process."""
+def query_phase(root: Path, n_queries: int, truth_queries: int, seed: int = 1, nprobe: int | None = None) -> dict:
+    """Phase 3 (module docstring), in this fresh process. `nprobe`: lists probed by the cold and warm
+    queries (default: what the build recorded; a build made before the MAX_NPROBE4 cap recorded more)."""
     from simdex.engine.membership import make_membership
     from simdex.engine.scoring import exact_search
     from simdex.engine.searcher import Searcher
@@ -178,12 +179,13 @@ def query_phase(root: Path, n_queries: int, truth_queries: int, seed: int = 1) -
     oids = s.object_ids[rows]
     order = rng.permutation(n_queries)  # queries in random order: no locality between consecutive ones
 
-    cold = [_timed_search(s, oids[i])[0] for i in order[:20]]  # pages of Z not yet read
+    probe = {} if nprobe is None else {"nprobe": nprobe}
+    cold = [_timed_search(s, oids[i], **probe)[0] for i in order[:20]]  # pages of Z not yet read
     for i in order[20:40]:  # warm-up of what repeats (code paths, the lists' pages)
-        _timed_search(s, oids[i])
+        _timed_search(s, oids[i], **probe)
     warm, hits = [], {}
     for i in order:
-        ms, h = _timed_search(s, oids[i])
+        ms, h = _timed_search(s, oids[i], **probe)
         warm.append(ms)
         hits[i] = h
     mem_warm = proc_status()
@@ -209,23 +211,22 @@ def query_phase(root: Path, n_queries: int, truth_queries: int, seed: int = 1) -
           flush=True)
 
     sweep = []
-    default_nprobe = index.nprobe
-    for nprobe in sorted({64, 128, 192, 256, 384, 512, default_nprobe}):
+    for lists in sorted({64, 128, 192, 256, 384, 512, index.nprobe}):
         for depth in (100, 200):
             lat, got = [], []
             for i in range(n_queries):
-                ms, h = _timed_search(s, oids[i], nprobe=nprobe, n_candidates=depth)
+                ms, h = _timed_search(s, oids[i], nprobe=lists, n_candidates=depth)
                 lat.append(ms)
                 got.append(h)
             r = recall_at(truth, np.array(got))
-            sweep.append({"nprobe": nprobe, "depth": depth, "p50_ms": float(np.median(lat)),
+            sweep.append({"nprobe": lists, "depth": depth, "p50_ms": float(np.median(lat)),
                           "p99_ms": float(np.percentile(lat, 99)), "recall_mean": float(r.mean()),
                           "recall_min": float(r.min())})
             print("sweep", sweep[-1], flush=True)
     return {
         "page_cache_dropped": dropped, "open_s": open_s, "load_index_s": load_index_s,
         "memory": {"start": mem0, "after_index": mem_index, "after_queries": mem_warm},
-        "candidates": index.info(), "queries": n_queries,
+        "candidates": index.info(), "queries": n_queries, "nprobe": nprobe or index.nprobe,
         "cold_ms": {"first": cold[0], "p50": float(np.median(cold)), "max": float(np.max(cold)), "runs": cold},
         "warm_ms": {"p50": float(np.median(warm)), "p99": float(np.percentile(warm, 99))},
         "recall_mean": float(rec.mean()), "recall_min": float(rec.min()),
@@ -256,7 +257,7 @@ def markdown(doc: dict) -> str:
         f"{q['warm_ms']['p50']:.1f} | {q['warm_ms']['p99']:.1f} | {q['recall_mean']:.3f} / {q['recall_min']:.1f} | "
         f"{q['exact_ms']['p50']:.0f} | {mem['after_index']['RssAnon'] / gb:.2f} + "
         f"{mem['after_index']['RssFile'] / gb:.2f} |", "",
-        f"Candidate stage: `{json.dumps(q['candidates'])}`.", "",
+        f"Candidate stage: `{json.dumps(q['candidates'])}`; the queries above probed {q['nprobe']} lists.", "",
         f"Page cache dropped before the query process: {q['page_cache_dropped']}. After the {q['queries']} warm "
         f"queries and the sweep the process held {mem['after_queries']['RssAnon'] / gb:.2f} GB anonymous + "
         f"{mem['after_queries']['RssFile'] / gb:.2f} GB of mapped files (the build's float32 matrix is "
@@ -282,11 +283,13 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="build again even if the catalog has a build")
     parser.add_argument("--name", default="bench_10m")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--nprobe", type=int, default=None,
+                        help="lists the cold and warm queries probe (default: the build's)")
     parser.add_argument("--phase", choices=("query",), help=argparse.SUPPRESS)
     args = parser.parse_args()
     root = args.workdir / "catalog"
     if args.phase == "query":
-        print(json.dumps(query_phase(root, args.queries, args.truth_queries)))
+        print(json.dumps(query_phase(root, args.queries, args.truth_queries, nprobe=args.nprobe)))
         return
     state = args.workdir / "state.json"
     doc = json.loads(state.read_text()) if state.exists() else {}
@@ -298,7 +301,8 @@ def main() -> None:
         doc["build"] = run_build(root)
         state.write_text(json.dumps(doc))
     out = subprocess.run([sys.executable, __file__, "--workdir", str(args.workdir), "--phase", "query",
-                          "--queries", str(args.queries), "--truth-queries", str(args.truth_queries)],
+                          "--queries", str(args.queries), "--truth-queries", str(args.truth_queries),
+                          *(["--nprobe", str(args.nprobe)] if args.nprobe else [])],
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"query phase failed:\n{out.stderr[-4000:]}")
@@ -312,7 +316,8 @@ def main() -> None:
     doc["build_disk_bytes"] = sum(p.stat().st_size for p in build_dir.iterdir() if p.is_file())
     doc["z_bytes"] = sum(p.stat().st_size for p in build_dir.glob("z*.npy"))
     doc["name"] = args.name
-    doc["command"] = f"python benchmarks/bench_10m.py --workdir DIR --objects {args.objects} --queries {args.queries}"
+    doc["command"] = (f"python benchmarks/bench_10m.py --workdir DIR --objects {args.objects} --queries {args.queries}"
+                      + (f" --nprobe {args.nprobe}" if args.nprobe else ""))
     doc["machine"] = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                       "ram_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
                       "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

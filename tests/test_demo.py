@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from simdex.demo import run_demo
 from simdex.indexer.checkpoint import save_model
 from synth import controlled_model, fashion_like_folder
@@ -53,3 +55,17 @@ def test_demos_of_both_catalogs_link_their_reports(tmp_path, monkeypatch):
     again = run_demos(tmp_path / "cats", tmp_path / "report", eval_queries=0, fmnist_train=100, fmnist_test=30,
                       scenes_dir=tmp_path / "scenes", scenes_config=small, model=model)
     assert [r.indexed_images for r in again] == [0, 0] and not any(r.built for r in again)
+
+
+def test_make_demo_data_step_finds_installed_fashion_mnist(tmp_path):
+    """`make demo`'s data step (scripts/get-fashion-mnist.sh) must see data that is there, not
+    go on to apt or the network (it imported a package name simdex no longer has)."""
+    import os
+    import subprocess
+    import sys
+
+    fashion_like_folder(tmp_path / "fm", train=5, test=5)
+    out = subprocess.run(["bash", "scripts/get-fashion-mnist.sh", sys.executable], capture_output=True, text=True,
+                         env={**os.environ, "SIMDEX_FASHION_MNIST": str(tmp_path / "fm")},
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and out.stdout == "" and out.stderr == "", out.stdout + out.stderr

@@ -263,3 +263,28 @@ def test_pruning_stats_merge_equals_one_pass(tmp_path):
     assert Pruning.from_stats(merged).kept.tolist() == Pruning.from_stats(whole).kept.tolist()
     with pytest.raises(PruningError, match="empty"):
         Pruning.from_stats(FeatureStats(3))
+
+
+def test_gather_rows_requests_pages_ahead_and_equals_indexing(tmp_path, monkeypatch):
+    """`scoring.gather_rows` (the rerank's read of scattered rows) gives Z[ids] for a memory map, a
+    slice of one and a plain array; on the map it asks the kernel for the rows' pages first."""
+    import mmap as mmap_module
+
+    from simdex.engine import scoring
+
+    a = np.random.default_rng(0).random((3000, 37)).astype(np.float32)
+    np.save(tmp_path / "z.npy", a)
+    Z = np.load(tmp_path / "z.npy", mmap_mode="r")
+    ids = np.array([0, 5, 1024, 2999])
+    calls = []
+    real = scoring._will_need
+    monkeypatch.setattr(scoring, "_will_need", lambda mm, start, length: calls.append((start, length))
+                        or real(mm, start, length))
+    np.testing.assert_array_equal(scoring.gather_rows(Z, ids), a[ids])
+    row = 37 * 4
+    assert len(calls) == len(ids)
+    for (start, length), r in zip(calls, ids):
+        first = 128 + r * row  # the .npy header, then the rows
+        assert start % mmap_module.PAGESIZE == 0 and start <= first and start + length == first + row
+    np.testing.assert_array_equal(scoring.gather_rows(Z[1000:], ids[:3]), a[1000:][ids[:3]])
+    np.testing.assert_array_equal(scoring.gather_rows(a, ids), a[ids])
