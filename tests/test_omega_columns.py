@@ -136,3 +136,13 @@ def test_omega_columns_option_and_cli(item_catalog):
     assert json.loads(out.output.splitlines()[0])["object_id"] == 0
     with pytest.raises(BuildError, match="--omega-columns colour: no such column"):
         build(item_catalog, BuildConfig(omega_columns=("colour",)))
+
+
+def test_service_lists_label_columns_omega_by_name(item_catalog):
+    """`simdex serve`'s info (the page's Ω menu) names the instance Ω `instance`, not its stored key."""
+    from simdex.serve.service import _omega_names
+
+    build(item_catalog, BuildConfig())
+    names = _omega_names(Searcher.open(item_catalog.root))
+    assert "instance" in names and "label" in names and not any(n.startswith("@") for n in names)
+    assert {"uniform", "svd"} <= set(names)

@@ -103,6 +103,13 @@ class FilteredSearcher(Searcher):
         return mask.copy()
 
 
+def _omega_names(searcher) -> list[str]:
+    """The Ω a request may name: the estimators the build stored, then its label columns' Ω by the
+    column's name (`instance`: the same item), never the stored keys (`@instance`)."""
+    names = sorted(k for k in searcher.omegas if not k.startswith("@"))
+    return names + sorted(c for c in searcher.omega_columns() if c not in names)
+
+
 @dataclass
 class Snapshot:
     """One build and what a request needs of it; replaced as a whole, never changed."""
@@ -262,7 +269,7 @@ class CatalogService:
                         "errors": cat.num_errors, "region": cat.region, "num_features": cat.num_features,
                         "layers": [p["name"] for p in cat.phi], "deleted": int(len(s.deleted))},
             "build": {"version": snap.version, "objects": int(b["objects"]), "active": int(b["active"]),
-                      "kept": int(b["kept"]), "omega": b["omega"]["estimator"], "omegas": sorted(s.omegas),
+                      "kept": int(b["kept"]), "omega": b["omega"]["estimator"], "omegas": _omega_names(s),
                       "tau": s.tau, "candidates": b.get("candidates"),
                       "recall_at_10": recall.get("recall_at_10_mean"), "created": b.get("created")},
             "columns": [n for n in snap.objects.column_names],
