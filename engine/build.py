@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simdex.engine.build_files import BuildFiles
+from simdex.engine.build_files import BuildFiles, column_omega_key
 from simdex.engine.candidates import build_candidate_index
 from simdex.engine.catalog import Catalog, CatalogError
 from simdex.engine.errors import SimdexError
@@ -381,9 +381,7 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
                 raise BuildError("omega 'welch' needs a column of classes with 2 or more values (--clusters-from)")
             classes = kmeans_labels(Z, config.n_clusters, seed=config.seed).astype(object)
             class_column, rows_used = f"k-means ({config.n_clusters} clusters)", "all"
-        class_stats = ClassStats(d)
-        for a in range(0, len(Z), config.batch_rows):
-            class_stats.update(np.asarray(Z[a : a + config.batch_rows]), classes[a : a + config.batch_rows])
+        class_stats = _class_stats(Z, classes, config.batch_rows)
     omega_inputs = OmegaInputs(dim=d, v1=pruning.v1_kept, class_stats=class_stats, tau=config.tau, seed=config.seed)
     record: dict = {"estimator": omega_name, "classes_from": class_column, "rows": rows_used}
     stored = _class_omegas(omega_inputs, labelled=labelled)
@@ -415,9 +413,17 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
         column_omega, column_record = _column_omega(catalog, Z, object_ids, config, column)
         record["columns"][column] = column_record
         if column_omega is not None:
-            stored[column_key(column)] = column_omega
+            stored[column_omega_key(column)] = column_omega
     files.write_omega(omega, stored)
     return omega, record
+
+
+def _class_stats(Z: np.ndarray, classes: np.ndarray, batch_rows: int) -> ClassStats:
+    """Per-class sums of z (one pass over the build matrix, batch by batch)."""
+    stats = ClassStats(Z.shape[1])
+    for a in range(0, len(Z), batch_rows):
+        stats.update(np.asarray(Z[a : a + batch_rows]), classes[a : a + batch_rows])
+    return stats
 
 
 def _views_omega(catalog: Catalog, pruning: Pruning, config: BuildConfig) -> tuple[np.ndarray, dict] | None:
@@ -457,11 +463,6 @@ def _views_omega(catalog: Catalog, pruning: Pruning, config: BuildConfig) -> tup
     return uniform, record
 
 
-def column_key(column: str) -> str:
-    """Name under which the build stores the Ω of a further label column (`omegas.npz`)."""
-    return f"@{column}"
-
-
 def _further_omega_columns(catalog: Catalog, config: BuildConfig, primary: str | None) -> list[str]:
     """The further columns to fit an Ω for: as configured, or those of OMEGA_COLUMNS the objects have."""
     if config.omega_columns is not None:
@@ -479,9 +480,7 @@ def _column_omega(catalog: Catalog, Z: np.ndarray, object_ids: np.ndarray, confi
     if classes is None:
         return None, {"estimator": None, "rows": rows_used, "choice": f"no Ω: {column} has fewer than 2 classes"}
     d = Z.shape[1]
-    class_stats = ClassStats(d)
-    for a in range(0, len(Z), config.batch_rows):
-        class_stats.update(np.asarray(Z[a : a + config.batch_rows]), classes[a : a + config.batch_rows])
+    class_stats = _class_stats(Z, classes, config.batch_rows)
     candidates = _class_omegas(OmegaInputs(dim=d, class_stats=class_stats, tau=config.tau, seed=config.seed),
                                labelled=True)
     record: dict = {"rows": rows_used}

@@ -43,6 +43,26 @@ _STATS, _STATS_SHARDS = "stats.npz", "stats_shards.json"
 _PRUNING, _CODEC = "pruning.npz", "codec.npz"
 _Z, _CODES, _OBJECT_IDS = "z.npy", "codes.npy", "object_ids.npy"
 _OMEGA, _OMEGAS = "omega.npy", "omegas.npz"
+COLUMN_OMEGA_PREFIX = "@"  # omegas.npz names a label column's Ω "@column" (estimators have bare names)
+
+
+def column_omega_key(column: str) -> str:
+    """Name under which a build stores the Ω of a further label column in omegas.npz."""
+    return f"{COLUMN_OMEGA_PREFIX}{column}"
+
+
+def label_column_omegas(record: dict) -> dict[str, str]:
+    """Label columns with an Ω of their own, from a build's Ω record → the key a query names it by:
+    the build's estimator for the column it was fitted on, and `column_omega_key` for each further
+    column whose Ω could be estimated (`BuildConfig.omega_columns`)."""
+    out = {}
+    primary = record.get("classes_from")
+    if primary and not str(primary).startswith("k-means"):
+        out[primary] = record["estimator"]
+    for column, r in record.get("columns", {}).items():
+        if r.get("estimator"):
+            out[column] = column_omega_key(column)
+    return out
 _CANDIDATES_INFO, _CANDIDATES_INDEX, _CANDIDATES_OMEGA = "candidates.json", "candidates.faiss", "candidates_omega.npy"
 _CANDIDATES_LISTS = "candidates4.faiss"
 _CODEC4, _CODES4 = "codec4.npz", "codes4-{:03d}.faiss"

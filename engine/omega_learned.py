@@ -91,6 +91,14 @@ def _class_codes(labels: np.ndarray) -> np.ndarray:
     return np.array([codes.setdefault(v, len(codes)) for v in labels], np.int64)
 
 
+def _by_class(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions sorted by class code, and each class's start and count in that order: class c's
+    positions are order[starts[c] : starts[c] + counts[c]]."""
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes)
+    return order, np.concatenate([[0], np.cumsum(counts)[:-1]]), counts
+
+
 def sample_labelled_rows(rows: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator,
                          min_partners: int = 4, group_rows: int = 16) -> tuple[np.ndarray, str]:
     """At most n of the labelled `rows` (sorted) for fitting and validating Ω, and how they were drawn.
@@ -109,10 +117,7 @@ def sample_labelled_rows(rows: np.ndarray, labels: np.ndarray, n: int, rng: np.r
     partners = np.bincount(codes)[codes] - 1
     if np.median(partners) >= min_partners:
         return uniform, "uniform"
-    codes = _class_codes(labels[rows])
-    by_class = np.argsort(codes, kind="stable")
-    counts = np.bincount(codes)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    by_class, starts, counts = _by_class(_class_codes(labels[rows]))
     picked, total = [], 0
     for c in rng.permutation(len(counts)):
         if counts[c] < 2:
@@ -148,9 +153,7 @@ def _candidates(zf: np.ndarray, yf: np.ndarray, config: LearnedOmegaConfig, rng:
     cand = np.concatenate([hard, rand], axis=1)  # (Q, C)
     n_pos = config.positive_candidates
     if n_pos > 0:  # rows of the query's class, so that fine classes have something to rank first
-        order = np.argsort(yf, kind="stable")
-        counts = np.bincount(yf)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        order, starts, counts = _by_class(yf)
         pos = np.empty((n_q, n_pos), np.int64)
         for a, q in enumerate(qi):
             members = order[starts[yf[q]] : starts[yf[q]] + counts[yf[q]]]

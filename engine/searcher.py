@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from simdex.engine.build_files import BuildFiles
+from simdex.engine.build_files import COLUMN_OMEGA_PREFIX, BuildFiles, label_column_omegas
 from simdex.engine.candidates import load_candidate_index
 from simdex.engine.catalog import Catalog
 from simdex.engine.errors import SimdexError, as_object_ids
@@ -127,17 +127,13 @@ class Searcher:
             self._omegas = omegas
         return self._omegas
 
+    def estimator_names(self) -> list[str]:
+        """The Ω this build offers by estimator name (its label columns' Ω are named by column)."""
+        return sorted(k for k in self.omegas if not k.startswith(COLUMN_OMEGA_PREFIX))
+
     def omega_columns(self) -> dict[str, str]:
-        """Label columns with an Ω of their own → the key it is stored under: the build's Ω for the
-        column it was fitted on, and one per further column (`BuildConfig.omega_columns`)."""
-        record = self.info["omega"]
-        out = {}
-        if record.get("classes_from") and not str(record["classes_from"]).startswith("k-means"):
-            out[record["classes_from"]] = record["estimator"]
-        for column, r in record.get("columns", {}).items():
-            if r.get("estimator"):
-                out[column] = f"@{column}"
-        return out
+        """Label columns with an Ω of their own → the name it is stored under (`label_column_omegas`)."""
+        return label_column_omegas(self.info["omega"])
 
     def omega_named(self, name: str | None) -> np.ndarray:
         """The build's Ω (None), another one it stored by estimator name, or the Ω of a label column
@@ -145,11 +141,11 @@ class Searcher:
         if name is None or name == self.info["omega"]["estimator"]:
             return self.omega
         if name not in self.omegas:
-            key = self.omega_columns().get(name.removeprefix("@"))
+            key = self.omega_columns().get(name.removeprefix(COLUMN_OMEGA_PREFIX))
             if key is not None:
                 return self.omega_named(key)
             columns = sorted(self.omega_columns())
-            raise SearchError(f"this build has no {name!r} Ω; it has {', '.join(sorted(k for k in self.omegas if not k.startswith('@')))}"
+            raise SearchError(f"this build has no {name!r} Ω; it has {', '.join(self.estimator_names())}"
                               + (f" and one per label column: {', '.join(columns)}" if columns else "")
                               + " (clusters needs classes or `simdex build --omega clusters`, welch a label column; "
                                 "builds made before simdex stored them need `simdex build` again)")

@@ -423,6 +423,8 @@ def _views(src: ImageSource, cat: Catalog, job_id: str, net, options: IndexOptio
     """The job's augmented views (`indexer.views`), written once, after its last shard."""
     from simdex.indexer.views import AUTO_VIEWS, index_views
 
+    if cat.views_path(job_id).exists():  # written once per job; before counting the source's labels
+        return 0
     count = options.views
     if count is None:
         count = 0 if any(r.label is not None for r in src.records[:end]) else AUTO_VIEWS

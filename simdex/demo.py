@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from simdex.engine.build import BuildConfig, build
+from simdex.engine.build_files import label_column_omegas
 from simdex.engine.catalog import Catalog, CatalogError
 from simdex.engine.searcher import Searcher
 from simdex.evaluate import EvalConfig, evaluate
@@ -62,8 +63,7 @@ def _build_is_current(catalog: Catalog, omega: str | None = None) -> bool:
     if current is None:
         return False
     info = current.read_info()
-    record = info.get("omega", {})
-    if omega and omega != record.get("classes_from") and omega not in record.get("columns", {}):
+    if omega and omega not in label_column_omegas(info.get("omega", {})):
         return False
     return info.get("shards") == [p.name for p in catalog.shard_paths()]
 

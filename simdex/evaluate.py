@@ -177,8 +177,8 @@ def evaluate(root, config: EvalConfig | None = None,
     omegas = _gallery_omegas(zg, labels_g, searcher.v1, config.methods, tau, config.seed)
     build_omega = _build_omega_for(searcher, config.label_column)
     if BUILD_OMEGA in config.methods:
-        omegas[BUILD_OMEGA] = np.asarray(searcher.omega_named(config.label_column if build_omega != searcher.info[
-            "omega"]["estimator"] else None), np.float32)
+        column = config.label_column if config.label_column in searcher.omega_columns() else None
+        omegas[BUILD_OMEGA] = np.asarray(searcher.omega_named(column), np.float32)
     raw_q = raw_g = pix_q = pix_g = None
     if "cosine, raw vectors" in config.methods:
         raw_q, raw_g = _raw_vectors(catalog, np.asarray(searcher.object_ids), q_rows, g_rows, report)

@@ -106,7 +106,7 @@ class FilteredSearcher(Searcher):
 def _omega_names(searcher) -> list[str]:
     """The Ω a request may name: the estimators the build stored, then its label columns' Ω by the
     column's name (`instance`: the same item), never the stored keys (`@instance`)."""
-    names = sorted(k for k in searcher.omegas if not k.startswith("@"))
+    names = searcher.estimator_names()
     return names + sorted(c for c in searcher.omega_columns() if c not in names)
 
 
