@@ -181,6 +181,16 @@ def _check_config(config: BuildConfig) -> None:
         raise BuildError(f"workers must be at least 1, got {config.workers}")
 
 
+def _check_columns(catalog: Catalog, config: BuildConfig) -> None:
+    """The class columns the options name exist (the same message `_class_column` gives later)."""
+    have = sorted(catalog.shards().columns)
+    asked = [("--clusters-from", config.clusters_from)] if config.clusters_from else []
+    asked += [("--omega-columns", c) for c in config.omega_columns or ()]
+    for option, name in asked:
+        if name not in have:
+            raise BuildError(f"{option} {name}: no such column; the objects have {', '.join(have)}")
+
+
 def _prune(catalog: Catalog, stats: FeatureStats, config: BuildConfig) -> tuple[Pruning, list[dict]]:
     """The kept features (SVD pruning) and the paper's Table III."""
     try:
@@ -224,6 +234,7 @@ def _build(catalog: Catalog, config: BuildConfig, report: Callable[[str, int, in
     if catalog.num_objects == 0:
         raise BuildError(f"catalog {catalog.root} has no objects; index images first with `simdex index`")
     timings = {}
+    _check_columns(catalog, config)  # before the passes: at 10M objects they take a quarter of an hour
     stats, reused = _statistics(catalog, shards, report, passes)
     pruning, table_iii = _prune(catalog, stats, config)
     timings["statistics"] = time.perf_counter() - started
