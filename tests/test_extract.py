@@ -130,6 +130,20 @@ def test_connected_components_matches_flood_fill():
     assert len(np.unique(labels[3][seg[3]])) == 1
 
 
+def test_connected_components_cpu_and_tensor_paths_agree():
+    """The CPU path (scipy's labelling) and the tensor path other devices run give the same labels."""
+    from simdex.indexer.extract import _components_torch
+
+    rng = np.random.default_rng(5)
+    seg = random_segments(rng, 12, 20, 28)
+    seg[2] = False
+    seg[2, np.arange(20), np.arange(20)] = True
+    seg[3, :, ::2] = False  # columns that touch only diagonally
+    np.testing.assert_array_equal(connected_components(torch.from_numpy(seg)).numpy(),
+                                  _components_torch(torch.from_numpy(seg)).numpy())
+    assert connected_components(torch.zeros(0, 8, 8, dtype=torch.bool)).shape == (0, 8, 8)
+
+
 @pytest.mark.parametrize("mode,min_area", [("largest", 1), ("all", 1), ("all", 6), ("largest", 30)])
 def test_find_objects_matches_flood_fill(mode, min_area):
     rng = np.random.default_rng(7)
