@@ -49,7 +49,7 @@ def object_maps(catalog: Catalog, objects: list[dict], net=None) -> list[ObjectM
 
     from simdex.indexer.extract import find_objects, object_features, region_weights
     from simdex.indexer.query_features import QueryImageError, catalog_model
-    from simdex.indexer.sources import ImageReadError, fit_to_size, read_source_image
+    from simdex.indexer.sources import ImageReadError, fit_to_size, read_source_image_for
 
     if net is None:
         try:
@@ -61,10 +61,10 @@ def object_maps(catalog: Catalog, objects: list[dict], net=None) -> list[ObjectM
     out = []
     for row in objects:
         try:
-            image = read_source_image(row["source"], cfg.in_channels)
+            image, shown = read_source_image_for(row["source"], cfg.in_channels, cfg.image_size)
         except ImageReadError as exc:
             raise FeatureMapError(f"cannot read the image of object {row.get('object_id')}: {exc}") from None
-        canvas, scale, top, left = fit_to_size(image, cfg.image_size)
+        canvas, scale, top, left = fit_to_size(image, cfg.image_size, original_hw=shown)
         with torch.inference_mode():
             logits, acts = net(torch.from_numpy(canvas)[None])
             foreground = logits[:, 1] > logits[:, 0] if logits.shape[1] == 2 else logits.argmax(1) != 0
@@ -74,7 +74,7 @@ def object_maps(catalog: Catalog, objects: list[dict], net=None) -> list[ObjectM
                 raise FeatureMapError(f"the model no longer finds component {row['component']} of object "
                                       f"{row.get('object_id')} in {row['source']}")
             features = object_features(acts, found, region).numpy()[k[0]]
-            masks = found.masks() if region == "mask" else None
+            masks = found.masks() if region.startswith("mask") else None
             out_hw = tuple(found.label_map.shape[1:])
             windows, by_size = [], {}
             for a in acts:
@@ -83,7 +83,7 @@ def object_maps(catalog: Catalog, objects: list[dict], net=None) -> list[ObjectM
                     w = region_weights(found, region, out_hw, hw, masks).numpy()  # (M·cells, h, w)
                     by_size[hw] = w[k[0] * cells:(k[0] + 1) * cells]
                 windows.extend(by_size[hw])
-        out.append(ObjectMaps(canvas=canvas, placement=(image.shape[1], image.shape[2], scale, top, left),
+        out.append(ObjectMaps(canvas=canvas, placement=(shown[0], shown[1], scale, top, left),
                               box=tuple(int(v) for v in found.bbox[k[0]].tolist()),
                               acts=[a[0].numpy() for a in acts], windows=windows, features=features))
     return out

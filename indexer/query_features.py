@@ -101,22 +101,26 @@ def image_features(catalog: Catalog, paths: list[str | os.PathLike], min_area: i
             decoded, the model finds no object in it, or a box is outside the image or cannot
             select anything (a catalog of `full` regions pools whole images).
     """
-    from simdex.indexer.sources import ImageReadError, decode_image
+    from simdex.indexer.sources import ImageReadError, decode_image_for
 
     net = query_net(catalog) if net is None else net
-    images = []
+    images, shown = [], []
     for path in paths:
-        try:
-            images.append(decode_image(Path(path), net.config.in_channels))  # (C, H, W)
+        try:  # as the index job decoded it (a large JPEG at a fraction of its size)
+            image, hw = decode_image_for(Path(path), net.config.in_channels, net.config.image_size)
         except ImageReadError as exc:
             raise QueryImageError(f"cannot read {path}: {exc}") from None
-    return array_features(catalog, images, [str(p) for p in paths], min_area, boxes, net)
+        images.append(image)  # (C, H', W')
+        shown.append(hw)  # (H, W) as stored: what boxes refer to
+    return array_features(catalog, images, [str(p) for p in paths], min_area, boxes, net, shown)
 
 
 def array_features(catalog: Catalog, images: list[np.ndarray], names: list[str], min_area: int = 1,
-                   boxes: list[tuple[int, int, int, int] | None] | None = None, net=None) -> np.ndarray:
-    """`image_features` for images already decoded (float32 (C, H, W) in [0, 1], as `decode_image` gives),
-    e.g. uploaded to `simdex serve`; `names` only name them in errors; `net` the catalog's model if loaded."""
+                   boxes: list[tuple[int, int, int, int] | None] | None = None, net=None,
+                   shown: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """`image_features` for images already decoded (float32 (C, H, W) in [0, 1], as `decode_image_for` gives),
+    e.g. uploaded to `simdex serve`; `names` only name them in errors; `net` the catalog's model if loaded;
+    `shown` each image's (H, W) as stored when it was decoded smaller (`decode_image_for`)."""
     from simdex.indexer.lite import LiteUNet
 
     boxes = boxes or [None] * len(images)
@@ -126,8 +130,8 @@ def array_features(catalog: Catalog, images: list[np.ndarray], names: list[str],
         raise QueryImageError("this catalog pools whole images (region mode 'full'): a box cannot select a region")
     net = query_net(catalog) if net is None else net
     if isinstance(net, LiteUNet):
-        return _lite_features(catalog, images, names, min_area, boxes, net)
-    return _torch_features(catalog, images, names, min_area, boxes, net)
+        return _lite_features(catalog, images, names, min_area, boxes, net, shown)
+    return _torch_features(catalog, images, names, min_area, boxes, net, shown)
 
 
 def _box_region(foreground: np.ndarray, box, image_hw: tuple[int, int], placement: tuple[float, int, int],
@@ -138,17 +142,18 @@ def _box_region(foreground: np.ndarray, box, image_hw: tuple[int, int], placemen
     x0, y0, x1, y1 = box_on_canvas(box, (image_hw[0], image_hw[1], scale, top, left), size)
     inside = np.zeros_like(foreground, dtype=bool)
     inside[y0:y1, x0:x1] = True
-    region = inside & foreground if region_mode == "mask" and (inside & foreground).any() else inside
+    region = inside & foreground if region_mode.startswith("mask") and (inside & foreground).any() else inside
     return (x0, y0, x1, y1), region
 
 
-def _lite_features(catalog, images, names, min_area, boxes, net) -> np.ndarray:
+def _lite_features(catalog, images, names, min_area, boxes, net, shown=None) -> np.ndarray:
     from simdex.indexer.lite import largest_object, object_features
     from simdex.indexer.sources import fit_to_size
 
     size, out = net.config.image_size, []
-    for image, path, box in zip(images, names, boxes, strict=True):
-        canvas, scale, top, left = fit_to_size(image, size)
+    shown = shown or [(im.shape[1], im.shape[2]) for im in images]
+    for image, path, box, hw in zip(images, names, boxes, shown, strict=True):
+        canvas, scale, top, left = fit_to_size(image, size, original_hw=hw)
         logits, acts = net.forward(canvas)
         foreground = logits[1] > logits[0] if logits.shape[0] == 2 else logits.argmax(0) != 0
         if box is None:
@@ -157,12 +162,12 @@ def _lite_features(catalog, images, names, min_area, boxes, net) -> np.ndarray:
                 raise QueryImageError(f"the model finds no object in {path}")
             mask, bbox = found
         else:
-            bbox, mask = _box_region(foreground, box, image.shape[1:], (scale, top, left), size, catalog.region)
+            bbox, mask = _box_region(foreground, box, hw, (scale, top, left), size, catalog.region)
         out.append(object_features(acts, mask, bbox, catalog.region))
     return np.stack(out).astype(np.float32)
 
 
-def _torch_features(catalog, images, names, min_area, boxes, net) -> np.ndarray:
+def _torch_features(catalog, images, names, min_area, boxes, net, shown=None) -> np.ndarray:
     import torch
 
     from simdex.indexer.extract import Objects, find_objects, object_features
@@ -170,8 +175,9 @@ def _torch_features(catalog, images, names, min_area, boxes, net) -> np.ndarray:
 
     cfg = net.config
     out = []
-    for image, path, box in zip(images, names, boxes, strict=True):
-        canvas, scale, top, left = fit_to_size(image, cfg.image_size)
+    shown = shown or [(im.shape[1], im.shape[2]) for im in images]
+    for image, path, box, hw in zip(images, names, boxes, shown, strict=True):
+        canvas, scale, top, left = fit_to_size(image, cfg.image_size, original_hw=hw)
         with torch.inference_mode():
             logits, acts = net(torch.from_numpy(canvas)[None])
             foreground = logits[:, 1] > logits[:, 0] if logits.shape[1] == 2 else logits.argmax(1) != 0
@@ -180,7 +186,7 @@ def _torch_features(catalog, images, names, min_area, boxes, net) -> np.ndarray:
                 if len(objs) == 0:
                     raise QueryImageError(f"the model finds no object in {path}")
             else:
-                (x0, y0, x1, y1), region = _box_region(foreground[0].numpy(), box, image.shape[1:], (scale, top, left),
+                (x0, y0, x1, y1), region = _box_region(foreground[0].numpy(), box, hw, (scale, top, left),
                                                        cfg.image_size, catalog.region)
                 region = torch.from_numpy(region)[None]
                 one = torch.zeros(1, dtype=torch.long)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simdex.engine.catalog import Catalog, CatalogError, region_cells, region_grid
+from simdex.engine.catalog import Catalog, CatalogError, region_cell_names, region_cells
 from simdex.indexer import lite
 from simdex.indexer.checkpoint import LoadedModel, load_model
 from simdex.indexer.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_AREA, DEFAULT_SHARD_IMAGES
@@ -128,14 +128,12 @@ def model_info(loaded: LoadedModel, region: str) -> dict:
 def features_phi(phi, region: str) -> list[dict]:
     """φ as the stored vector lays it out: the model's layers, and with `gridG` one entry per
     layer and cell (`C11@01` = row 0, column 1), C channels each, in the order extraction writes."""
-    g = region_grid(region)
     out, offset = [], 0
     for layer in phi:
-        for r in range(g):
-            for c in range(g):
-                name = layer.name if g == 1 else f"{layer.name}@{r}{c}"
-                out.append({"name": name, "channels": layer.channels, "stride": layer.stride, "offset": offset})
-                offset += layer.channels
+        for cell in region_cell_names(region):
+            name = f"{layer.name}@{cell}" if cell else layer.name
+            out.append({"name": name, "channels": layer.channels, "stride": layer.stride, "offset": offset})
+            offset += layer.channels
     return out
 
 
@@ -171,10 +169,10 @@ class _DecodedBatches(torch.utils.data.Dataset):
         canvases, placed, ok, errors = [], [], [], []
         for i in ordinals:
             try:
-                image = self.source.read(i, self.channels)  # (C, H, W)
+                image, shown = self.source.read_for(i, self.channels, self.size)  # (C, H', W'), (H, W)
                 if image.ndim != 3 or min(image.shape[1:]) < 1:
                     raise ImageReadError("decode_error", f"decoded to shape {image.shape}")
-                canvas, scale, top, left = fit_to_size(image, self.size)
+                canvas, scale, top, left = fit_to_size(image, self.size, original_hw=shown)
             except ImageReadError as exc:
                 errors.append((i, exc.reason, exc.detail))
                 continue
@@ -182,7 +180,7 @@ class _DecodedBatches(torch.utils.data.Dataset):
                 errors.append((i, "decode_error", f"{type(exc).__name__}: {exc}"))
                 continue
             canvases.append(canvas)
-            placed.append((image.shape[1], image.shape[2], scale, top, left))
+            placed.append((shown[0], shown[1], scale, top, left))
             ok.append(i)
         c, s = self.channels, self.size
         return {
@@ -339,7 +337,7 @@ def _region_for(region: str | None, existing: Catalog | None, loaded: LoadedMode
     scenes benchmark (items on varied backgrounds) it ranks an item's other copies first 3-4x as
     often as `bbox` (benchmarks/results/bench_scenes.md)."""
     backbone = loaded.meta.get("backbone")
-    if backbone and region in ("bbox", "mask"):
+    if backbone and region in ("bbox", "mask", "mask+grid2"):
         raise ValueError(f"a {backbone} backbone does not segment objects: use --region full (global average "
                          f"pooling of each map, the default) or grid2/grid4")
     if region is not None:

@@ -99,6 +99,12 @@ def decode_image(path: str | os.PathLike, channels: int = 1, max_pixels: int = D
             or device: never opened, so never blocks), empty_file, not_an_image, too_large,
             truncated, decode_error.
     """
+    path = _regular_file(path)
+    return _decode(path, str(path), channels, max_pixels)[0]
+
+
+def _regular_file(path: str | os.PathLike) -> Path:
+    """The path of a non-empty regular file, checked without opening it (ImageReadError otherwise)."""
     path = Path(path)
     try:
         st = path.stat()
@@ -108,7 +114,18 @@ def decode_image(path: str | os.PathLike, channels: int = 1, max_pixels: int = D
         raise ImageReadError("not_a_file", f"{path} is a {_file_kind(st.st_mode)}, not a regular file")
     if st.st_size == 0:
         raise ImageReadError("empty_file", str(path))
-    return _decode(path, str(path), channels, max_pixels)
+    return path
+
+
+def decode_image_for(path: str | os.PathLike, channels: int, size: int,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+    """`decode_image` for a model of input `size`: a JPEG larger than it is decoded at 1/2, 1/4 or 1/8
+    of its size (libjpeg's DCT scaling: 2-8× less work), never below what `fit_to_size` keeps of it.
+    Returns the image and the (height, width) of the image as stored and displayed, which boxes and
+    `fit_to_size(..., original_hw=)` refer to. Every path that makes features (index, query by
+    image, upload, explain) decodes this way, so one file always gives one vector."""
+    path = _regular_file(path)
+    return _decode(path, str(path), channels, max_pixels, size)
 
 
 def _file_kind(mode: int) -> str:
@@ -122,10 +139,25 @@ def decode_image_bytes(data: bytes, channels: int = 1, max_pixels: int = DEFAULT
 
     if not data:
         raise ImageReadError("empty_file", "no bytes")
-    return _decode(io.BytesIO(data), "the uploaded image", channels, max_pixels)
+    return _decode(io.BytesIO(data), "the uploaded image", channels, max_pixels)[0]
 
 
-def _decode(fp, name: str, channels: int, max_pixels: int) -> np.ndarray:
+def decode_image_bytes_for(data: bytes, channels: int, size: int,
+                           max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+    """`decode_image_for` for the bytes of an image file."""
+    import io
+
+    if not data:
+        raise ImageReadError("empty_file", "no bytes")
+    return _decode(io.BytesIO(data), "the uploaded image", channels, max_pixels, size)
+
+
+_SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90°: displayed width = stored height
+
+
+def _decode(fp, name: str, channels: int, max_pixels: int,
+            reduce_to: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """(image (C, H', W'), (H, W) as displayed); H' = H unless `reduce_to` let a JPEG decode smaller."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -135,12 +167,17 @@ def _decode(fp, name: str, channels: int, max_pixels: int) -> np.ndarray:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageReadError("too_large", f"{w}x{h} pixels exceeds the limit of {max_pixels}")
+                if reduce_to and img.format == "JPEG" and max(w, h) >= 2 * reduce_to:
+                    keep = reduce_to / max(w, h)  # what fit_to_size keeps of each side
+                    img.draft(img.mode, (math.ceil(w * keep), math.ceil(h * keep)))
                 img.load()
-                if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # as displayed: boxes in displayed coordinates
+                orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+                if orientation != 1:  # as displayed: boxes in displayed coordinates
                     from PIL import ImageOps
 
                     img = ImageOps.exif_transpose(img)
-                return _pil_to_array(img, channels)
+                shown = (w, h) if orientation in _SWAPS_AXES else (h, w)
+                return _pil_to_array(img, channels), shown
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -221,14 +258,18 @@ def resize_antialiased(image: np.ndarray, height: int, width: int) -> np.ndarray
     return np.einsum("cyxt,xt->cyx", rows[:, :, ix], wx)  # (C, height, width)
 
 
-def fit_to_size(image: np.ndarray, size: int, background: np.ndarray | None = None) -> tuple[np.ndarray, float, int, int]:
+def fit_to_size(image: np.ndarray, size: int, background: np.ndarray | None = None,
+                original_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, float, int, int]:
     """Fit (C, H, W) into a size×size canvas: scale down to fit (aspect kept), pad centred.
 
     Images that already fit are only padded (Fashion-MNIST's 28×28 → 32×32), never
     enlarged. Returns the canvas, the scale and the (top, left) offset, so that
     canvas coordinates map back to the image: y_img = (y_canvas - top) / scale.
+    `original_hw`: the size of the image as stored when `image` was decoded smaller
+    (`decode_image_for`); the scale then maps the canvas back to the stored image.
     """
     c, h, w = image.shape
+    reduced = 1.0 if original_hw is None else max(h, w) / max(original_hw)
     if background is None:
         background = border_background(image)
     scale = min(1.0, size / max(h, w))
@@ -240,7 +281,7 @@ def fit_to_size(image: np.ndarray, size: int, background: np.ndarray | None = No
     canvas = np.empty((c, size, size), dtype=np.float32)
     canvas[...] = np.asarray(background, dtype=np.float32).reshape(c, 1, 1)
     canvas[:, top:top + h, left:left + w] = image
-    return canvas, scale, top, left
+    return canvas, scale * reduced, top, left
 
 
 def border_background(image: np.ndarray) -> np.ndarray:
@@ -335,6 +376,11 @@ class ImageSource:
         """Image i as float32 (channels, H, W) in [0, 1]; raises ImageReadError."""
         raise NotImplementedError
 
+    def read_for(self, i: int, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """Image i for a model of input `size`, and its stored (H, W): see `decode_image_for`."""
+        image = self.read(i, channels)
+        return image, (image.shape[1], image.shape[2])
+
     def read_mask(self, i: int, image: np.ndarray) -> np.ndarray:
         """The training mask of image i: its mask file if it has one, else the background rule."""
         rec = self.records[i]
@@ -379,6 +425,12 @@ class FileSource(ImageSource):
         if rec.skip_reason:
             raise ImageReadError(rec.skip_reason, f"{rec.source}: its name starts with '.' (hidden: not read)")
         return decode_image(rec.source, channels, self.max_pixels)
+
+    def read_for(self, i: int, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+        rec = self.records[i]
+        if rec.skip_reason:
+            raise ImageReadError(rec.skip_reason, f"{rec.source}: its name starts with '.' (hidden: not read)")
+        return decode_image_for(rec.source, channels, size, self.max_pixels)
 
 
 def _idx_labels(images_path: Path) -> np.ndarray | None:
@@ -548,3 +600,11 @@ def read_source_image(source: str, channels: int = 1) -> np.ndarray:
             raise ImageReadError("missing", f"{source}: {exc}") from None
         return arr if channels == 1 else np.repeat(arr, channels, axis=0)
     return decode_image(source, channels)
+
+
+def read_source_image_for(source: str, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """`read_source_image` for a model of input `size`, as the indexer read it (`decode_image_for`)."""
+    if "#" in source and not os.path.exists(source):
+        image = read_source_image(source, channels)
+        return image, (image.shape[1], image.shape[2])
+    return decode_image_for(source, channels, size)

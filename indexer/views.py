@@ -63,7 +63,7 @@ def _canvases(src: ImageSource, ordinals: np.ndarray, channels: int, size: int) 
     out, ok = [], []
     for i in ordinals:
         try:
-            canvas = fit_to_size(src.read(int(i), channels), size)[0]
+            canvas = fit_to_size(src.read_for(int(i), channels, size)[0], size)[0]  # as the index job read it
         except (ImageReadError, ValueError, OSError):
             continue
         out.append(canvas)

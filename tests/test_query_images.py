@@ -92,3 +92,40 @@ def test_read_catalog_image_from_idx(tmp_path):
     rgb = read_catalog_image(f"{path}#1")
     assert rgb.shape == (4, 5, 3)
     np.testing.assert_array_equal(rgb[..., 0], images[1])
+
+
+def test_large_jpegs_decode_reduced_and_give_one_vector_per_file(tmp_path):
+    """A JPEG at least twice the model's input decodes at a fraction of its size (DCT scaling) on
+    every path that makes features: the index job, a query by the file, and the object's box is in
+    the stored image's pixels."""
+    from simdex.indexer.query_features import image_features
+    from simdex.indexer.sources import decode_image, decode_image_for
+
+    rng = np.random.default_rng(4)
+    images = tmp_path / "photos"
+    images.mkdir()
+    boxes = {}
+    for i in range(6):
+        im = np.zeros((180, 256), np.uint8)  # 256×180: decoded at 1/4 for a 32×32 model (64×45)
+        x0, y0 = int(rng.integers(10, 120)), int(rng.integers(10, 80))
+        im[y0:y0 + 80, x0:x0 + 100] = 220
+        Image.fromarray(im).save(images / f"{i}.jpg", quality=95)
+        boxes[f"{i}.jpg"] = (x0, y0, x0 + 100, y0 + 80)
+    reduced, shown = decode_image_for(images / "0.jpg", 1, 32)
+    assert shown == (180, 256) and reduced.shape == (1, 45, 64)
+    assert decode_image(images / "0.jpg").shape == (1, 180, 256)  # without a size: as stored
+    model = tmp_path / "tiny.pt"
+    save_model(controlled_model(), model)
+    index_source(str(images), tmp_path / "cat", model, IndexOptions(workers=0))
+    build(Catalog.open(tmp_path / "cat"), BuildConfig())
+    s = Searcher.open(tmp_path / "cat")
+    rows = s.catalog.read_objects(["object_id", "source", "x0", "y0", "x1", "y1"]).to_pylist()
+    assert len(rows) == 6
+    for row in rows:
+        want = boxes[Path(row["source"]).name]
+        got = (row["x0"], row["y0"], row["x1"], row["y1"])
+        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 8  # one canvas pixel is 8 stored ones
+    target = rows[2]
+    x = image_features(s.catalog, [Path(target["source"])])
+    ids, stored = next(s.catalog.iter_features())
+    np.testing.assert_allclose(x[0], stored[ids.tolist().index(target["object_id"])], rtol=0, atol=1e-6)

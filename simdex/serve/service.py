@@ -362,20 +362,22 @@ class CatalogService:
 
     def _image_features(self, images: list[bytes], boxes: list[str | None]) -> np.ndarray:
         from simdex.indexer.query_features import QueryImageError, array_features, parse_box
-        from simdex.indexer.sources import ImageReadError, decode_image_bytes
+        from simdex.indexer.sources import ImageReadError, decode_image_bytes_for
 
-        arrays = []
+        arrays, shown = [], []
         for n, data in enumerate(images, start=1):
             if len(data) > MAX_UPLOAD_BYTES:
                 raise ServiceError(f"image {n} has {len(data):,} bytes; the limit is {MAX_UPLOAD_BYTES:,}", 413)
             try:
-                arrays.append(decode_image_bytes(data, self.net.config.in_channels))
+                image, hw = decode_image_bytes_for(data, self.net.config.in_channels, self.net.config.image_size)
+                arrays.append(image)
+                shown.append(hw)
             except ImageReadError as exc:
                 raise ServiceError(f"cannot read uploaded image {n}: {exc}") from None
         try:
             parsed = [None if not b else parse_box(b) for b in boxes]
             features = array_features(self.catalog, arrays, [f"uploaded image {n}" for n in range(1, len(arrays) + 1)],
-                                      boxes=parsed, net=self.net)
+                                      boxes=parsed, net=self.net, shown=shown)
         except QueryImageError as exc:
             raise ServiceError(str(exc)) from None
         return features
