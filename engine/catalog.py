@@ -68,18 +68,28 @@ LOCK_FILE, COMMIT_LOCK_FILE = ".lock", ".commit.lock"
 SHARDS_DIR, ERRORS_DIR, JOBS_DIR, BUILDS_DIR, QUARANTINE_DIR = "shards", "errors", "jobs", "builds", "quarantine"
 VIEWS_DIR = "views"  # augmented views of sampled images, one file per job (`write_views`): self-supervised Ω
 BUILD_TMP_PREFIX, BUILD_OWNER_FILE = ".tmp-", ".owner"
-REGION_MODES = ("bbox", "mask", "full", "grid2", "grid4")
+REGION_MODES = ("bbox", "mask", "full", "grid2", "grid4", "mask+grid2")
 _BUILD_OWNERS: dict[str, object] = {}  # open .owner files of this process's unpublished builds
 
 
 def region_grid(region: str) -> int:
-    """g of a `gridG` region mode (the object's box split in g×g cells); 1 for the others."""
-    return int(region[4:]) if region.startswith("grid") else 1
+    """g of a region mode with a grid (the object's box split in g×g cells: `gridG`, and the mask's
+    cells of `mask+gridG`); 1 for the others."""
+    return int(region.rsplit("grid", 1)[1]) if "grid" in region else 1
 
 
 def region_cells(region: str) -> int:
-    """Means per channel and layer that a region mode stores: g²."""
-    return region_grid(region) ** 2
+    """Means per channel and layer that a region mode stores: g² (`gridG`), 1 + g² (`mask+gridG`:
+    the whole mask, then its part in each cell), 1 (the others)."""
+    return len(region_cell_names(region))
+
+
+def region_cell_names(region: str) -> list[str]:
+    """The suffix of each cell's name in φ as the catalog lays it out (`C11@01`: row 0, column 1;
+    `C11@m`: the whole mask of `mask+gridG`); [""] for a region of one cell."""
+    g = region_grid(region)
+    grid = [f"{r}{c}" for r in range(g) for c in range(g)] if g > 1 else [""]
+    return ["m", *grid] if region.startswith("mask+") else grid
 _BUILD_RE = re.compile(r"^v(\d{6})-")
 _VERSION_RE = re.compile(r"v\d{6}-\d{8}T\d{6}")
 _REQUIRED_INFO = ("sha256", "config", "phi", "num_features", "region")

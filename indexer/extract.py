@@ -21,7 +21,10 @@ Arrays in, arrays out; no I/O. Two steps:
    - `grid2`, `grid4` (simdex's, not the paper's): the `bbox` window split into g×g
      cells (row-major; cells of a window narrower than g pixels share pixels), one
      mean per cell and channel, so the object's layout survives pooling
-     (benchmarks/bench_quality_pooling.py). Features are ordered layer, cell, channel.
+     (benchmarks/bench_quality_pooling.py). Features are ordered layer, cell, channel;
+   - `mask+grid2`: the `mask` mean, then the mask's part in each `grid2` cell (an area-weighted
+     mean over the object's pixels in the cell; a cell without any takes the whole mask): the
+     layout of `grid2` without the background of `bbox`.
 
    Every mode is one batched matrix product per layer: per-object weight maps (B, K, h·w)
    that sum to 1, K the most objects of one image, times the activations (B, h·w, C) — the
@@ -249,6 +252,8 @@ def region_weights(objects: Objects, region: str, out_hw: tuple[int, int], layer
     """(M·cells, h, w) float32 weights of each object (and cell) at one resolution; each map sums to 1."""
     lh, lw = layer_hw
     m = len(objects)
+    if region.startswith("mask+"):
+        return _mask_grid_weights(objects, region_grid(region), out_hw, layer_hw, masks)
     if region.startswith("grid"):
         cells = grid_windows(bbox_windows(objects.bbox, out_hw, layer_hw), region_grid(region))
         return _window_weights(cells, layer_hw)
@@ -261,6 +266,20 @@ def region_weights(objects: Objects, region: str, out_hw: tuple[int, int], layer
         frac = F.avg_pool2d(masks[:, None].float(), (oh // lh, ow // lw))[:, 0]  # (M, h, w), area fraction
         return frac / frac.sum(dim=(1, 2), keepdim=True)
     return torch.full((m, lh, lw), 1.0 / (lh * lw))
+
+
+def _mask_grid_weights(objects: Objects, g: int, out_hw: tuple[int, int], layer_hw: tuple[int, int],
+                       masks: torch.Tensor) -> torch.Tensor:
+    """`mask+gridG`'s (M·(1 + g²), h, w) weights: per object the whole mask's, then the mask's part in
+    each of the box window's g×g cells (the layout without the background inside the box). A cell
+    the mask does not reach takes the whole mask's weights, so its means equal the object's."""
+    whole = region_weights(objects, "mask", out_hw, layer_hw, masks)  # (M, h, w), each sums to 1
+    m, (lh, lw) = len(objects), layer_hw
+    inside = _window_weights(grid_windows(bbox_windows(objects.bbox, out_hw, layer_hw), g), layer_hw) > 0
+    part = whole.repeat_interleave(g * g, dim=0) * inside  # (M·g², h, w)
+    total = part.sum(dim=(1, 2), keepdim=True)
+    part = torch.where(total > 0, part / total.clamp(min=1e-30), whole.repeat_interleave(g * g, dim=0))
+    return torch.cat([whole[:, None], part.view(m, g * g, lh, lw)], dim=1).view(m * (1 + g * g), lh, lw)
 
 
 def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "bbox",
@@ -286,7 +305,7 @@ def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "b
     k = (int(objects.component.max()) + 1) * cells  # weight-map slots per image: component·cells + cell
     slot = objects.component[:, None] * cells + torch.arange(cells)  # (M, cells)
     image = objects.image_index[:, None].expand(m, cells)
-    masks = objects.masks() if region == "mask" else None
+    masks = objects.masks() if region.startswith("mask") else None
     weights: dict[tuple[int, int], torch.Tensor] = {}
     out = []
     for a in acts:

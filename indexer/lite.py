@@ -225,6 +225,13 @@ def _window_weight(win, layer_hw) -> np.ndarray:
 def region_weights(mask: np.ndarray, bbox, region: str, layer_hw: tuple[int, int]) -> np.ndarray:
     """(cells, h, w) weights of one object at one resolution, each summing to 1 (extract.region_weights)."""
     out_hw = mask.shape
+    if region.startswith("mask+"):  # extract._mask_grid_weights
+        whole = region_weights(mask, bbox, "mask", layer_hw)  # (1, h, w)
+        inside = region_weights(mask, bbox, f"grid{region_grid(region)}", layer_hw) > 0  # (g², h, w)
+        part = whole * inside
+        total = part.sum(axis=(1, 2), keepdims=True)
+        part = np.where(total > 0, part / np.maximum(total, 1e-30), whole)
+        return np.concatenate([whole, part]).astype(np.float32)
     if region.startswith("grid"):
         return np.stack([_window_weight(c, layer_hw) for c in grid_cells(bbox_window(bbox, out_hw, layer_hw),
                                                                           region_grid(region))])

@@ -92,7 +92,7 @@ def blob(rng, size=28) -> np.ndarray:
     return im
 
 
-@pytest.fixture(scope="module", params=["bbox", "grid2"])
+@pytest.fixture(scope="module", params=["bbox", "grid2", "mask+grid2"])
 def image_catalog(request, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp(f"explain-{request.param}")
     model = root / "tiny.pt"

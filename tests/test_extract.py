@@ -54,7 +54,16 @@ def reference_features(acts: list[np.ndarray], mask: np.ndarray, bbox, region: s
     values = []
     for a in acts:  # a: (C, h, w) of this object's image
         c, h, w = a.shape
-        if region in ("bbox", "grid2", "grid4"):
+        frac = None
+        if region in ("mask", "mask+grid2"):
+            sy, sx = out_h // h, out_w // w
+            frac = np.zeros((h, w))
+            for i in range(h):
+                for k in range(w):
+                    frac[i, k] = mask[i * sy:(i + 1) * sy, k * sx:(k + 1) * sx].mean()
+            for j in range(c):
+                values.append((a[j].astype(np.float64) * frac).sum() / frac.sum())
+        if region in ("bbox", "grid2", "grid4", "mask+grid2"):
             # Centroid and size scaled by layer size / output size, window rounded outward.
             rx, ry = w / out_w, h / out_h
             cx, cy = (x0 + x1) / 2 * rx, (y0 + y1) / 2 * ry
@@ -63,7 +72,7 @@ def reference_features(acts: list[np.ndarray], mask: np.ndarray, bbox, region: s
             ly0, ly1 = math.floor(cy - bh / 2), math.ceil(cy + bh / 2)
             lx0, ly0 = max(0, min(lx0, w - 1)), max(0, min(ly0, h - 1))
             lx1, ly1 = max(lx0 + 1, min(lx1, w)), max(ly0 + 1, min(ly1, h))
-            g = 1 if region == "bbox" else int(region[4:])
+            g = 1 if region == "bbox" else int(region[-1])
             for r in range(g):  # cells row by row; cell i of n pixels: [⌊i·n/g⌋, ⌊(i+1)·n/g⌋), ≥ 1 pixel
                 for q in range(g):
                     cy0 = ly0 + (r * (ly1 - ly0)) // g
@@ -71,16 +80,15 @@ def reference_features(acts: list[np.ndarray], mask: np.ndarray, bbox, region: s
                     cx0 = lx0 + (q * (lx1 - lx0)) // g
                     cx1 = max(lx0 + ((q + 1) * (lx1 - lx0)) // g, cx0 + 1)
                     for j in range(c):
-                        values.append(a[j, cy0:cy1, cx0:cx1].astype(np.float64).mean())
-        elif region == "mask":
-            sy, sx = out_h // h, out_w // w
-            frac = np.zeros((h, w))
-            for i in range(h):
-                for k in range(w):
-                    frac[i, k] = mask[i * sy:(i + 1) * sy, k * sx:(k + 1) * sx].mean()
-            for j in range(c):
-                values.append((a[j].astype(np.float64) * frac).sum() / frac.sum())
-        else:
+                        if frac is None:
+                            values.append(a[j, cy0:cy1, cx0:cx1].astype(np.float64).mean())
+                            continue
+                        part = frac[cy0:cy1, cx0:cx1]  # mask+grid: the mask's part in the cell
+                        if part.sum() > 0:
+                            values.append((a[j, cy0:cy1, cx0:cx1].astype(np.float64) * part).sum() / part.sum())
+                        else:  # the mask does not reach the cell: the whole mask's mean
+                            values.append((a[j].astype(np.float64) * frac).sum() / frac.sum())
+        elif region not in ("mask", "mask+grid2"):
             for j in range(c):
                 values.append(a[j].astype(np.float64).mean())
     return np.array(values)
@@ -172,7 +180,7 @@ def test_bbox_window_rule_examples():
     assert bbox_windows(torch.tensor([[31, 31, 32, 32]]), (32, 32), (4, 4)).tolist() == [[3, 3, 4, 4]]
 
 
-@pytest.mark.parametrize("region", ["bbox", "mask", "full", "grid2", "grid4"])
+@pytest.mark.parametrize("region", ["bbox", "mask", "full", "grid2", "grid4", "mask+grid2"])
 @pytest.mark.parametrize("mode", ["all", "largest"])
 def test_object_features_match_reference(region, mode):
     rng = np.random.default_rng(2024)
@@ -189,7 +197,7 @@ def test_object_features_match_reference(region, mode):
         a = rng.standard_normal((b, ch, h // stride, w // stride)).astype(np.float32)
         acts.append(np.maximum(a, 0))
     got = object_features([torch.from_numpy(a) for a in acts], objs, region).numpy()
-    cells = int(region[4:]) ** 2 if region.startswith("grid") else 1
+    cells = {"grid2": 4, "grid4": 16, "mask+grid2": 5}.get(region, 1)
     assert got.shape == (len(objs), cells * sum(a.shape[1] for a in acts))
     masks = objs.masks().numpy()
     for row, (i, bb, mask) in enumerate(zip(objs.image_index.tolist(), objs.bbox.tolist(), masks, strict=True)):

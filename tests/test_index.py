@@ -417,9 +417,13 @@ def test_idx_block_decoding_equals_per_image_fit(tmp_path):
             assert block["placement"][row].tolist() == [28, 28, scale, top, left]
 
 
-def test_grid_region_end_to_end(tmp_path, model_file):
-    """--region grid2: four means per channel and layer, φ laid out per cell, and every reader
-    (build, query, --explain, SQL, query by image) works on it unchanged."""
+@pytest.mark.parametrize("region, cells, names", [
+    ("grid2", 4, ["C11@00", "C11@01", "C11@10", "C11@11", "C12@00"]),
+    ("mask+grid2", 5, ["C11@m", "C11@00", "C11@01", "C11@10", "C11@11"]),
+])
+def test_grid_region_end_to_end(tmp_path, model_file, region, cells, names):
+    """--region grid2 (four means per channel and layer) and mask+grid2 (the mask's, then four): φ laid
+    out per cell, and every reader (build, query, --explain, SQL, query by image) works on it unchanged."""
     from simdex.engine.build import build
     from simdex.engine.searcher import Searcher
     from simdex.engine.sql import SqlSession
@@ -429,18 +433,22 @@ def test_grid_region_end_to_end(tmp_path, model_file):
     src = write_idx(tmp_path / "src", images, labels)
     runner = CliRunner()
     res = runner.invoke(cli_main, ["index", str(src), "-c", str(tmp_path / "cat"), "-m", str(model_file),
-                                   "--region", "grid2", "-q"])
+                                   "--region", region, "-q"])
     assert res.exit_code == 0, res.output
     cat = Catalog.open(tmp_path / "cat")
     plain = load_model(model_file).model
-    assert cat.region == "grid2" and cat.num_features == 4 * plain.num_features
-    assert [p["name"] for p in cat.phi[:5]] == ["C11@00", "C11@01", "C11@10", "C11@11", "C12@00"]
-    assert cat.phi[1]["offset"] == plain.phi[0].channels and len(cat.phi) == 4 * len(plain.phi)
-    # the same objects as a bbox catalog, four times the features
-    res = runner.invoke(cli_main, ["index", str(src), "-c", str(tmp_path / "box"), "-m", str(model_file), "-q"])
+    assert cat.region == region and cat.num_features == cells * plain.num_features
+    assert [p["name"] for p in cat.phi[:5]] == names
+    assert cat.phi[1]["offset"] == plain.phi[0].channels and len(cat.phi) == cells * len(plain.phi)
+    # the same objects as a bbox (mask) catalog, four (five) times the features
+    res = runner.invoke(cli_main, ["index", str(src), "-c", str(tmp_path / "box"), "-m", str(model_file), "-q",
+                                   "--region", "mask" if region.startswith("mask") else "bbox"])
     ids_g, x_g = next(cat.iter_features())
     ids_b, x_b = next(Catalog.open(tmp_path / "box").iter_features())
-    assert ids_g.tolist() == ids_b.tolist() and x_g.shape[1] == 4 * x_b.shape[1]
+    assert ids_g.tolist() == ids_b.tolist() and x_g.shape[1] == cells * x_b.shape[1]
+    if region.startswith("mask+"):  # each layer's first cell is the mask's mean
+        c = plain.phi[0].channels
+        np.testing.assert_allclose(x_g[:, :c], x_b[:, :c], rtol=0, atol=1e-6)
     build(cat)
     s = Searcher.open(cat.root)
     table = s.search(ids=[3], k=5, explain=True).to_pylist()
@@ -448,7 +456,7 @@ def test_grid_region_end_to_end(tmp_path, model_file):
     assert sum(table[1]["layers"].values()) == pytest.approx(table[1]["score"], abs=1e-5)
     with SqlSession.open(cat.root) as sql:
         rows = sql.query("SELECT count(*) AS n FROM layers").to_pylist()
-    assert rows[0]["n"] == 4 * len(plain.phi)
+    assert rows[0]["n"] == cells * len(plain.phi)
     img = tmp_path / "q.png"
     Image.fromarray(images[3]).save(img)
     assert image_features(cat, [img]).shape == (1, cat.num_features)
