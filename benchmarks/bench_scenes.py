@@ -113,9 +113,10 @@ def detection(catalog: Path, scenes: Path) -> dict:
 
 def markdown(res: dict) -> str:
     lines = [f"# bench_scenes{(' ' + res['tag']) if res['tag'] else ''} ({res['date']})", "",
-             f"Model: {res['model']} (sha256 {res['model_sha256'][:12]}). Machine: {res['machine']}.", "",
-             "## Segmentation (`simdex model-info --evaluate`)", "",
-             "| source | images | Dice | R_sp^0 |", "|---|---:|---:|---:|"]
+             f"Model: {res['model']} (sha256 {res['model_sha256'][:12]}). Machine: {res['machine']}.", ""]
+    lines += ["## Segmentation (`simdex model-info --evaluate`)", "",
+              "| source | images | Dice | R_sp^0 |", "|---|---:|---:|---:|"] if res["segmentation"] else [
+              "Segmentation not measured (`--no-segmentation`)."]
     for name, e in res["segmentation"].items():
         lines.append(f"| {name} | {e['images']:,} | {e['dice']:.4f} | {e['r_sp0']:.3f} |")
     for region, by_kind in res["retrieval"].items():
@@ -145,6 +146,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the catalogs")
     ap.add_argument("--reuse", action="store_true", help="with --work: go on with the catalogs a run left there")
     ap.add_argument("--regions", nargs="+", default=["bbox", "mask"], help="region modes to compare")
+    ap.add_argument("--no-segmentation", action="store_true",
+                    help="skip the model's Dice and R_sp^0 (three `model-info --evaluate` runs): retrieval only")
     ap.add_argument("--train-images", type=int, default=8000,
                     help="first N training scenes as the class gallery (0 = all 30,000); test scenes: all")
     args = ap.parse_args()
@@ -160,7 +163,7 @@ def main() -> None:
     res = {"tag": args.tag, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "model": str(args.model or "shipped default (indexer/models/default.pt)"), "model_sha256": lm.sha256,
            "machine": f"{os.cpu_count()} CPUs, {platform.platform()}", "segmentation": {}, "retrieval": {}}
-    for src in SEG_SOURCES:
+    for src in SEG_SOURCES if not args.no_segmentation else ():
         info = json.loads(sh(["model-info", *model, "--evaluate", src, "--json"], log))
         res["segmentation"][src] = {k: info["evaluation"][k] for k in ("images", "dice", "r_sp0", "task_loss")}
     for region in args.regions:

@@ -421,16 +421,16 @@ class FileSource(ImageSource):
         self.max_pixels = max_pixels
 
     def read(self, i: int, channels: int = 1) -> np.ndarray:
-        rec = self.records[i]
-        if rec.skip_reason:
-            raise ImageReadError(rec.skip_reason, f"{rec.source}: its name starts with '.' (hidden: not read)")
-        return decode_image(rec.source, channels, self.max_pixels)
+        return decode_image(self._readable(i), channels, self.max_pixels)
 
     def read_for(self, i: int, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+        return decode_image_for(self._readable(i), channels, size, self.max_pixels)
+
+    def _readable(self, i: int) -> str:
         rec = self.records[i]
         if rec.skip_reason:
             raise ImageReadError(rec.skip_reason, f"{rec.source}: its name starts with '.' (hidden: not read)")
-        return decode_image_for(rec.source, channels, size, self.max_pixels)
+        return rec.source
 
 
 def _idx_labels(images_path: Path) -> np.ndarray | None:
