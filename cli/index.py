@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from simdex.cli.progress import ProgressBar
-from simdex.indexer.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_AREA
+from simdex.indexer.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_AREA, DEFAULT_REGION
 
 
 class _IndexBar:
@@ -57,13 +57,13 @@ def _backbone(name: str | None, weights: Path | None, layers: str, image_size: i
 @click.option("--min-area", type=click.IntRange(min=1), default=None,
               help=f"Smallest object kept, in pixels of the model's input.  [default: {DEFAULT_MIN_AREA}]")
 @click.option("--region", type=click.Choice(["bbox", "mask", "full", "grid2", "grid4", "mask+grid2"]), default=None,
-              help="Where each layer's channel means are taken: the object's mask carried to the layer "
-                   "(area-weighted: the object without its background; the default, chosen on the scenes "
-                   "benchmark), its bounding box (the paper), the whole map, or the box split in 2×2 / 4×4 "
-                   "cells, one mean per cell (keeps the object's layout: better retrieval of centred objects, "
-                   "4 / 16 times the features), or mask+grid2: the mask's mean and the mask's part in each 2×2 "
-                   "cell (the layout without the background; 5 times the features). Fixed per catalog.  "
-                   "[default: mask, or the catalog's]")
+              help="Where each layer's channel means are taken. mask+grid2 (the default): the object's mask "
+                   "carried to the layer (area-weighted: the object without its background) and the mask's "
+                   "part in each of its box's 2×2 cells (its layout), 5 means per channel; mask: the mask "
+                   "alone (a fifth of the features, for the largest catalogs); bbox: its bounding box (the "
+                   "paper); full: the whole map; grid2 / grid4: the box split in 2×2 / 4×4 cells, background "
+                   "included. Chosen on the scenes benchmark and Fashion-MNIST (README). Fixed per catalog.  "
+                   f"[default: {DEFAULT_REGION}, or the catalog's]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,

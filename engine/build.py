@@ -323,9 +323,9 @@ def _statistics(catalog: Catalog, shards: list[str], report, passes) -> tuple[Fe
     Returns the statistics and how many shards were reused."""
     n_objects = catalog.num_objects
     stats, covered = _previous_stats(catalog, shards)
-    stats = stats or FeatureStats(catalog.num_features)
+    stats = stats or FeatureStats(catalog.num_features)  # loaded or new: ours to add to in place
     for part in passes.feature_stats(catalog.shards(first=len(covered))):
-        stats = stats.merge(part)  # float64 sums: the same additions as one running total
+        stats.absorb(part)  # float64 sums: the same additions as one running total
         report("statistics", stats.count, n_objects)
     if stats.count != n_objects:
         raise CatalogError(f"statistics cover {stats.count} objects, the catalog has {n_objects}: "

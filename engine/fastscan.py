@@ -37,6 +37,7 @@ from simdex.engine.quantized import LEVELS, UniformCodec, scan_shards, set_ident
 LEVELS4 = 16
 CHUNK_ROWS = 1 << 19  # rows per fast-scan file: the unit of parallelism (two for 1M rows)
 FIT_ROWS = 200_000  # rows sampled for the histograms the levels are fitted to
+COUNT_ROWS = 8192  # rows counted at a time: their int64 copy stays small (70k × 1,113 at once: 620 MB)
 LLOYD_ITERATIONS = 30
 
 
@@ -59,8 +60,12 @@ class FourBitCodec:
         """Levels minimising the squared error of z on (a sample of) the 8-bit codes (n, d)."""
         n, d = codes8.shape
         rows = codes8 if n <= FIT_ROWS else codes8[np.sort(np.random.default_rng(seed).choice(n, FIT_ROWS, False))]
-        flat = np.asarray(rows, dtype=np.int64) + np.arange(d, dtype=np.int64) * LEVELS
-        weight = np.bincount(flat.ravel(), minlength=d * LEVELS).reshape(d, LEVELS).astype(np.float64)
+        counts = np.zeros(d * LEVELS, np.int64)
+        offsets = np.arange(d, dtype=np.int64) * LEVELS
+        for a in range(0, len(rows), COUNT_ROWS):  # int64 codes of every row at once: 8 bytes per value
+            flat = np.asarray(rows[a : a + COUNT_ROWS], dtype=np.int64) + offsets
+            counts += np.bincount(flat.ravel(), minlength=d * LEVELS)
+        weight = counts.reshape(d, LEVELS).astype(np.float64)
         values = codec8.grid().T.astype(np.float64)  # (d, 256): the value of each 8-bit code
         levels = _greedy_init(values, weight)  # (d, 16)
         for _ in range(LLOYD_ITERATIONS):
@@ -75,7 +80,12 @@ class FourBitCodec:
 
     def encode8(self, codes8: np.ndarray) -> np.ndarray:
         """4-bit codes (n, d) uint8 in [0, 16) of rows given by their 8-bit codes (n, d)."""
-        return self.map8[np.arange(self.dim), np.asarray(codes8)]
+        codes8 = np.asarray(codes8)
+        out = np.empty(codes8.shape, np.uint8)
+        columns = np.arange(self.dim)
+        for a in range(0, len(codes8), COUNT_ROWS):  # the gather's int64 indices, a block of rows at a time
+            out[a : a + COUNT_ROWS] = self.map8[columns, codes8[a : a + COUNT_ROWS]]
+        return out
 
     def table(self, membership: Membership, omega: np.ndarray) -> np.ndarray:
         """T (d, 16) with T_j[c] = ω_j g(level_j(c))."""

@@ -55,7 +55,7 @@ class RayPasses:
         >>> with RayPasses("auto", workers=8, batch_rows=65536) as passes:   # doctest: +SKIP
         ...     stats = FeatureStats(800)
         ...     for part in passes.feature_stats(catalog.shards()):
-        ...         stats = stats.merge(part)
+        ...         stats.absorb(part)
     """
 
     def __init__(self, address: str | None = None, workers: int | None = None, batch_rows: int = 65536):

@@ -19,6 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# A batch of features holds at most this many bytes (rows = this / (4 · N), at most `batch_rows`):
+# at 4,000 features (mask+grid2) 65,536 rows were 1 GB in flight and took the 70k build over 2 GB
+FEATURE_BATCH_BYTES = 64 << 20
+
 
 class ShardReader:
     """Read committed object shards (`paths`, in commit order) of a catalog with N features.
@@ -69,15 +73,21 @@ class ShardReader:
             raise KeyError(f"no column {', '.join(unknown)}; the objects have {', '.join(self.columns)}")
         if not self.paths:
             return
-        # no read-ahead: the default of 16 batches of 4 files held 2+ GB of a build pass at 512 features
+        import pyarrow.dataset as ds
+
+        # no read-ahead: the default of 16 batches of 4 files held 2+ GB of a build pass at 512 features;
+        # no pre-buffering of a file's column chunks (for object stores; on a local disk it only holds memory)
         scanner = self.dataset().scanner(columns=list(columns), batch_size=batch_rows, use_threads=False,
-                                         batch_readahead=1, fragment_readahead=1)
+                                         batch_readahead=1, fragment_readahead=1,
+                                         fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False))
         for batch in scanner.to_batches():
             if batch.num_rows:
                 yield batch
 
     def iter_features(self, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(object_ids int64 (n,), features float32 (n, N)) batch by batch."""
+        """(object_ids int64 (n,), features float32 (n, N)) batch by batch, at most `batch_rows` rows
+        and FEATURE_BATCH_BYTES of features each."""
+        batch_rows = max(1, min(batch_rows, FEATURE_BATCH_BYTES // (4 * max(self.num_features, 1))))
         for batch in self.batches(["object_id", "features"], batch_rows):
             yield feature_arrays(batch, self.num_features)
 

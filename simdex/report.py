@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from simdex.engine.pruning import table_iii_by_layer
+
 
 @dataclass
 class Example:
@@ -60,7 +62,7 @@ def write_report(out_dir: str | Path, searcher, examples: list[Example], curves_
         "recall": "not measured" if recall is None else f"{recall:.3f}", "notes": notes or [],
         "examples": _draw_examples(out, searcher, examples),
         "curves": _copy_curves(out, curves_png), "training": _training_table(training_rows),
-        "table_iii": [[r["layer"], r["initial"], r["active"], r["kept"]] for r in info["table_iii"]],
+        "table_iii": [[r["layer"], r["initial"], r["active"], r["kept"]] for r in table_iii_by_layer(info["table_iii"])],
         "omega_png": "omega_layers.png", "omega_layers": _draw_omega_layers(out, searcher, omega),
         "query_omega": omega, "evaluation": _evaluation_table(evaluation),
         "explanation": _draw_explanation(out, searcher, examples, omega) if explain else None,

@@ -10,7 +10,7 @@ import pytest
 from simdex.engine.candidates import ClippedL2IVF, ExactIndex, build_candidate_index, default_nprobe
 from simdex.engine.membership import MembershipError, make_membership
 from simdex.engine.omega import ClassStats, OmegaError, OmegaInputs, kmeans_labels, make_omega, pairwise_abs_sum
-from simdex.engine.pruning import FeatureStats, Pruning, PruningError
+from simdex.engine.pruning import FeatureStats, Pruning, PruningError, format_table_iii, table_iii_by_layer
 from simdex.engine.quantized import LutScanner, UniformCodec
 from simdex.engine.scoring import exact_search
 from simdex.engine.search import search
@@ -288,3 +288,15 @@ def test_gather_rows_requests_pages_ahead_and_equals_indexing(tmp_path, monkeypa
         assert start % mmap_module.PAGESIZE == 0 and start <= first and start + length == first + row
     np.testing.assert_array_equal(scoring.gather_rows(Z[1000:], ids[:3]), a[1000:][ids[:3]])
     np.testing.assert_array_equal(scoring.gather_rows(a, ids), a[ids])
+
+
+def test_table_iii_sums_the_cells_of_a_layer():
+    """A grid region's cells (C11@m, C11@00, …) are one row of the printed Table III, in layer order."""
+    rows = [{"layer": "C11@m", "initial": 16, "active": 15, "kept": 15},
+            {"layer": "C11@00", "initial": 16, "active": 14, "kept": 13},
+            {"layer": "C12", "initial": 16, "active": 3, "kept": 2},
+            {"layer": "total", "initial": 48, "active": 32, "kept": 30}]
+    assert table_iii_by_layer(rows) == [{"layer": "C11", "initial": 32, "active": 29, "kept": 28},
+                                        {"layer": "C12", "initial": 16, "active": 3, "kept": 2},
+                                        {"layer": "total", "initial": 48, "active": 32, "kept": 30}]
+    assert [line.split()[0] for line in format_table_iii(rows).splitlines()] == ["layer", "C11", "C12", "total"]

@@ -106,9 +106,10 @@ def test_index_folder_rows(tmp_path, model_file):
     cat = Catalog.open(cat_dir)
     loaded = load_model(model_file)
     assert cat.model_sha256 == loaded.sha256
-    assert cat.phi == [vars(s) for s in loaded.model.phi]
-    assert cat.num_features == loaded.model.num_features == cat.phi[-1]["offset"] + cat.phi[-1]["channels"]
-    assert cat.info["region"] == "mask"  # the default region
+    assert cat.info["region"] == "mask+grid2"  # the default region: the mask, then its four cells, per layer
+    assert [p["name"] for p in cat.phi[:6]] == ["C11@m", "C11@00", "C11@01", "C11@10", "C11@11", "C12@m"]
+    assert cat.phi[::5] == [{**vars(s), "name": f"{s.name}@m", "offset": 5 * s.offset} for s in loaded.model.phi]
+    assert cat.num_features == 5 * loaded.model.num_features == cat.phi[-1]["offset"] + cat.phi[-1]["channels"]
     assert len(cat.shard_paths()) == 2  # shards of 4 images, then 3
     assert cat.num_objects == 13 and cat.num_images == 7
 
