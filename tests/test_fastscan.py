@@ -91,3 +91,34 @@ def test_a_build_writes_four_bit_codes_and_exact_queries_scan_them(tmp_path, mon
     # a build made before the 4-bit codes: the 8-bit table scan answers instead
     (s.files.folder / "codec4.npz").unlink()
     assert isinstance(load_scanner(s.files, threads=2), LutScanner)
+
+
+def test_exhaustive_scan_deepens_when_the_codes_overestimate_rows():
+    """Thousands of rows the 4-bit pass scores above their P (tiny segments of real catalogs): the
+    true top-k below the first 2,000 are still found, the scan deepened until no row under its
+    cut can beat the k-th P."""
+    from types import SimpleNamespace
+
+    from simdex.engine.search import FAST_MIN_RESCORE, quantized_exhaustive_search
+
+    rng = np.random.default_rng(0)
+    n, d = 12_000, 8
+    Z = rng.normal(0, 1, (n, d)).astype(np.float32)
+    omega = np.full(d, 1.0 / d, np.float32)
+    query = make_membership("gaussian", Z[0], 1.0)
+    _, truth = exact_search(Z, [query], omega, 10)
+    true_p = (query(Z) * omega).sum(axis=1)
+    decoys = np.setdiff1d(np.argsort(-true_p)[500:], truth[0])[: 3 * FAST_MIN_RESCORE]
+
+    class Overestimating(FastScanner):  # scores the decoys above every true neighbour
+        def __init__(self):
+            self.codec = SimpleNamespace(table=lambda membership, omega: None)
+
+        def search(self, table, k):
+            score = true_p.astype(np.float64).copy()
+            score[decoys] = 2.0 - np.arange(len(decoys)) * 1e-6
+            order = np.argsort(-score, kind="stable")[:k]
+            return score[order], order
+
+    _, hits = quantized_exhaustive_search(Z, Overestimating(), None, [query], omega, 10)
+    assert set(hits[0]) == set(truth[0])
