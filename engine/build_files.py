@@ -44,6 +44,11 @@ _PRUNING, _CODEC = "pruning.npz", "codec.npz"
 _Z, _CODES, _OBJECT_IDS = "z.npy", "codes.npy", "object_ids.npy"
 _OMEGA, _OMEGAS = "omega.npy", "omegas.npz"
 COLUMN_OMEGA_PREFIX = "@"  # omegas.npz names a label column's Ω "@column" (estimators have bare names)
+_CANDIDATES_INFO, _CANDIDATES_INDEX, _CANDIDATES_OMEGA = "candidates.json", "candidates.faiss", "candidates_omega.npy"
+_CANDIDATES_LISTS = "candidates4.faiss"
+_CODEC4, _CODES4 = "codec4.npz", "codes4-{:03d}.faiss"
+_MANIFEST = "manifest.json"
+_NOT_IN_MANIFEST = (_MANIFEST, ".owner", VERIFIED_FILE)
 
 
 def column_omega_key(column: str) -> str:
@@ -63,11 +68,6 @@ def label_column_omegas(record: dict) -> dict[str, str]:
         if r.get("estimator"):
             out[column] = column_omega_key(column)
     return out
-_CANDIDATES_INFO, _CANDIDATES_INDEX, _CANDIDATES_OMEGA = "candidates.json", "candidates.faiss", "candidates_omega.npy"
-_CANDIDATES_LISTS = "candidates4.faiss"
-_CODEC4, _CODES4 = "codec4.npz", "codes4-{:03d}.faiss"
-_MANIFEST = "manifest.json"
-_NOT_IN_MANIFEST = (_MANIFEST, ".owner", VERIFIED_FILE)
 
 
 class BuildFiles:

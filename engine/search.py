@@ -49,15 +49,16 @@ def quantized_exhaustive_search(
     factor, least = (FAST_RESCORE_FACTOR, FAST_MIN_RESCORE) if fast else (RESCORE_FACTOR, MIN_RESCORE)
     depth = min(n, int(max(least, factor * k) / max(frac, 1e-9)))
     table_codec = scanner.codec if fast else codec
-    found = []
-    for membership in memberships:
-        table = table_codec.table(membership, omega)
-        found.append(_deep_enough(Z, scanner, table, membership, omega, k, depth, n, allow) if fast
-                     else scanner.search(table, depth)[1])
-    cands = np.full((len(memberships), max(len(ids) for ids in found)), -1, np.int64)
-    for q, ids in enumerate(found):
-        cands[q, : len(ids)] = ids
-    P, hits = rerank(Z, cands, memberships, omega, k, allow=allow)
+    if fast:  # each query's rows rescored as its depth is settled
+        ranked = [_deep_enough(Z, scanner, scanner.codec.table(m, omega), m, omega, k, depth, n, allow)
+                  for m in memberships]
+        P, hits = np.stack([p for p, _ in ranked]), np.stack([h for _, h in ranked])
+    else:
+        cands = np.full((len(memberships), depth), -1, np.int64)
+        for q, membership in enumerate(memberships):
+            _, ids = scanner.search(table_codec.table(membership, omega), depth)
+            cands[q, : len(ids)] = ids
+        P, hits = rerank(Z, cands, memberships, omega, k, allow=allow)
     allowed = n if allow is None else int(allow.sum())
     if np.any((hits < 0).sum(axis=1) > max(0, k - allowed)):
         # the filter removed too many of the scanned rows: fall back to the float scan
@@ -65,23 +66,22 @@ def quantized_exhaustive_search(
     return P, hits
 
 
-def _deep_enough(Z, scanner, table, membership, omega, k, depth, n, allow) -> np.ndarray:
-    """The fast-scan's best rows, `depth` of them or more: deepened (4× at a time) while a row
-    below the cut could still beat the k-th float32 P found. The 4-bit score can sit far from P
-    (tiny segments: thousands of rows 0.1 above their P, the true neighbours beyond 2,000), so the
-    cut is checked against the k-th P plus the largest underestimate seen among the k best."""
+def _deep_enough(Z, scanner, table, membership, omega, k, depth, n, allow) -> tuple[np.ndarray, np.ndarray]:
+    """(P (k,), hits (k,)) of one query: the fast-scan's best `depth` rows rescored in float32,
+    deepened (4× at a time) while a row below the cut could still beat the k-th P found. The
+    4-bit score can sit far from P (tiny segments: thousands of rows 0.1 above their P, the true
+    neighbours beyond 2,000), so the cut is checked against the k-th P plus the largest
+    underestimate seen among the k best."""
     while True:
         scores, ids = scanner.search(table, depth)
-        if depth >= n or len(ids) < depth:
-            return ids
-        P, hits = rerank(Z, ids[None], [membership], omega, k, allow=allow)
-        best = hits[0] >= 0
-        if best.sum() < k:
-            return ids  # a filter: the caller's fallback handles it
-        where = {int(r): j for j, r in enumerate(ids)}
-        under = max(0.0, max(float(p) - float(scores[where[int(h)]]) for p, h in zip(P[0][best], hits[0][best])))
-        if float(scores[-1]) + under < float(P[0][best][-1]):
-            return ids
+        P, hits = (a[0] for a in rerank(Z, ids[None], [membership], omega, k, allow=allow))
+        best = hits >= 0
+        if depth >= n or len(ids) < depth or best.sum() < k:  # all rows, or a filter: the caller's fallback
+            return P, hits
+        score_of_best = scores[(ids[None, :] == hits[best][:, None]).argmax(axis=1)]
+        under = max(0.0, float((P[best] - score_of_best).max()))
+        if float(scores[-1]) + under < float(P[best][-1]):
+            return P, hits
         depth = min(n, 4 * depth)
 
 

@@ -276,9 +276,10 @@ def _mask_grid_weights(objects: Objects, g: int, out_hw: tuple[int, int], layer_
     whole = region_weights(objects, "mask", out_hw, layer_hw, masks)  # (M, h, w), each sums to 1
     m, (lh, lw) = len(objects), layer_hw
     inside = _window_weights(grid_windows(bbox_windows(objects.bbox, out_hw, layer_hw), g), layer_hw) > 0
-    part = whole.repeat_interleave(g * g, dim=0) * inside  # (M·g², h, w)
+    per_cell = whole.repeat_interleave(g * g, dim=0)  # (M·g², h, w)
+    part = per_cell * inside
     total = part.sum(dim=(1, 2), keepdim=True)
-    part = torch.where(total > 0, part / total.clamp(min=1e-30), whole.repeat_interleave(g * g, dim=0))
+    part = torch.where(total > 0, part / total.clamp(min=1e-30), per_cell)
     return torch.cat([whole[:, None], part.view(m, g * g, lh, lw)], dim=1).view(m * (1 + g * g), lh, lw)
 
 
