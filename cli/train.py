@@ -41,6 +41,9 @@ from simdex.cli.progress import ProgressBar
 @click.option("--invert", "invert_prob", default=0.3, show_default=True, type=click.FloatRange(0, 1),
               help="Chance that a training image is inverted (1 − x), so dark-on-light objects are "
                    "learnt as well as light-on-dark ones.")
+@click.option("--dice-weight", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Weight of the soft-Dice term added to the pixel-wise cross-entropy (0: cross-entropy "
+                   "alone, as the paper). Dice weighs each object's pixels by its size, so small objects' rims count.")
 @click.option("--no-augment", is_flag=True, help="Turn off polarity/shift/rotation/scale augmentation.")
 @click.option("--mask-threshold", default=0.05, show_default=True, type=click.FloatRange(0, 1),
               help="Mask rule: a pixel is object when it differs from the border's median colour by more.")
@@ -50,7 +53,7 @@ from simdex.cli.progress import ProgressBar
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(source, out, epochs, batch_size, lr, lr_schedule, invert_prob, width, image_size, channels, target_sparsity, alpha, lam,
-          val_fraction, max_images, no_augment, mask_threshold, seed, workers, resume, quiet):
+          val_fraction, max_images, dice_weight, no_augment, mask_threshold, seed, workers, resume, quiet):
     """Train the sparse U-Net on SOURCE: a folder of images, a .csv/.parquet list with a
     `path` column (and optional `mask`), an IDX file, or `fashion-mnist:train`.
 
@@ -78,7 +81,7 @@ def train(source, out, epochs, batch_size, lr, lr_schedule, invert_prob, width, 
                       lam=lam, val_fraction=val_fraction, max_train_images=max_images, augment=not no_augment,
                       mask_threshold=mask_threshold, seed=seed, workers=workers, width=width,
                       in_channels=int(channels), image_size=image_size, invert_prob=invert_prob,
-                      decay_epochs=epochs if lr_schedule == "cosine" else 0)
+                      dice_weight=dice_weight, decay_epochs=epochs if lr_schedule == "cosine" else 0)
     logging.basicConfig(level=logging.WARNING)
     bar: list[ProgressBar | None] = [None]
 

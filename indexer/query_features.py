@@ -129,6 +129,7 @@ def array_features(catalog: Catalog, images: list[np.ndarray], names: list[str],
     if catalog.region == "full" and any(b is not None for b in boxes):
         raise QueryImageError("this catalog pools whole images (region mode 'full'): a box cannot select a region")
     net = query_net(catalog) if net is None else net
+    shown = shown or [(im.shape[1], im.shape[2]) for im in images]
     if isinstance(net, LiteUNet):
         return _lite_features(catalog, images, names, min_area, boxes, net, shown)
     return _torch_features(catalog, images, names, min_area, boxes, net, shown)
@@ -146,12 +147,11 @@ def _box_region(foreground: np.ndarray, box, image_hw: tuple[int, int], placemen
     return (x0, y0, x1, y1), region
 
 
-def _lite_features(catalog, images, names, min_area, boxes, net, shown=None) -> np.ndarray:
+def _lite_features(catalog, images, names, min_area, boxes, net, shown) -> np.ndarray:
     from simdex.indexer.lite import largest_object, object_features
     from simdex.indexer.sources import fit_to_size
 
     size, out = net.config.image_size, []
-    shown = shown or [(im.shape[1], im.shape[2]) for im in images]
     for image, path, box, hw in zip(images, names, boxes, shown, strict=True):
         canvas, scale, top, left = fit_to_size(image, size, original_hw=hw)
         logits, acts = net.forward(canvas)
@@ -167,7 +167,7 @@ def _lite_features(catalog, images, names, min_area, boxes, net, shown=None) -> 
     return np.stack(out).astype(np.float32)
 
 
-def _torch_features(catalog, images, names, min_area, boxes, net, shown=None) -> np.ndarray:
+def _torch_features(catalog, images, names, min_area, boxes, net, shown) -> np.ndarray:
     import torch
 
     from simdex.indexer.extract import Objects, find_objects, object_features
@@ -175,7 +175,6 @@ def _torch_features(catalog, images, names, min_area, boxes, net, shown=None) ->
 
     cfg = net.config
     out = []
-    shown = shown or [(im.shape[1], im.shape[2]) for im in images]
     for image, path, box, hw in zip(images, names, boxes, shown, strict=True):
         canvas, scale, top, left = fit_to_size(image, cfg.image_size, original_hw=hw)
         with torch.inference_mode():

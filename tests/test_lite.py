@@ -61,13 +61,14 @@ def test_features_equal_torch_for_every_region_mode_and_for_boxes(shipped, regio
     cat = SimpleNamespace(region=region)
     images = _images()
     names = [f"im{i}" for i in range(len(images))]
-    want = _torch_features(cat, images, names, 1, [None] * len(images), net)
-    got = _lite_features(cat, images, names, 1, [None] * len(images), lnet)
+    shown = [im.shape[1:] for im in images]
+    want = _torch_features(cat, images, names, 1, [None] * len(images), net, shown)
+    got = _lite_features(cat, images, names, 1, [None] * len(images), lnet, shown)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     if region != "full":
         boxes = [(4, 6, 40, 50), (0, 0, 64, 64), (30, 30, 33, 31)] * 2
-        want = _torch_features(cat, images, names, 1, boxes, net)
-        got = _lite_features(cat, images, names, 1, boxes, lnet)
+        want = _torch_features(cat, images, names, 1, boxes, net, shown)
+        got = _lite_features(cat, images, names, 1, boxes, lnet, shown)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -75,7 +76,7 @@ def test_no_object_is_a_query_error(shipped):
     _, lnet = shipped
     blank = np.zeros((3, 64, 64), np.float32)
     with pytest.raises(QueryImageError, match="finds no object"):
-        _lite_features(SimpleNamespace(region="mask"), [blank], ["blank.png"], 1, [None], lnet)
+        _lite_features(SimpleNamespace(region="mask"), [blank], ["blank.png"], 1, [None], lnet, [blank.shape[1:]])
 
 
 def test_a_damaged_or_foreign_export_is_ignored(shipped, tmp_path):

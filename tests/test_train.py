@@ -10,7 +10,7 @@ from PIL import Image
 from simdex.cli.main import main
 from simdex.indexer.checkpoint import load_model
 from simdex.indexer.sources import IdxSource, ImageRecord
-from simdex.indexer.train import LR_FLOOR, TrainConfig, augment_batch, evaluate, learning_rate, train
+from simdex.indexer.train import LR_FLOOR, TrainConfig, augment_batch, evaluate, learning_rate, soft_dice_loss, train
 from synth import blob_images
 
 
@@ -221,4 +221,29 @@ def test_train_cli_records_the_schedule_and_polarity_in_the_model(tmp_path):
                                     "--width", "0.25", "--image-size", "16", "--workers", "0", "--quiet"])
     assert res.exit_code == 0, res.output
     meta = load_model(tmp_path / "run" / "model.pt").meta["train"]
-    assert meta["decay_epochs"] == 2 and meta["invert_prob"] == 0.3
+    assert meta["decay_epochs"] == 2 and meta["invert_prob"] == 0.3 and meta["dice_weight"] == 1.0
+
+
+def test_soft_dice_loss_is_zero_when_right_one_when_wrong_and_weighs_small_objects():
+    mask = torch.zeros(2, 16, 16, dtype=torch.uint8)
+    mask[0, 2:4, 2:4] = 1  # a 4-pixel object
+    mask[1, 4:12, 4:12] = 1  # a 64-pixel one
+    sure = torch.stack([1 - mask.float(), mask.float()], 1) * 20
+    assert soft_dice_loss(sure, mask).item() == pytest.approx(0.0, abs=1e-3)
+    assert soft_dice_loss(-sure, mask).item() == pytest.approx(1.0, abs=0.02)  # eps smooths
+    # Missing the small object's 4 pixels costs cross-entropy 4 pixels' worth of 512, Dice 4 of 68
+    # object pixels: the term that makes a small object's rim matter.
+    miss = sure.clone()
+    miss[0, :, 2:4, 2:4] = -miss[0, :, 2:4, 2:4]
+    wrong_share = 4 / mask.numel()
+    ce = torch.nn.functional.cross_entropy(miss, mask.long()).item()
+    assert ce == pytest.approx(wrong_share * 20, rel=1e-3)  # each wrong pixel costs 20 nats here
+    assert soft_dice_loss(miss, mask).item() > 3 * wrong_share
+    logits = torch.zeros(2, 2, 16, 16, requires_grad=True)
+    soft_dice_loss(logits, mask).backward()
+    assert logits.grad[:, 1][mask == 1].lt(0).all()  # raising the object logit on object pixels lowers the loss
+
+
+def test_a_resumed_run_of_an_older_model_keeps_cross_entropy_alone():
+    """Runs saved before the Dice term resume as they were trained: the option's absence reads as 0."""
+    assert TrainConfig.from_dict({"epochs": 3}).dice_weight == 0.0
