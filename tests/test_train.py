@@ -221,7 +221,12 @@ def test_train_cli_records_the_schedule_and_polarity_in_the_model(tmp_path):
                                     "--width", "0.25", "--image-size", "16", "--workers", "0", "--quiet"])
     assert res.exit_code == 0, res.output
     meta = load_model(tmp_path / "run" / "model.pt").meta["train"]
-    assert meta["decay_epochs"] == 2 and meta["invert_prob"] == 0.3 and meta["dice_weight"] == 1.0
+    assert meta["decay_epochs"] == 2 and meta["invert_prob"] == 0.3 and meta["dice_weight"] == 0.0
+    res = CliRunner().invoke(main, ["train", str(folder), "--out", str(tmp_path / "dice"), "--epochs", "1",
+                                    "--width", "0.25", "--image-size", "16", "--workers", "0", "--quiet",
+                                    "--dice-weight", "1"])
+    assert res.exit_code == 0, res.output
+    assert load_model(tmp_path / "dice" / "model.pt").meta["train"]["dice_weight"] == 1.0
 
 
 def test_soft_dice_loss_is_zero_when_right_one_when_wrong_and_weighs_small_objects():
