@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from simdex.engine.build import ENGINE_CHOICES, OMEGA_CHOICES, BuildConfig
+from simdex.engine.build import ENGINE_CHOICES, OMEGA_CHOICES, ROW_NORMS, BuildConfig
 from simdex.engine.candidates import CANDIDATE_KINDS
 
 
@@ -16,6 +16,11 @@ from simdex.engine.candidates import CANDIDATE_KINDS
 @click.option("--retain", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
               help="Keep the fewest features whose squared loadings on v1 sum to at least this (the paper: "
                    "0.99; 1.0 keeps every feature with a loading, the better ranking on Fashion-MNIST).")
+@click.option("--row-norm", type=click.Choice(ROW_NORMS), default="none", show_default=True,
+              help="Map each object's raw vector before the statistics and z-scores: none (the paper) or l2 (unit "
+                   "length, so an object's contrast and size stop counting as what it is: Fashion-MNIST mAP "
+                   "0.469 → 0.504 in benchmarks/results/bench_row_norm_fmnist.md). Queries, SQL and "
+                   "explanations apply the build's map.")
 @click.option("--omega", type=click.Choice(OMEGA_CHOICES), default="auto", show_default=True,
               help="Feature weights: eq. 5 from classes (clusters), Welch t between classes, learned (fitted "
                    "for retrieval on the labels, λ chosen on held-out queries), v1² (svd), uniform; auto = "
@@ -55,7 +60,7 @@ from simdex.engine.candidates import CANDIDATE_KINDS
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="With --engine ray: tasks in flight.  [default: the cluster's CPUs]")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the version.")
-def build(catalog: Path, retain: float, omega: str, clusters_from: str | None, omega_columns: str | None,
+def build(catalog: Path, retain: float, row_norm: str, omega: str, clusters_from: str | None, omega_columns: str | None,
           n_clusters: int, omega_split: str,
           tau: float, index_kind: str, recall_queries: int, learned_rows: int, seed: int, engine: str,
           address: str | None, workers: int | None, quiet: bool) -> None:
@@ -101,7 +106,7 @@ def build(catalog: Path, retain: float, omega: str, clusters_from: str | None, o
 
     columns = None if omega_columns is None else tuple(
         c.strip() for c in omega_columns.split(",") if c.strip() and omega_columns.strip().lower() != "none")
-    config = BuildConfig(retain=retain, omega=omega, clusters_from=clusters_from, omega_columns=columns,
+    config = BuildConfig(retain=retain, row_norm=row_norm, omega=omega, clusters_from=clusters_from, omega_columns=columns,
                          n_clusters=n_clusters,
                          omega_split=omega_split, tau=tau, index=index_kind, recall_queries=recall_queries,
                          learned_rows=learned_rows, seed=seed, engine=engine, address=address, workers=workers)

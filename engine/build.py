@@ -58,7 +58,7 @@ from simdex.engine.catalog import Catalog, CatalogError
 from simdex.engine.errors import SimdexError
 from simdex.engine.fastscan import FourBitCodec, chunk_indexes
 from simdex.engine.omega import ClassStats, OmegaError, OmegaInputs, kmeans_labels, make_omega
-from simdex.engine.pruning import FeatureStats, Pruning, PruningError, format_table_iii
+from simdex.engine.pruning import ROW_NORMS, FeatureStats, Pruning, PruningError, format_table_iii, row_normalise
 from simdex.engine.quantized import UniformCodec
 from simdex.engine.searcher import QUANTIZED_SCAN_ABOVE, load_scanner
 from simdex.engine.shard_reader import column_values
@@ -81,6 +81,9 @@ class BuildConfig:
     # Fashion-MNIST the paper's 0.99 keeps 70 of 221 active features and costs 0.14 P@10 with
     # learned Ω (benchmarks/results/bench_omega.md)
     retain: float = 1.0
+    # each object's raw vector mapped before statistics and z-scores: none (the paper) | l2 (unit length;
+    # Fashion-MNIST mAP 0.469 → 0.504 in benchmarks/results/bench_row_norm_fmnist.md)
+    row_norm: str = "none"
     omega: str = "auto"  # auto | uniform | svd | clusters | welch | learned
     clusters_from: str | None = None  # column of classes for clusters/welch (default: label)
     # further columns of classes, each given its own Ω (the `auto` choice on that column's classes) that
@@ -110,9 +113,10 @@ class BuildResult:
     info: dict
 
 
-def _previous_stats(catalog: Catalog, shards: list[str]) -> tuple[FeatureStats | None, list[str]]:
-    """Statistics of the current build when its shards are a prefix of `shards` (none when the
-    current build is damaged: a new build is how to repair it)."""
+def _previous_stats(catalog: Catalog, shards: list[str], row_norm: str = "none") -> tuple[FeatureStats | None, list[str]]:
+    """Statistics of the current build when its shards are a prefix of `shards` and its rows were
+    mapped by the same `row_norm` (none when the current build is damaged: a new build is how to
+    repair it)."""
     try:
         current = catalog.current_build()
     except CatalogError as exc:
@@ -122,10 +126,11 @@ def _previous_stats(catalog: Catalog, shards: list[str]) -> tuple[FeatureStats |
         return None, []
     try:
         stats, covered = current.read_stats()
+        same_map = current.read_pruning().row_norm == row_norm
     except (OSError, ValueError, KeyError) as exc:
         log.warning("cannot reuse the statistics of %s (%s); reading every shard", current.folder, exc)
         return None, []
-    if covered != shards[: len(covered)] or stats.num_features != catalog.num_features:
+    if covered != shards[: len(covered)] or stats.num_features != catalog.num_features or not same_map:
         return None, []
     return stats, covered
 
@@ -171,6 +176,8 @@ def _check_config(config: BuildConfig) -> None:
         raise BuildError(f"unknown omega {config.omega!r}; choose one of {', '.join(OMEGA_CHOICES)}")
     if not 0 < config.retain <= 1:
         raise BuildError(f"retain must be in (0, 1], got {config.retain}")
+    if config.row_norm not in ROW_NORMS:
+        raise BuildError(f"row_norm must be one of {', '.join(ROW_NORMS)}, got {config.row_norm!r}")
     if not config.tau > 0:
         raise BuildError(f"tau must be positive, got {config.tau}")
     if config.engine not in ENGINE_CHOICES:
@@ -194,7 +201,7 @@ def _check_columns(catalog: Catalog, config: BuildConfig) -> None:
 def _prune(catalog: Catalog, stats: FeatureStats, config: BuildConfig) -> tuple[Pruning, list[dict]]:
     """The kept features (SVD pruning) and the paper's Table III."""
     try:
-        pruning = Pruning.from_stats(stats, config.retain)
+        pruning = Pruning.from_stats(stats, config.retain, config.row_norm)
     except PruningError as exc:
         raise BuildError(str(exc)) from None
     table_iii = pruning.table_iii(catalog.phi)
@@ -235,7 +242,7 @@ def _build(catalog: Catalog, config: BuildConfig, report: Callable[[str, int, in
         raise BuildError(f"catalog {catalog.root} has no objects; index images first with `simdex index`")
     timings = {}
     _check_columns(catalog, config)  # before the passes: at 10M objects they take a quarter of an hour
-    stats, reused = _statistics(catalog, shards, report, passes)
+    stats, reused = _statistics(catalog, shards, report, passes, config.row_norm)
     pruning, table_iii = _prune(catalog, stats, config)
     timings["statistics"] = time.perf_counter() - started
 
@@ -262,7 +269,7 @@ def _build(catalog: Catalog, config: BuildConfig, report: Callable[[str, int, in
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "config": {k: v for k, v in asdict(config).items() if k != "index_options"},
             "objects": catalog.num_objects, "num_features": catalog.num_features, "active": int(pruning.active.sum()),
-            "kept": len(pruning.kept), "retained": pruning.retained, "table_iii": table_iii, "omega": omega_record,
+            "kept": len(pruning.kept), "retained": pruning.retained, "row_norm": pruning.row_norm, "table_iii": table_iii, "omega": omega_record,
             "candidates": index.info(), "recall": recall, "shards": shards, "shards_reused_for_statistics": reused,
             "model_sha256": catalog.model_sha256, "timings_s": timings, "engine": passes.info(),
         }
@@ -296,11 +303,11 @@ class LocalPasses:
     def info(self) -> dict:
         return {"name": "local"}
 
-    def feature_stats(self, reader) -> Iterator[FeatureStats]:
-        """Statistics of `reader`'s rows, one FeatureStats per batch, in row order."""
+    def feature_stats(self, reader, row_norm: str = "none") -> Iterator[FeatureStats]:
+        """Statistics of `reader`'s rows mapped by `row_norm`, one FeatureStats per batch, in row order."""
         for _, x in reader.iter_features(self.batch_rows):
             part = FeatureStats(reader.num_features)
-            part.update(x)
+            part.update(row_normalise(x, row_norm))
             yield part
 
     def normalised(self, reader, pruning: Pruning, codec: UniformCodec) -> Iterator[tuple]:
@@ -318,13 +325,13 @@ def _passes(config: BuildConfig):
     return LocalPasses(config.batch_rows)
 
 
-def _statistics(catalog: Catalog, shards: list[str], report, passes) -> tuple[FeatureStats, int]:
-    """Pass 1: FeatureStats over every object, reusing those of the shards the current build covered.
-    Returns the statistics and how many shards were reused."""
+def _statistics(catalog: Catalog, shards: list[str], report, passes, row_norm: str = "none") -> tuple[FeatureStats, int]:
+    """Pass 1: FeatureStats over every object (rows mapped by `row_norm`), reusing those of the shards
+    the current build covered. Returns the statistics and how many shards were reused."""
     n_objects = catalog.num_objects
-    stats, covered = _previous_stats(catalog, shards)
+    stats, covered = _previous_stats(catalog, shards, row_norm)
     stats = stats or FeatureStats(catalog.num_features)  # loaded or new: ours to add to in place
-    for part in passes.feature_stats(catalog.shards(first=len(covered))):
+    for part in passes.feature_stats(catalog.shards(first=len(covered)), row_norm):
         stats.absorb(part)  # float64 sums: the same additions as one running total
         report("statistics", stats.count, n_objects)
     if stats.count != n_objects:

@@ -206,13 +206,15 @@ class BuildFiles:
     def write_pruning(self, pruning: Pruning) -> None:
         np.savez(self.folder / _PRUNING, active=pruning.active, v1=pruning.v1, kept=pruning.kept, mean=pruning.mean,
                  std=pruning.std, z_min=pruning.z_min, z_max=pruning.z_max,
-                 retain=np.float64(pruning.retain), retained=np.float64(pruning.retained))
+                 retain=np.float64(pruning.retain), retained=np.float64(pruning.retained),
+                 row_norm=np.str_(pruning.row_norm))
 
     def read_pruning(self) -> Pruning:
         with np.load(self.folder / _PRUNING) as f:
             scalars = {k: float(f[k]) if k in f.files else float("nan") for k in ("retain", "retained")}
+            row_norm = str(f["row_norm"]) if "row_norm" in f.files else "none"  # builds before the option
             return Pruning(active=f["active"], v1=f["v1"], kept=f["kept"], mean=f["mean"], std=f["std"],
-                           z_min=f["z_min"], z_max=f["z_max"], **scalars)
+                           z_min=f["z_min"], z_max=f["z_max"], row_norm=row_norm, **scalars)
 
     def write_codec(self, codec: UniformCodec) -> None:
         np.savez(self.folder / _CODEC, lo=codec.lo, step=codec.step)

@@ -91,6 +91,24 @@ class FeatureStats:
         return out
 
 
+ROW_NORMS = ("none", "l2")
+
+
+def row_normalise(x: np.ndarray, row_norm: str) -> np.ndarray:
+    """The per-object map the build applies to raw vectors before its statistics and z-scores.
+
+    ``none``: the raw means (the paper). ``l2``: each row divided by its length, so an object's
+    overall contrast and size stop counting as what it is (Fashion-MNIST mAP 0.469 → 0.504,
+    benchmarks/results/bench_row_norm_fmnist.md). An all-zero row stays zero.
+    """
+    if row_norm == "none":
+        return x
+    if row_norm == "l2":
+        x = np.asarray(x, dtype=np.float64)
+        return x / np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-30)[:, None]
+    raise PruningError(f"unknown row normalisation {row_norm!r}: choose one of {', '.join(ROW_NORMS)}")
+
+
 @dataclass
 class Pruning:
     """Result of pruning: which raw features are kept and how they are z-scored."""
@@ -104,10 +122,11 @@ class Pruning:
     z_max: np.ndarray  # float64 (n,)
     retain: float
     retained: float  # Σ v_1j² over the kept features
+    row_norm: str = "none"  # the map of raw rows before statistics and z-scores (`row_normalise`)
 
     @classmethod
-    def from_stats(cls, stats: FeatureStats, retain: float = 0.99) -> Pruning:
-        """Prune from accumulated statistics.
+    def from_stats(cls, stats: FeatureStats, retain: float = 0.99, row_norm: str = "none") -> Pruning:
+        """Prune from accumulated statistics (of rows mapped by `row_norm`).
 
         Raises:
             PruningError: no objects, no active feature, or retain outside (0, 1].
@@ -145,7 +164,7 @@ class Pruning:
         std = np.where(std > 0, std, 1.0)  # a constant-but-active feature cannot happen, but never divide by 0
         return cls(active=active, v1=v1, kept=kept, mean=mean, std=std,
                    z_min=(stats.min[kept] - mean) / std, z_max=(stats.max[kept] - mean) / std,
-                   retain=retain, retained=float(cumulative[n_keep - 1]))
+                   retain=retain, retained=float(cumulative[n_keep - 1]), row_norm=row_norm)
 
     @property
     def v1_kept(self) -> np.ndarray:
@@ -153,8 +172,8 @@ class Pruning:
         return self.v1[self.kept]
 
     def normalise(self, x: np.ndarray) -> np.ndarray:
-        """Raw features (rows, N) → z-scored kept features (rows, n) float32."""
-        z = (np.asarray(x)[:, self.kept] - self.mean) / self.std
+        """Raw features (rows, N) → z-scored kept features (rows, n) float32 (after the row map)."""
+        z = (row_normalise(np.asarray(x), self.row_norm)[:, self.kept] - self.mean) / self.std
         return z.astype(np.float32)
 
     def table_iii(self, phi: list[dict]) -> list[dict]:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from simdex.engine.pruning import FeatureStats, Pruning
+from simdex.engine.pruning import FeatureStats, Pruning, row_normalise
 from simdex.engine.quantized import UniformCodec
 from simdex.engine.ray_cluster import RayCluster, RayClusterError, require_ray
 from simdex.engine.shard_reader import ShardReader
@@ -82,15 +82,16 @@ class RayPasses:
         """What the build records of its engine."""
         return {"name": "ray", "address": self.address, "workers": self.workers, "tasks": dict(self.tasks)}
 
-    def feature_stats(self, reader: ShardReader) -> Iterator[FeatureStats]:
-        """Statistics of `reader`'s rows, one `FeatureStats` per group of shards, in shard order."""
+    def feature_stats(self, reader: ShardReader, row_norm: str = "none") -> Iterator[FeatureStats]:
+        """Statistics of `reader`'s rows mapped by `row_norm`, one `FeatureStats` per group of shards,
+        in shard order."""
         if not reader.paths:  # every shard's statistics reused: no cluster needed for this pass
             return
         ray = self._session()
         task = ray.remote(num_cpus=1)(_group_stats)
         groups = self._groups(reader)
         self.tasks["statistics"] += len(groups)
-        yield from self._in_order(ray, groups, lambda g: task.remote(g, self.batch_rows))
+        yield from self._in_order(ray, groups, lambda g: task.remote(g, self.batch_rows, row_norm))
 
     def normalised(self, reader: ShardReader, pruning: Pruning,
                    codec: UniformCodec) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -166,11 +167,11 @@ def _result(ray, group: ShardReader, ref):
         raise
 
 
-def _group_stats(reader: ShardReader, batch_rows: int) -> FeatureStats:
-    """A task: the statistics of one group's rows."""
+def _group_stats(reader: ShardReader, batch_rows: int, row_norm: str = "none") -> FeatureStats:
+    """A task: the statistics of one group's rows (mapped by `row_norm`)."""
     stats = FeatureStats(reader.num_features)
     for _, x in reader.iter_features(batch_rows):
-        stats.update(x)
+        stats.update(row_normalise(x, row_norm))
     return stats
 
 

@@ -178,8 +178,7 @@ class Searcher:
         x = np.atleast_2d(np.asarray(features, dtype=np.float32))
         if x.shape[1] != self.catalog.num_features:
             raise SearchError(f"feature vectors have {x.shape[1]} values, the catalog's model gives {self.catalog.num_features}")
-        z = ((x[:, self.kept] - self.mean) / self.std).astype(np.float32)
-        return Query(z, [])
+        return Query(self.pruning.normalise(x), [])
 
     def allow_mask(self, where: str | None = None) -> np.ndarray | None:
         """Rows that may be returned: not deleted, and matching the SQL predicate `where` on the objects'

@@ -249,16 +249,24 @@ class SqlSession:
             "recall_at_10": [recall.get("recall_at_10_mean")]}))
         self._view("build", "SELECT * FROM _build", "the current build: version, objects, kept, Ω, τ, recall")
 
-        # eq. 4 with eq. 2 after z-scoring: g_j = exp(−((z_aj − z_bj)/τ)²) and z_aj − z_bj = (a_kj − b_kj)/σ_j
+        # eq. 4 with eq. 2 after z-scoring: g_j = exp(−((z_aj − z_bj)/τ)²) and z_aj − z_bj = (a_kj − b_kj)/σ_j,
+        # a and b first scaled by the build's row map (`row_normalise`): sa, sb = 1 (none) or 1/‖·‖ (l2),
+        # computed once per call and bound by a one-element list_transform, not once per feature
         d = len(kept)
         K, inv_std, W, M = _int_list(kept + 1), _float_list(1.0 / s.std), _float_list(omega), _float_list(s.mean)
+
+        def scale(v: str) -> str:
+            if s.pruning.row_norm == "l2":
+                return f"1.0 / greatest(sqrt(list_inner_product({v}, {v})), 1e-30)"
+            return "1.0"
+
         self.con.execute(
-            f"CREATE MACRO simdex_p(a, b, tau := {self.tau!r}) AS "
-            f"least(greatest(list_sum(list_transform(range(1, {d + 1}), lambda i: {W}[i] * "
-            f"exp(-pow((a[{K}[i]] - b[{K}[i]]) * {inv_std}[i] / tau, 2)))), 0.0), 1.0)")
+            f"CREATE MACRO simdex_p(a, b, tau := {self.tau!r}) AS list_transform([[{scale('a')}, {scale('b')}]], "
+            f"lambda s: least(greatest(list_sum(list_transform(range(1, {d + 1}), lambda i: {W}[i] * "
+            f"exp(-pow((a[{K}[i]] * s[1] - b[{K}[i]] * s[2]) * {inv_std}[i] / tau, 2)))), 0.0), 1.0))[1]")
         self.con.execute(
-            f"CREATE MACRO simdex_z(a) AS "
-            f"list_transform(range(1, {d + 1}), lambda i: (a[{K}[i]] - {M}[i]) * {inv_std}[i])")
+            f"CREATE MACRO simdex_z(a) AS list_transform([{scale('a')}], lambda s: "
+            f"list_transform(range(1, {d + 1}), lambda i: (a[{K}[i]] * s - {M}[i]) * {inv_std}[i]))[1]")
 
     def _register_results(self, searches: Sequence[SearchSpec], exact: bool) -> None:
         self.has_results = bool(searches)

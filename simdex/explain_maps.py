@@ -101,7 +101,7 @@ def _image_maps(searcher, ids, meta, maps, terms, layout, names, layer_names, z_
         for e, mp in per_entry.items():
             name = layer_names[layout.layer_of_entry[e]]
             per_layer[name] = per_layer[name] + mp if name in per_layer else mp
-        z_again = (om.features[searcher.kept] - searcher.mean) / searcher.std
+        z_again = searcher.pruning.normalise(om.features[None])[0]
         images.append(ImageMap(
             object_id=ids[i], role="answer" if i == len(ids) - 1 else "query", source=row["source"],
             canvas=om.canvas, placement=om.placement, box=om.box, pixel_map=pixel_map(per_entry, size),
