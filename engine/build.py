@@ -651,7 +651,8 @@ def format_build_summary(info: dict, version: str) -> str:
     r = info["recall"]
     lines = [
         f"build {version}: {info['objects']:,} objects, {info['num_features']} features, "
-        f"{info['active']} active, {info['kept']} kept (Σ v1² = {info['retained']:.4f})",
+        f"{info['active']} active, {info['kept']} kept (Σ v1² = {info['retained']:.4f})"
+        + (f", rows mapped by {info['row_norm']} before z-scoring" if info.get("row_norm", "none") != "none" else ""),
         "", "Table III", format_table_iii(info["table_iii"]), "",
         f"Ω: {info['omega']['estimator']}" + (f" from {info['omega']['classes_from']} ({info['omega']['rows']})"
                                              if info["omega"]["classes_from"] else ""),

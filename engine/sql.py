@@ -243,11 +243,11 @@ class SqlSession:
         self.con.register("_build", pa.table({
             "version": [s.version], "created": [info.get("created")], "objects": [int(info["objects"])],
             "num_features": [int(info["num_features"])], "active": [int(info["active"])], "kept": [int(info["kept"])],
-            "retained": [float(info["retained"])], "omega": [info["omega"]["estimator"]],
+            "retained": [float(info["retained"])], "row_norm": [s.pruning.row_norm], "omega": [info["omega"]["estimator"]],
             "omega_classes_from": [info["omega"].get("classes_from")], "tau": [s.tau],
             "candidates": [json.dumps(info.get("candidates"))],
             "recall_at_10": [recall.get("recall_at_10_mean")]}))
-        self._view("build", "SELECT * FROM _build", "the current build: version, objects, kept, Ω, τ, recall")
+        self._view("build", "SELECT * FROM _build", "the current build: version, objects, kept, row_norm, Ω, τ, recall")
 
         # eq. 4 with eq. 2 after z-scoring: g_j = exp(−((z_aj − z_bj)/τ)²) and z_aj − z_bj = (a_kj − b_kj)/σ_j,
         # a and b first scaled by the build's row map (`row_normalise`): sa, sb = 1 (none) or 1/‖·‖ (l2),

@@ -83,8 +83,11 @@ def test_statistics_are_reused_only_for_the_same_map(tmp_path):
 
 def test_cli_build_row_norm(tmp_path):
     cat, _ = _catalog(tmp_path / "cat")
-    res = CliRunner().invoke(cli_main, ["build", "--catalog", str(cat.root), "--row-norm", "l2", "--quiet"])
+    res = CliRunner().invoke(cli_main, ["build", "--catalog", str(cat.root), "--row-norm", "l2"])
     assert res.exit_code == 0, res.output
+    assert "rows mapped by l2 before z-scoring" in res.output
     assert Searcher.open(cat.root).pruning.row_norm == "l2"
+    with SqlSession(cat) as sql:
+        assert sql.query("SELECT row_norm FROM build").column("row_norm").to_pylist() == ["l2"]
     res = CliRunner().invoke(cli_main, ["build", "--catalog", str(cat.root), "--row-norm", "max"])
     assert res.exit_code == 2 and "Traceback" not in res.output
