@@ -19,7 +19,8 @@ Views (all read-only; tombstoned objects are hidden, as in every query result):
 Macros:
 
     simdex_p(a, b [, tau := τ])   P(v_a|v_b) of eq. 4 with the Gaussian membership (eq. 2) for two
-                                  raw feature vectors, with the build's kept features, z-score and Ω;
+                                  raw feature vectors, with the build's row map (`--row-norm`), kept
+                                  features, z-score and Ω;
                                   agrees with `Searcher.search` to float32 round-off
     simdex_z(a)                   the z-scored kept features of a raw vector (DOUBLE[d])
 
