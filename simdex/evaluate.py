@@ -191,7 +191,7 @@ def evaluate(root, config: EvalConfig | None = None,
     results = {m: results[m] for m in config.methods if m in results}
     return {"catalog": str(root), "build": searcher.version, "queries": int(len(q_rows)),
             "gallery": int(len(g_rows)), "tau": tau, "kept_features": d, **splits, "ks": list(config.ks),
-            "build_omega": build_omega, "results": results}
+            "build_omega": build_omega, "row_norm": searcher.pruning.row_norm, "results": results}
 
 
 def _queries_and_gallery(searcher, config: EvalConfig):

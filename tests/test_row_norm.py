@@ -89,5 +89,9 @@ def test_cli_build_row_norm(tmp_path):
     assert Searcher.open(cat.root).pruning.row_norm == "l2"
     with SqlSession(cat) as sql:
         assert sql.query("SELECT row_norm FROM build").column("row_norm").to_pylist() == ["l2"]
+    res = CliRunner().invoke(cli_main, ["eval", "--catalog", str(cat.root), "--queries", "20", "--quiet",
+                                        "--method", "fuzzy P, build's Ω"])
+    assert res.exit_code == 0, res.output
+    assert "rows mapped by l2" in res.output
     res = CliRunner().invoke(cli_main, ["build", "--catalog", str(cat.root), "--row-norm", "max"])
     assert res.exit_code == 2 and "Traceback" not in res.output
