@@ -101,11 +101,17 @@ def row_normalise(x: np.ndarray, row_norm: str) -> np.ndarray:
     overall contrast and size stop counting as what it is (Fashion-MNIST mAP 0.469 → 0.504,
     benchmarks/results/bench_row_norm_fmnist.md). An all-zero row stays zero.
     """
+    lengths = row_lengths(x, row_norm)
+    return x if lengths is None else np.asarray(x, dtype=np.float64) / lengths[:, None]
+
+
+def row_lengths(x: np.ndarray, row_norm: str) -> np.ndarray | None:
+    """What `row_normalise` divides each row by (float64 (rows,)), or None for ``none``: so a caller
+    that needs only some columns divides those alone."""
     if row_norm == "none":
-        return x
-    if row_norm == "l2":
-        x = np.asarray(x, dtype=np.float64)
-        return x / np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-30)[:, None]
+        return None
+    if row_norm == "l2":  # squares summed in float64 without a float64 copy of the batch
+        return np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)), 1e-30)
     raise PruningError(f"unknown row normalisation {row_norm!r}: choose one of {', '.join(ROW_NORMS)}")
 
 
@@ -173,7 +179,10 @@ class Pruning:
 
     def normalise(self, x: np.ndarray) -> np.ndarray:
         """Raw features (rows, N) → z-scored kept features (rows, n) float32 (after the row map)."""
-        z = (row_normalise(np.asarray(x), self.row_norm)[:, self.kept] - self.mean) / self.std
+        x = np.asarray(x)
+        lengths = row_lengths(x, self.row_norm)  # of the whole row; only the kept columns are divided
+        kept = x[:, self.kept] if lengths is None else x[:, self.kept] / lengths[:, None]
+        z = (kept - self.mean) / self.std
         return z.astype(np.float32)
 
     def table_iii(self, phi: list[dict]) -> list[dict]:
