@@ -82,7 +82,7 @@ def demo(catalogs: Path, report: Path, fmnist_train: int, fmnist_test: int, no_s
     for result in results:
         if result.evaluation:
             click.echo(f"{result.catalog}: retrieval with {result.evaluation['label_column']} labels")
-            click.echo(format_table(result.evaluation))
+            click.echo(format_table(result.evaluation, paired=False))
         t = result.timings_s
         click.echo(f"{result.catalog} done in {t['total']:.0f} s (index {t['index']:.0f} s, build {t['build']:.0f} s, "
                    f"queries {t['queries']:.1f} s, evaluation {t['evaluation']:.0f} s)")

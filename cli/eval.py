@@ -46,6 +46,12 @@ def eval(catalog, num_queries, query_split, gallery_split, ks, tau, label_column
     of the raw object vectors, L2 of the z-scored kept features, and L2 of the raw
     pixels (in colour when the catalog's model reads 3 channels).
 
+    Below the table: the build's Ω minus each other ranking, query by query on the
+    same queries, with a 95 % interval (mean ± 1.96 standard errors of the paired
+    differences). An interval that holds 0 means these queries cannot tell the two
+    apart: ask for more (--queries 0 takes the whole split) before reading a winner
+    into it. The JSON has the same figures under "paired".
+
     \b
     Example (the README's table):
       simdex eval --catalog catalogs/fmnist

@@ -80,8 +80,20 @@ def evaluate_arrays(
         raw_q, raw_g: raw object vectors for the cosine ranking (optional).
         pix_q, pix_g: flattened pixels for the pixel L2 ranking (optional).
 
-    Returns: method → {"map", "p@k"…, "queries"}.
+    Returns: method → {"map", "p@k"…, "queries"} (`summarise` of `rank_queries`).
     """
+    return summarise(rank_queries(zq, zg, labels_q, labels_g, omegas, tau, raw_q, raw_g, pix_q, pix_g, ks,
+                                  threads, progress), ks)
+
+
+def rank_queries(
+    zq: np.ndarray, zg: np.ndarray, labels_q: np.ndarray, labels_g: np.ndarray, omegas: dict[str, np.ndarray],
+    tau: float, raw_q: np.ndarray | None = None, raw_g: np.ndarray | None = None,
+    pix_q: np.ndarray | None = None, pix_g: np.ndarray | None = None, ks=(1, 10, 100),
+    threads: int = 1, progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, dict]]:
+    """Every ranking's metrics for each query, in query order: [{method: {"ap", "p@k"…}}] (the
+    arguments of `evaluate_arrays`)."""
     names = list(omegas)
     W = np.stack([omegas[n] for n in names], axis=1).astype(np.float32) if names else None  # (d, m)
     zg = np.ascontiguousarray(zg, dtype=np.float32)
@@ -108,20 +120,59 @@ def evaluate_arrays(
         return out
 
     per_query: list[dict] = []
-    done = 0
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for res in pool.map(one, range(len(zq))):
             per_query.append(res)
-            done += 1
             if progress:
-                progress(done, len(zq))
+                progress(len(per_query), len(zq))
+    return per_query
+
+
+def _metric_columns(per_query: list[dict], name: str, ks) -> dict[str, np.ndarray]:
+    rows = [r[name] for r in per_query]
+    return {"map": np.array([r["ap"] for r in rows], np.float64),
+            **{f"p@{k}": np.array([r[f"p@{k}"] for r in rows], np.float64) for k in ks}}
+
+
+def summarise(per_query: list[dict], ks) -> dict[str, dict]:
+    """Mean of each metric over the queries: method → {"map", "p@k"…, "queries"}."""
     summary = {}
     for name in per_query[0] if per_query else []:
-        rows = [r[name] for r in per_query]
-        summary[name] = {"map": float(np.mean([r["ap"] for r in rows])),
-                         **{f"p@{k}": float(np.mean([r[f"p@{k}"] for r in rows])) for k in ks},
-                         "queries": len(rows)}
+        columns = _metric_columns(per_query, name, ks)
+        summary[name] = {key: float(v.mean()) for key, v in columns.items()} | {"queries": len(per_query)}
     return summary
+
+
+def paired_differences(per_query: list[dict], reference: str, ks) -> dict[str, dict]:
+    """How far `reference` ranks above each other ranking, query by query.
+
+    Every ranking answers the same queries, so the difference of two means is best judged on the
+    per-query differences (paired): its mean and a 95 % confidence interval, mean ± 1.96 standard
+    errors (the normal approximation; a few hundred queries make it a fair one). An interval that
+    holds 0 says the two rankings are not told apart by these queries.
+
+    Returns: method → {metric: {"diff": mean(reference − method), "ci95": [low, high]}} for "map"
+    and each "p@k"; {} without the reference or with fewer than 2 queries.
+
+    Example:
+        >>> q = [{"a": {"ap": a, "p@1": a}, "b": {"ap": b, "p@1": b}} for a, b in [(1, 0), (1, 1), (1, 0)]]
+        >>> paired_differences(q, "a", ks=(1,))["b"]["map"]["diff"]
+        0.6666666666666666
+    """
+    if len(per_query) < 2 or reference not in per_query[0]:
+        return {}
+    ref = _metric_columns(per_query, reference, ks)
+    out = {}
+    for name in per_query[0]:
+        if name == reference:
+            continue
+        other = _metric_columns(per_query, name, ks)
+        out[name] = {}
+        for key, values in ref.items():
+            delta = values - other[key]
+            half = 1.96 * float(delta.std(ddof=1)) / np.sqrt(len(delta))
+            out[name][key] = {"diff": float(delta.mean()), "ci95": [float(delta.mean() - half), float(delta.mean() + half)]}
+    return out
 
 
 def _pixels(sources: list[str], channels: int = 1, size: int = 32) -> np.ndarray:
@@ -148,8 +199,10 @@ def evaluate(root, config: EvalConfig | None = None,
              progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Evaluate the current build of the catalog at `root` (see the module docstring).
 
-    Returns a dict with the settings ("queries", "gallery", "tau", splits) and
-    "results": method → {"map", "p@1", "p@10", "p@100", "queries"}.
+    Returns a dict with the settings ("queries", "gallery", "tau", splits),
+    "results": method → {"map", "p@1", "p@10", "p@100", "queries"}, and "paired": how far the
+    build's Ω ranks above each other ranking on the same queries, with 95 % confidence
+    intervals (`paired_differences`; {} when the build's Ω is not among the methods).
 
     Raises:
         EvaluationError: no build, no label column, an empty split.
@@ -186,12 +239,15 @@ def evaluate(root, config: EvalConfig | None = None,
         report("pixels", 0, 1)
         channels = int((catalog.info.get("config") or {}).get("in_channels", 1))
         pix_q, pix_g = _pixels(list(sources[q_rows]), channels), _pixels(list(sources[g_rows]), channels)
-    results = evaluate_arrays(zq, zg, labels_q, labels_g, omegas, tau, raw_q, raw_g, pix_q, pix_g, config.ks,
-                              config.threads, progress=lambda a, b: report("queries", a, b))
-    results = {m: results[m] for m in config.methods if m in results}
+    per_query = rank_queries(zq, zg, labels_q, labels_g, omegas, tau, raw_q, raw_g, pix_q, pix_g, config.ks,
+                             config.threads, progress=lambda a, b: report("queries", a, b))
+    per_query = [{m: r[m] for m in config.methods if m in r} for r in per_query]
+    results = summarise(per_query, config.ks)
+    paired = paired_differences(per_query, BUILD_OMEGA, config.ks)
     return {"catalog": str(root), "build": searcher.version, "queries": int(len(q_rows)),
             "gallery": int(len(g_rows)), "tau": tau, "kept_features": d, **splits, "ks": list(config.ks),
-            "build_omega": build_omega, "row_norm": searcher.pruning.row_norm, "results": results}
+            "build_omega": build_omega, "row_norm": searcher.pruning.row_norm, "results": results,
+            "paired": {"reference": BUILD_OMEGA, "differences": paired} if paired else {}}
 
 
 def _queries_and_gallery(searcher, config: EvalConfig):
@@ -278,11 +334,24 @@ def _raw_vectors(catalog, object_ids: np.ndarray, q_rows, g_rows, report) -> tup
     return raw_q, raw_g
 
 
-def format_table(result: dict) -> str:
-    """The evaluation as an aligned text table, best mAP marked."""
+def format_table(result: dict, paired: bool = True) -> str:
+    """The evaluation as an aligned text table; with `paired`, below it the build's Ω minus each
+    other ranking on the same queries (P@10, or the first cut-off, and mAP, with 95 % intervals)."""
     ks = result["ks"]
     head = ["ranking"] + [f"P@{k}" for k in ks] + ["mAP"]
     rows = []
     for name, m in result["results"].items():
         rows.append([name] + [f"{m[f'p@{k}']:.4f}" for k in ks] + [f"{m['map']:.4f}"])
-    return text_table(head, rows, rule=True)
+    text = text_table(head, rows, rule=True)
+    differences = (result.get("paired") or {}).get("differences") or {}
+    if not paired or not differences:
+        return text
+    k = 10 if 10 in ks else ks[0]
+
+    def cell(d: dict) -> str:
+        return f"{d['diff']:+.4f} ({d['ci95'][0]:+.4f} … {d['ci95'][1]:+.4f})"
+
+    rows = [[name, cell(d[f"p@{k}"]), cell(d["map"])] for name, d in differences.items()]
+    title = (f"\n{result['paired']['reference']} minus each ranking, paired over the same {result['queries']:,} "
+             f"queries (mean, 95 % interval; one that holds 0 does not tell the two apart):\n")
+    return text + title + text_table(["ranking", f"ΔP@{k}", "ΔmAP"], rows, rule=True)

@@ -11,7 +11,16 @@ from click.testing import CliRunner
 from simdex.cli.main import main
 from simdex.engine.build import build
 from simdex.engine.catalog import Catalog
-from simdex.evaluate import METHODS, EvaluationError, evaluate, evaluate_arrays, rank_metrics
+from simdex.evaluate import (
+    BUILD_OMEGA,
+    METHODS,
+    EvaluationError,
+    evaluate,
+    evaluate_arrays,
+    format_table,
+    paired_differences,
+    rank_metrics,
+)
 from simdex.indexer.checkpoint import save_model
 from simdex.indexer.runner import IndexOptions, index_source
 from synth import controlled_model, fashion_like_folder
@@ -40,6 +49,35 @@ def test_every_ranking_is_perfect_on_well_separated_classes():
     assert set(res) == {"fuzzy P, Ω uniform", "L2, z-scored kept features", "cosine, raw vectors", "L2, raw pixels"}
     for name in ("fuzzy P, Ω uniform", "L2, z-scored kept features", "L2, raw pixels"):
         assert res[name]["map"] == pytest.approx(1.0) and res[name]["p@10"] == 1.0, name
+
+
+def test_paired_differences_by_hand():
+    # "a" finds the relevant answer first on 3 of 4 queries, "b" on 1: a − b = 0.5 in P@1; "a" against
+    # itself-like "c" (the same figures) differs by 0 with a zero-width interval
+    a, b = [1, 1, 1, 0], [1, 0, 0, 0]
+    per_query = [{"a": {"ap": x, "p@1": x}, "b": {"ap": y, "p@1": y}, "c": {"ap": x, "p@1": x}} for x, y in zip(a, b)]
+    d = paired_differences(per_query, "a", ks=(1,))
+    assert set(d) == {"b", "c"}
+    delta = np.array(a, float) - np.array(b, float)
+    half = 1.96 * delta.std(ddof=1) / 2  # √4 queries
+    assert d["b"]["p@1"]["diff"] == pytest.approx(0.5)
+    assert d["b"]["p@1"]["ci95"] == pytest.approx([0.5 - half, 0.5 + half])
+    assert d["c"]["map"] == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    assert paired_differences(per_query, "missing", ks=(1,)) == {} and paired_differences(per_query[:1], "a", (1,)) == {}
+
+
+def test_paired_interval_tells_a_real_gap_from_noise():
+    # 400 queries: a ranking 0.2 better on every other query has an interval far from 0; two rankings
+    # that differ by coin flips have one that holds 0
+    rng = np.random.default_rng(1)
+    base = rng.random(400)
+    flips = rng.random(400) < 0.5
+    per_query = [{"ref": {"ap": x, "p@1": x}, "worse": {"ap": x - 0.2 * (i % 2), "p@1": x},
+                  "noise": {"ap": x + (0.1 if f else -0.1), "p@1": x}} for i, (x, f) in enumerate(zip(base, flips))]
+    d = paired_differences(per_query, "ref", ks=(1,))
+    assert d["worse"]["map"]["ci95"][0] > 0.05
+    lo, hi = d["noise"]["map"]["ci95"]
+    assert lo < 0 < hi
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +112,17 @@ def test_evaluate_catalog_compares_every_ranking(fmnist_like_catalog):
     assert res["build_omega"] == s.info["omega"]["estimator"]
     alone = evaluate(fmnist_like_catalog, EvalConfig(num_queries=40, ks=(1, 10), methods=("fuzzy P, build's Ω",)))
     assert alone["results"]["fuzzy P, build's Ω"] == res["results"]["fuzzy P, build's Ω"]
+    assert alone["paired"] == {}  # nothing to compare it with
+    # the paired block: the build's Ω against every other ranking, its mean the difference of the means
+    paired = res["paired"]["differences"]
+    assert res["paired"]["reference"] == BUILD_OMEGA and set(paired) == set(METHODS) - {BUILD_OMEGA}
+    for name, d in paired.items():
+        for key in ("map", "p@10"):
+            want = res["results"][BUILD_OMEGA][key] - res["results"][name][key]
+            assert d[key]["diff"] == pytest.approx(want) and d[key]["ci95"][0] <= want <= d[key]["ci95"][1]
+    text = format_table(res)
+    assert "paired over the same 40 queries" in text and "ΔP@10" in text and "L2, raw pixels" in text.split("ΔmAP")[1]
+    assert "paired" not in format_table(res, paired=False)
 
 
 def test_pixels_keep_colour_when_the_model_reads_three_channels(tmp_path):
