@@ -33,8 +33,10 @@ Measured, per catalog size:
 - single-query latency (p50, p99) of `engine.search.search` with the `ivf` index
   (PCA-64 IVF-Flat, nprobe max(32, nlist/32), 1000 candidates, exact float32 rerank), plus a sweep of
   nprobe × candidates; and with `ivf4` (engine/fuzzy_ivf.py, the build's default from 50k
-  objects: the same partition, nprobe max(32, 3·nlist/64), each probed row scored by P's 4-bit
-  tables, 100 reranked in float32), plus its sweep;
+  objects: the same partition, nprobe max(32, 9·nlist/256), each probed row scored by P's 4-bit
+  tables, 100 reranked in float32), plus its sweep (nprobe ½, ¾, 1 and 4/3 of the default × 50,
+  100, 200 reranked; each query answered by every configuration in turn, in a seeded random
+  order, so a drift of the machine's speed falls on all alike; the default is one of them);
 - the exhaustive search `--exact` runs: the 4-bit fast-scan (engine/fastscan.py) of every
   row, then float32 rescoring of its best rows, on every query, and its recall against
   the float32 scan;
@@ -272,14 +274,27 @@ def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: fl
     for m in memberships[:10]:
         search(Z, [m], omega, k, index=index4)
 
-    def run4(nprobe, depth):
-        return timed_queries(index4.with_nprobe(nprobe), nprobe, depth)
-
-    sweep4 = [run4(p, c) for p in sorted({nprobe4 // 2, nprobe4 * 3 // 4, nprobe4})
-              for c in (50, 100, 200)]
-    for row in sweep4:
-        print("ivf4", row, flush=True)
-    default4 = run4(nprobe4, index4.default_candidates)
+    # every configuration answers each query in turn (seeded random order per query), so the drift of
+    # a shared machine's speed over the minutes of the sweep falls on all of them alike
+    configs4 = [(p, c) for p in sorted({nprobe4 // 2, nprobe4 * 3 // 4, nprobe4, nprobe4 * 4 // 3})
+                for c in sorted({50, 100, 200, index4.default_candidates})]
+    indexes4 = {p: index4.with_nprobe(p) for p, _ in configs4}
+    lat4s, hits4s = [[] for _ in configs4], [[] for _ in configs4]
+    order = np.random.default_rng(seed + 2)
+    for m in memberships:
+        for c in order.permutation(len(configs4)):
+            p, depth = configs4[c]
+            (P, h), s = timed(search, Z, [m], omega, k, index=indexes4[p], n_candidates=depth)
+            lat4s[c].append(1000 * s)
+            hits4s[c].append(h[0])
+    sweep4 = []
+    for (p, depth), lat, hits in zip(configs4, lat4s, hits4s):
+        rec = recall_at(gt, np.array(hits))
+        sweep4.append({"nprobe": p, "candidates": depth, "p50_ms": float(np.median(lat)),
+                       "p99_ms": float(np.percentile(lat, 99)), "recall_mean": float(rec.mean()),
+                       "recall_min": float(rec.min())})
+        print("ivf4", sweep4[-1], flush=True)
+    default4 = next(r for r in sweep4 if r["nprobe"] == nprobe4 and r["candidates"] == index4.default_candidates)
 
     lat8, hits8 = [], []
     for m in memberships[: min(40, n_queries)]:
