@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
 # lists probed: 9/256 of them, at least DEFAULT_NPROBE4 (1M objects: 144 of 4,096; bench_query's
 # sweep: recall@10 0.996 / 0.998 / 0.998 (worst 0.9 / 0.8 / 0.9) on skewed, dense and real features,
-# where 3/64 (192 lists) gave 0.998 / 0.998 / 0.999 and scans a third more rows: the scan is ~80 % of
-# an ivf4 query, so the fewest lists that keep recall ≥ 0.99 on all three data sets), at most
+# where 3/64 (192 lists) gave 0.998 / 0.998 / 0.999 and scans a third more rows: the scan is 59 % of
+# an ivf4 query (benchmarks/results/profile_ivf4.md); 0.87-0.95x the time in one interleaved run; the
+# fewest lists that keep recall ≥ 0.99 with the worst query ≥ 0.8 on all three data sets), at most
 # MAX_NPROBE4: the lists grow with the catalog (≈ 610 rows at 10M), so a share of them scans ever more
 # rows (bench_10m: at 10M, 768 of 16,384 lists gave recall 1.000 at 20 ms, 256 gave 0.996 at 9 ms)
 NPROBE_NUM4, NPROBE_DEN4 = 9, 256
