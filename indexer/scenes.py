@@ -343,7 +343,9 @@ def _write_split(out: Path, name: str, items: list[Item], copies: int, cfg: Scen
             # One generator per scene: any scene can be re-made alone, in any order.
             rng = np.random.default_rng([cfg.seed, split_no, item_no, view])
             k = int(rng.choice(len(distractor_odds), p=distractor_odds))
-            others = [items[int(j)] for j in rng.choice(len(items), k, replace=False) if int(j) != item_no]
+            # a split of fewer items than distractors drawn takes what there is (the same draws otherwise)
+            others = [items[int(j)] for j in rng.choice(len(items), min(k, len(items)), replace=False)
+                      if int(j) != item_no]
             image, mask, pose = render_scene(item, others, cfg, rng)
             stem = f"{n:06d}"
             _save_png(folder / f"{stem}.png", image)

@@ -124,3 +124,12 @@ def test_cli(fmnist, tmp_path, monkeypatch):
     assert res.exit_code != 0 and "divisible by 8" in res.output and "Traceback" not in res.output
     res = runner.invoke(main, ["scenes", "--out", str(tmp_path / "u"), "--train-items", "100000"])
     assert res.exit_code == 1 and res.output.startswith("Error: ")
+
+
+def test_a_split_of_one_item(fmnist, tmp_path):
+    """A split with fewer items than the distractors a scene draws (here one) still writes every scene."""
+    summary = write_scenes(tmp_path, ScenesConfig(train_items=1, train_copies=6, plain_fmnist=0, test_items=1,
+                                                  test_copies=6, seed=5), fmnist_folder=fmnist)
+    rows = _rows(tmp_path / "test.csv")
+    assert len(rows) == 6 and {r["objects"] for r in rows} == {"1"}, summary
+    assert len(_rows(tmp_path / "train.csv")) == 6
