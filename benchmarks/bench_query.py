@@ -179,17 +179,25 @@ def timed(fn, *args, **kw):
     return out, time.perf_counter() - t
 
 
-def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: float = 1.0, seed: int = 0,
-             data: str = "skewed", catalog: Path | None = None) -> dict:
+def prepared(data: str, n_objects: int, seed: int = 0, catalog: Path | None = None):
+    """A data set as the query benchmarks see it: features z-scored per column, and Ω eq. 5 from its
+    class labels (as `simdex build` estimates it for a labelled catalog). Returns z (n, d) float32,
+    Ω (d,) float32 summing to 1, and the share of exact zeros in the raw features."""
     x, labels = real_features(n_objects, catalog) if data == "real" else DATASETS[data](n_objects, seed=seed)
-    n_objects = len(x)
-    print(f"== {n_objects:,} objects ({data}, {x.shape[1]} features)", flush=True)
     zero_fraction = float((x == 0).mean())
     z = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
     del x
     stats = ClassStats(z.shape[1])
     stats.update(z, labels.astype(object))
     omega = make_omega("clusters").estimate(OmegaInputs(dim=z.shape[1], class_stats=stats)).astype(np.float32)
+    return z, omega / omega.sum(), zero_fraction
+
+
+def run_size(n_objects: int, n_queries: int, workdir: Path, k: int = 10, tau: float = 1.0, seed: int = 0,
+             data: str = "skewed", catalog: Path | None = None) -> dict:
+    z, omega, zero_fraction = prepared(data, n_objects, seed, catalog)
+    n_objects = len(z)
+    print(f"== {n_objects:,} objects ({data}, {z.shape[1]} features)", flush=True)
     np.save(workdir / "z.npy", z)
     codec = UniformCodec(z.min(0), z.max(0))
     del z

@@ -20,13 +20,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_query import DATASETS
+from bench_query import prepared
 
 from simdex.engine.candidates import ClippedL2IVF, faiss_threads
 from simdex.engine.fastscan import LEVELS4, FourBitCodec, subquantizers
 from simdex.engine.fuzzy_ivf import FuzzyIVF
 from simdex.engine.membership import make_membership
-from simdex.engine.omega import ClassStats, OmegaInputs, make_omega
 from simdex.engine.quantized import UniformCodec
 from simdex.engine.scoring import rerank
 from simdex.engine.search import search
@@ -40,13 +39,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    x, labels = DATASETS["skewed"](args.size, seed=args.seed)
-    z = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
-    del x
-    stats = ClassStats(z.shape[1])
-    stats.update(z, labels.astype(object))
-    omega = make_omega("clusters").estimate(OmegaInputs(dim=z.shape[1], class_stats=stats)).astype(np.float32)
-    omega /= omega.sum()
+    z, omega, _ = prepared("skewed", args.size, args.seed)
     with tempfile.TemporaryDirectory(prefix="profile-ivf4-") as tmp:
         np.save(Path(tmp) / "z.npy", z)
         del z
