@@ -10,6 +10,19 @@ from simdex.engine.build import ENGINE_CHOICES, OMEGA_CHOICES, ROW_NORMS, BuildC
 from simdex.engine.candidates import CANDIDATE_KINDS
 
 
+def _tau_option(ctx, param, value: str) -> float | None:
+    """`--tau auto` → None (the build chooses), else a positive number."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        tau = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number") from None
+    if not tau > 0 or tau != tau or tau == float("inf"):
+        raise click.BadParameter(f"{value!r}: τ must be a positive number")
+    return tau
+
+
 @click.command(name="build")
 @click.option("--catalog", "-c", "catalog", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Catalog folder (made by `simdex index`).")
@@ -38,8 +51,10 @@ from simdex.engine.candidates import CANDIDATE_KINDS
 @click.option("--omega-split", default="auto", show_default=True,
               help="Rows whose classes estimate Ω: auto (the train split when a split column has one), "
                    "all, or a split value.")
-@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Default width τ of the memberships (in standard deviations) for queries and the recall check.")
+@click.option("--tau", default="auto", show_default=True, metavar="auto|TAU", callback=_tau_option,
+              help="Default width τ of the memberships (in standard deviations) for queries and the recall check. "
+                   "auto: with labelled objects, learned Ω is fitted at τ = 0.7, 1 and 1.4 and the τ that "
+                   "ranks held-out queries best is kept (Fashion-MNIST: 0.7); without labels 1 (the paper's).")
 @click.option("--index", "index_kind", type=click.Choice(CANDIDATE_KINDS), default="auto", show_default=True,
               help="Candidate index: exact (scan everything); ivf (PCA + IVF over clipped √ω·z, 1,000 candidates "
                    "reranked); ivf4 (ivf's lists holding 4-bit codes, every probed row scored by P's tables, "
@@ -62,7 +77,7 @@ from simdex.engine.candidates import CANDIDATE_KINDS
 @click.option("--quiet", "-q", is_flag=True, help="Print only the version.")
 def build(catalog: Path, retain: float, row_norm: str, omega: str, clusters_from: str | None, omega_columns: str | None,
           n_clusters: int, omega_split: str,
-          tau: float, index_kind: str, recall_queries: int, learned_rows: int, seed: int, engine: str,
+          tau: float | None, index_kind: str, recall_queries: int, learned_rows: int, seed: int, engine: str,
           address: str | None, workers: int | None, quiet: bool) -> None:
     """Build the search structures of a catalog and make them current.
 

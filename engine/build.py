@@ -47,7 +47,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,10 @@ log = logging.getLogger(__name__)
 
 BUILD_FORMAT = "simdex-build/1"
 OMEGA_CHOICES = ("auto", "uniform", "svd", "clusters", "welch", "learned")
+DEFAULT_TAU = 1.0  # the paper's width, where τ is not chosen by measurement
+# τ tried by `--tau auto` where learned Ω is fitted (labelled objects): the one whose learned Ω ranks
+# held-out queries best wins (engine.omega_learned.learn_omega)
+TAU_SEARCH = (0.7, 1.0, 1.4)
 OMEGA_COLUMNS = ("label", "instance")  # columns given an Ω of their own by default, where the objects have them
 ENGINE_CHOICES = ("local", "ray")
 
@@ -93,7 +97,10 @@ class BuildConfig:
     omega_columns: tuple[str, ...] | None = None
     n_clusters: int = 10  # k-means clusters when there is no class column
     omega_split: str = "auto"  # auto (train rows if a split column has them) | all | a split value
-    tau: float = 1.0  # τ used for the recorded recall (queries may choose another)
+    # the memberships' default width τ for queries and the recorded recall (queries may choose another);
+    # None (`--tau auto`): chosen among TAU_SEARCH with learned Ω where the objects have labels, else
+    # DEFAULT_TAU; the build's info records the τ used
+    tau: float | None = None
     index: str = "auto"  # auto | exact | ivf | ivf4 (auto: exact below 50,000 objects, else ivf4)
     recall_queries: int = 50
     batch_rows: int = 65536
@@ -178,7 +185,7 @@ def _check_config(config: BuildConfig) -> None:
         raise BuildError(f"retain must be in (0, 1], got {config.retain}")
     if config.row_norm not in ROW_NORMS:
         raise BuildError(f"row_norm must be one of {', '.join(ROW_NORMS)}, got {config.row_norm!r}")
-    if not config.tau > 0:
+    if config.tau is not None and not config.tau > 0:
         raise BuildError(f"tau must be positive, got {config.tau}")
     if config.engine not in ENGINE_CHOICES:
         raise BuildError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINE_CHOICES)}")
@@ -256,6 +263,7 @@ def _build(catalog: Catalog, config: BuildConfig, report: Callable[[str, int, in
         timings["codes4"] = time.perf_counter() - t0
 
         omega, omega_record = _estimate_omega(catalog, files, Z, object_ids, pruning, config)
+        config = replace(config, tau=omega_record["tau"])  # `--tau auto`: the τ the Ω step chose
         t0 = time.perf_counter()
         index = build_candidate_index(Z, omega, config.index, codes8=files.codes(), codec4=codec4,
                                       **config.index_options)
@@ -373,7 +381,33 @@ def _normalise(catalog: Catalog, files: BuildFiles, pruning: Pruning, codec: Uni
 def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_ids: np.ndarray, pruning: Pruning,
                     config: BuildConfig) -> tuple[np.ndarray, dict]:
     """Ω of the build (and the other class-based Ω a query may pick), written to the build.
-    Returns Ω and its record for the build's info."""
+    Returns Ω and its record for the build's info, which holds the τ the build uses ("tau": the given
+    one, or under `--tau auto` the one chosen with learned Ω, else DEFAULT_TAU).
+
+    Every Ω is one of weights for the memberships g = exp(−((z − z_q)/τ)²), so the width and the
+    weights are fitted together: on Fashion-MNIST learned Ω at τ 0.7 ranked 1,000 test queries at
+    P@10 0.810 / mAP 0.496 against 0.806 / 0.493 at τ 1 and 0.805 / 0.482 at τ 2
+    (benchmarks/results/tau_fmnist70k.md)."""
+    search_tau = config.tau is None
+    config = replace(config, tau=DEFAULT_TAU if search_tau else config.tau)
+    omega, record = _estimate_omega_at(catalog, files, Z, object_ids, pruning, config, search_tau)
+    tried = (record.get("learned") or {}).get("tau_search")
+    if tried:
+        figures = ", ".join(f"{t} {v['map']:.4f}" for t, v in tried.items())
+        record["tau_choice"] = f"auto: the best held-out mAP of learned Ω (τ {figures})"
+    elif search_tau:
+        record["tau"] = DEFAULT_TAU
+        record["tau_choice"] = (f"auto: {DEFAULT_TAU:g}, the paper's (τ is chosen where learned Ω is fitted: "
+                                f"--omega auto or learned, with labelled objects)")
+    else:
+        record["tau"], record["tau_choice"] = config.tau, "given"
+    return omega, record
+
+
+def _estimate_omega_at(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_ids: np.ndarray, pruning: Pruning,
+                       config: BuildConfig, search_tau: bool) -> tuple[np.ndarray, dict]:
+    """`_estimate_omega` at config.tau, or with τ searched by the labelled learned Ω (`search_tau`), then the
+    further columns' Ω at the chosen τ (recorded as "tau")."""
     d = len(pruning.kept)
     omega_name = config.omega
     classes, class_column, rows_used = (None, None, "none")
@@ -405,7 +439,7 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
     stored = _class_omegas(omega_inputs, labelled=labelled)
     if labelled and omega_name in ("auto", "learned"):
         try:
-            fit = _learn_omega(Z, classes, class_stats, config)
+            fit = _learn_omega(Z, classes, class_stats, config, TAU_SEARCH if search_tau else None)
         except OmegaError as exc:
             if omega_name == "learned":
                 raise BuildError(str(exc)) from None
@@ -414,6 +448,8 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
         if fit is not None:
             stored["learned"] = fit.omega.astype(np.float32)
             record["learned"] = fit.record
+            record["tau"] = fit.tau
+            config = replace(config, tau=fit.tau)  # the further columns' Ω are fitted for the chosen τ
             if omega_name == "auto":
                 omega_name, record["choice"] = _auto_choice(fit.validation)
     record["estimator"] = omega_name
@@ -517,7 +553,8 @@ def _column_omega(catalog: Catalog, Z: np.ndarray, object_ids: np.ndarray, confi
     return candidates[name], record
 
 
-def _learn_omega(Z: np.ndarray, classes: np.ndarray, class_stats: ClassStats, config: BuildConfig):
+def _learn_omega(Z: np.ndarray, classes: np.ndarray, class_stats: ClassStats, config: BuildConfig,
+                 taus: tuple[float, ...] | None = None):
     """Learned Ω on a seeded sample of the labelled rows; eq. 5 and Welch are validated on the same
     held-out queries, estimated from class statistics without those queries' rows."""
     from simdex.engine.omega_learned import LearnedOmegaConfig, learn_omega
@@ -534,7 +571,7 @@ def _learn_omega(Z: np.ndarray, classes: np.ndarray, class_stats: ClassStats, co
         return out
 
     return learn_omega(Z, classes, config.tau, LearnedOmegaConfig(sample_rows=config.learned_rows, seed=config.seed),
-                       reference=reference)
+                       reference=reference, taus=taus)
 
 
 def _auto_choice(validation: dict[str, dict]) -> tuple[str, str]:
@@ -632,7 +669,7 @@ def _learned_lines(record: dict) -> list[str]:
     fit = record.get("learned")
     if fit:
         val = ", ".join(f"{k} {v['map']:.4f}" for k, v in fit["validation"].items())
-        lines.append(f"learned Ω: λ = {fit['strength']:g} (seed {fit['seed']}, {fit['fit_rows']} fit rows, "
+        lines.append(f"learned Ω: τ = {fit['tau']:g}, λ = {fit['strength']:g} (seed {fit['seed']}, {fit['fit_rows']} fit rows, "
                      f"{fit['seconds']:.1f} s); held-out mAP over {fit['validation_queries']} queries: {val}")
     if record.get("choice"):
         lines.append(f"Ω chosen: {record['choice']}")
@@ -658,6 +695,7 @@ def format_build_summary(info: dict, version: str) -> str:
                                              if info["omega"]["classes_from"] else ""),
         *_learned_lines(info["omega"]),
         *_column_lines(info["omega"]),
+        *([f"τ: {info['config']['tau']:g} ({info['omega']['tau_choice']})"] if "tau_choice" in info["omega"] else []),
         f"candidates: {json.dumps(info['candidates'])}",
         f"recall@10 vs exact: {r['note']}" if r["recall_at_10_mean"] is None else
         f"recall@10 vs exact: mean {r['recall_at_10_mean']:.3f}, worst {r['recall_at_10_min']:.2f} "

@@ -24,6 +24,7 @@ Everything is numpy and seeded: the same rows, labels, τ and seed give the same
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -47,7 +48,10 @@ class LearnedOmegaConfig:
     validation_share: float = 0.25  # of the sample, held out to choose λ (at most validation_queries)
     validation_queries: int = 300
     validation_gallery: int = 4000  # fit rows the validation queries are ranked against (at most)
-    fit_queries: int = 256
+    # fit queries (at most, see max_pair_values): on Fashion-MNIST 70k (1,113 features) 224 → 1,024 took test
+    # P@10 from 0.802 to 0.806 at τ 1, and let `--tau auto` see what τ 0.7 is worth (held-out mAP 0.453 with 224
+    # queries, 0.502 with 1,024; test P@10 0.810, mAP 0.496: benchmarks/results/tau_fmnist70k.md)
+    fit_queries: int = 1024
     hard_candidates: int = 32  # nearest fit rows in z (L2) per query: the top of the ranking
     random_candidates: int = 32  # random fit rows per query: the rest of it
     positive_candidates: int = 32  # rows of the query's class (random) added when the others hold fewer
@@ -55,10 +59,10 @@ class LearnedOmegaConfig:
     # many rows of its class, the sample is drawn as whole classes (at most group_rows rows each)
     min_partners: int = 4
     group_rows: int = 16
-    # bound on queries × candidates × d held in memory (float32, 96 MB): with 892 features (grid2) 6M let
-    # 70 queries fit, and learned Ω lost to Welch (test mAP 0.460 vs 0.468); 24M lets 256 fit (0.466, P@10
-    # 0.753 vs 0.741: Fashion-MNIST 12k, one-off run); fewer features reach fit_queries first either way
-    max_pair_values: int = 24_000_000
+    # bound on queries × candidates × d held in memory (float32, 480 MB, made in place): with 892 features
+    # (grid2) 6M let 70 queries fit, and learned Ω lost to Welch (test mAP 0.460 vs 0.468); 24M let 256 fit
+    # (0.466, P@10 0.753 vs 0.741: Fashion-MNIST 12k, one-off run); 120M lets 1,024 fit 1,113 features
+    max_pair_values: int = 120_000_000
     steps: int = 200
     learning_rate: float = 0.1
     strengths: tuple[float, ...] = (0.0, 0.01, 0.1, 1.0)  # λ of the KL pull toward uniform
@@ -69,6 +73,7 @@ class LearnedOmegaConfig:
 class LearnedOmega:
     omega: np.ndarray  # (d,) float64, ≥ 0, sums to 1
     strength: float  # the chosen λ
+    tau: float  # the τ it was fitted for (the chosen one when several were tried)
     validation: dict[str, dict]  # estimator → {"map", "p@1", "p@10", "queries"} on the held-out queries
     record: dict  # what the build stores in its info
 
@@ -167,8 +172,12 @@ def _candidates(zf: np.ndarray, yf: np.ndarray, config: LearnedOmegaConfig, rng:
     if not keep.any():
         raise OmegaError("learned Ω: no sampled query has both a relevant and an irrelevant candidate")
     qi, cand, rel = qi[keep], cand[keep], rel[keep]
-    G = gaussian_memberships(zf[qi][:, None, :], zf[cand], tau)  # (Q, C, d)
-    return G, rel
+    G = zf[cand]  # (Q, C, d) float32, a copy: eq. 2 in place on it, so only one such array is ever held
+    G -= zf[qi][:, None, :]
+    G *= np.float32(1.0 / tau)
+    np.square(G, out=G)
+    np.negative(G, out=G)
+    return np.exp(G, out=G), rel
 
 
 def fit_simplex_weights(G: np.ndarray, relevant: np.ndarray, strengths, steps: int = 200,
@@ -249,7 +258,7 @@ def validate_omegas(zq: np.ndarray, yq: np.ndarray, zg: np.ndarray, yg: np.ndarr
 
 def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: LearnedOmegaConfig | None = None,
                 reference: dict[str, np.ndarray] | Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
-                ) -> LearnedOmega:
+                taus: tuple[float, ...] | None = None) -> LearnedOmega:
     """Fit Ω for retrieval on labelled rows and validate it against other Ω on held-out queries.
 
     Args:
@@ -260,6 +269,10 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
         reference: other Ω to validate on the same queries ({name: ω}), or a function that gets the
             row numbers (into z) of the held-out rows and returns them (so they can be estimated
             without those rows' labels). Uniform is always measured.
+        taus: several τ to try instead of `tau` (`simdex build --tau auto`): Ω is fitted for each on
+            the same sample and candidates and validated on the same held-out queries, and the τ whose
+            learned Ω has the best held-out mAP wins (ties: the τ nearest 1); every τ's figures are
+            recorded (`record["tau_search"]`).
 
     Returns:
         the fitted Ω with the chosen λ, the validation figures and a record for the build's info.
@@ -294,38 +307,47 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
     if len(np.unique(yf)) < 2:
         raise OmegaError("omega 'learned': the fit rows hold a single class; label more objects")
 
-    G, relevant = _candidates(zf, yf, config, rng, tau)
-    weights, betas = fit_simplex_weights(G, relevant, config.strengths, config.steps, config.learning_rate)
-    fits = {s: (weights[i], float(betas[i])) for i, s in enumerate(config.strengths)}
-    del G
-
-    vq = val_rows
-    vg = np.arange(len(fit_rows)) if len(fit_rows) <= config.validation_gallery else \
-        np.sort(rng.choice(len(fit_rows), config.validation_gallery, replace=False))
     others = reference(val_rows) if callable(reference) else dict(reference or {})
-    d = zf.shape[1]
-    omegas = {f"learned λ={s:g}": w for s, (w, _) in fits.items()}
-    omegas.update(others)
-    omegas.setdefault("uniform", np.full(d, 1.0 / d))
-    figures = validate_omegas(np.asarray(z[vq], np.float32), y(vq), zf[vg], yf[vg], omegas, tau)
-
-    best = None
-    for s in sorted(config.strengths, reverse=True):  # ties go to the stronger pull toward uniform
-        if best is None or figures[f"learned λ={s:g}"]["map"] > figures[f"learned λ={best:g}"]["map"]:
-            best = s
-    omega, beta = fits[best]
+    zv, d = np.asarray(z[val_rows], np.float32), zf.shape[1]
+    grid = sorted(dict.fromkeys(float(t) for t in (taus or (tau,))), key=lambda t: (abs(np.log(t)), t))
+    state = copy.deepcopy(rng)  # every τ gets the same candidates and validation gallery
+    trials = {}
+    for t in grid:  # nearest 1 first, so a tie keeps it
+        rng = copy.deepcopy(state)
+        G, relevant = _candidates(zf, yf, config, rng, t)
+        weights, betas = fit_simplex_weights(G, relevant, config.strengths, config.steps, config.learning_rate)
+        del G
+        vg = np.arange(len(fit_rows)) if len(fit_rows) <= config.validation_gallery else \
+            np.sort(rng.choice(len(fit_rows), config.validation_gallery, replace=False))
+        omegas = {f"learned λ={s:g}": weights[i] for i, s in enumerate(config.strengths)}
+        omegas.update(others)
+        omegas.setdefault("uniform", np.full(d, 1.0 / d))
+        figures = validate_omegas(zv, y(val_rows), zf[vg], yf[vg], omegas, t)
+        best = None
+        for s in sorted(config.strengths, reverse=True):  # ties go to the stronger pull toward uniform
+            if best is None or figures[f"learned λ={s:g}"]["map"] > figures[f"learned λ={best:g}"]["map"]:
+                best = s
+        i = list(config.strengths).index(best)
+        trials[t] = (weights[i], float(betas[i]), best, figures, relevant.shape, len(vg))
+    tau = max(grid, key=lambda t: trials[t][3][f"learned λ={trials[t][2]:g}"]["map"])  # first of equals: nearest 1
+    omega, beta, best, figures, pairs, n_vg = trials[tau]
+    vq = val_rows
     validation = {"learned": figures[f"learned λ={best:g}"], **{k: figures[k] for k in others}}
     validation.setdefault("uniform", figures["uniform"])
     record = {
         "seed": config.seed, "tau": tau, "sample_rows": int(len(rows)), "sample_drawn": drawn,
         "fit_rows": int(len(fit_rows)),
-        "validation_queries": int(len(vq)), "validation_gallery": int(len(vg)),
-        "fit_queries": int(relevant.shape[0]), "candidates_per_query": int(relevant.shape[1]),
+        "validation_queries": int(len(vq)), "validation_gallery": int(n_vg),
+        "fit_queries": int(pairs[0]), "candidates_per_query": int(pairs[1]),
         "strength": best, "beta": beta,
         "strengths": {f"{s:g}": {"map": figures[f"learned λ={s:g}"]["map"], "p@10": figures[f"learned λ={s:g}"]["p@10"]}
                       for s in config.strengths},
         "validation": validation, "config": asdict(config), "seconds": time.perf_counter() - started,
     }
-    log.info("learned Ω: λ = %g, validation mAP %.4f (uniform %.4f) in %.1f s", best, validation["learned"]["map"],
-             validation["uniform"]["map"], record["seconds"])
-    return LearnedOmega(omega=omega, strength=best, validation=validation, record=record)
+    if len(grid) > 1:
+        record["tau_search"] = {f"{t:g}": {"map": trials[t][3][f"learned λ={trials[t][2]:g}"]["map"],
+                                           "p@10": trials[t][3][f"learned λ={trials[t][2]:g}"]["p@10"],
+                                           "strength": trials[t][2]} for t in sorted(grid)}
+    log.info("learned Ω: τ = %g, λ = %g, validation mAP %.4f (uniform %.4f) in %.1f s", tau, best,
+             validation["learned"]["map"], validation["uniform"]["map"], record["seconds"])
+    return LearnedOmega(omega=omega, strength=best, tau=tau, validation=validation, record=record)

@@ -60,7 +60,10 @@ def test_build_writes_normalised_matrix_table_iii_and_omega(catalog):
     assert table["C21"] == {"layer": "C21", "initial": 8, "active": 6, "kept": int(np.sum(kept >= 12))}
     assert table["total"]["kept"] == len(kept) == info["kept"]
     # Ω eq. 5 from the label column, on the train split only
-    assert info["omega"] == {"estimator": "clusters", "classes_from": "label", "rows": "split = train"}
+    assert {k: info["omega"][k] for k in ("estimator", "classes_from", "rows")} == {
+        "estimator": "clusters", "classes_from": "label", "rows": "split = train"}
+    # `--tau auto` without learned Ω: the paper's τ, said so
+    assert info["omega"]["tau"] == info["config"]["tau"] == 1.0 and "paper" in info["omega"]["tau_choice"]
     omega = files.read_omega()
     zt = z[:200]
     labels = np.array(catalog.read_objects(["label"]).column("label").to_pylist())[:200]
@@ -75,7 +78,7 @@ def test_query_by_id_matches_exact_ranking_and_carries_metadata(catalog):
     s = Searcher.open(catalog.root)
     table = s.search(ids=[5], k=5)
     assert table.column("object_id")[0].as_py() == 5 and table.column("score")[0].as_py() == pytest.approx(1.0)
-    m = make_membership("gaussian", s.Z[5], 1.0)
+    m = make_membership("gaussian", s.Z[5], s.tau)
     P, rows = exact_search(s.Z, [m], s.omega, 5)
     assert table.column("object_id").to_pylist() == s.object_ids[rows[0]].tolist()
     np.testing.assert_allclose(table.column("score").to_numpy(), P[0], atol=1e-6)
@@ -100,7 +103,7 @@ def test_query_time_omega_choice_scores_with_the_stored_estimator(catalog, tmp_p
     assert not np.allclose(s.omegas["learned"], s.omegas["clusters"])
     for name in ("uniform", "welch", "learned"):
         table = s.search(ids=[7], k=5, omega=name, exact=True)
-        P, rows = exact_search(s.Z, [make_membership("gaussian", s.Z[7], 1.0)], s.omegas[name], 5)
+        P, rows = exact_search(s.Z, [make_membership("gaussian", s.Z[7], s.tau)], s.omegas[name], 5)
         assert table.column("object_id").to_pylist() == s.object_ids[rows[0]].tolist()
         np.testing.assert_allclose(table.column("score").to_numpy(), P[0], atol=1e-6)
     out = CliRunner().invoke(cli_main, ["query", "-c", str(catalog.root), "7", "--omega", "uniform", "--exact",

@@ -84,7 +84,7 @@ def test_a_build_writes_four_bit_codes_and_exact_queries_scan_them(tmp_path, mon
     s = Searcher.open(tmp_path / "cat")
     assert isinstance(s.scanner, FastScanner) and s.scanner.n == 3000
     for row in (0, 1234, 2999):
-        m = make_membership("gaussian", np.asarray(s.Z[row]), 1.0)
+        m = make_membership("gaussian", np.asarray(s.Z[row]), s.tau)
         got = search(s.Z, [m], s.omega, k=10, exact=True, scanner=s.scanner)
         want = exact_search(s.Z, [m], s.omega, k=10)
         np.testing.assert_array_equal(got[1], want[1])

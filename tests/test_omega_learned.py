@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from synth_catalog import append_objects, new_catalog
 
 from simdex.cli.main import main as cli_main
-from simdex.engine.build import BuildConfig, BuildError, _auto_choice, build
+from simdex.engine.build import TAU_SEARCH, BuildConfig, BuildError, _auto_choice, build
 from simdex.engine.omega import ClassStats, OmegaError, OmegaInputs, make_omega
 from simdex.engine.omega_learned import LearnedOmegaConfig, fit_simplex_weights, learn_omega, validate_omegas
 from simdex.engine.searcher import Searcher
@@ -115,12 +115,25 @@ def test_cli_build_omega_learned_end_to_end(labelled_catalog):
     runner = CliRunner()
     out = runner.invoke(cli_main, ["build", "-c", root, "--omega", "learned", "--retain", "1.0", "--seed", "3"])
     assert out.exit_code == 0, out.output
-    assert "Ω: learned from label (split = train)" in out.output and "learned Ω: λ =" in out.output
+    assert "Ω: learned from label (split = train)" in out.output and "learned Ω: τ = " in out.output
+    assert "τ: " in out.output and "auto: the best held-out mAP of learned Ω" in out.output
     s = Searcher.open(root)
     record = s.info["omega"]
     assert record["estimator"] == "learned" and record["learned"]["seed"] == 3
     assert record["learned"]["sample_rows"] == 300  # train rows only
     assert set(record["learned"]["validation"]) == {"learned", "clusters", "welch", "uniform"}
+    # `--tau auto`: learned Ω fitted at every τ of the grid; the build uses the one of the best held-out mAP
+    tried = record["learned"]["tau_search"]
+    assert set(tried) == {f"{t:g}" for t in TAU_SEARCH}
+    best = max(TAU_SEARCH, key=lambda t: tried[f"{t:g}"]["map"])
+    assert s.tau == record["tau"] == record["learned"]["tau"] == best
+    assert record["learned"]["validation"]["learned"]["map"] == tried[f"{best:g}"]["map"]
+    given = runner.invoke(cli_main, ["build", "-c", root, "--omega", "learned", "--tau", "0.8"])
+    assert given.exit_code == 0 and Searcher.open(root).tau == 0.8 and "τ: 0.8 (given)" in given.output
+    assert "tau_search" not in Searcher.open(root).info["omega"]["learned"]
+    for bad in ("0", "-1", "wide"):
+        res = runner.invoke(cli_main, ["build", "-c", root, "--tau", bad])
+        assert res.exit_code == 2 and "--tau" in res.output and "Traceback" not in res.output
     assert s.omega[:3].sum() > 3 / 24  # the class features weigh more than equal weights give them
     assert set(s.omegas) == {"learned", "clusters", "welch", "uniform", "svd"}
     res = runner.invoke(cli_main, ["query", "-c", root, "0", "--omega", "clusters", "--exact", "--format", "json"])

@@ -51,7 +51,7 @@ def test_l2_build_z_scores_unit_rows_and_every_path_agrees(tmp_path):
     q = s.query_from_features(7.5 * x[[11]])
     np.testing.assert_allclose(q.z[0], np.asarray(s.Z)[11], atol=1e-4)
     # SQL's macros apply the same map
-    m = make_membership("gaussian", np.asarray(s.Z)[11], 1.0)
+    m = make_membership("gaussian", np.asarray(s.Z)[11], s.tau)
     engine_p = fuzzy_scores(np.asarray(s.Z), m, s.omega)
     with SqlSession(cat) as sql:
         got = sql.query("SELECT simdex_p(f.features, q.features) AS p FROM features f, features q "
