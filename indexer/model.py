@@ -95,8 +95,12 @@ class _Level(nn.Module):
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a1 = F.relu(self.conv1(x))
-        a2 = F.relu(self.conv2(a1))
+        # without autograd (indexing, queries) the ReLU overwrites the convolution's output instead of
+        # allocating another map: the same values, 1.18x the images/s of a 64×64 batch of 256 (310 →
+        # 366, one interleaved run); training keeps the out-of-place form autograd records
+        inplace = not torch.is_grad_enabled()
+        a1 = F.relu(self.conv1(x), inplace=inplace)
+        a2 = F.relu(self.conv2(a1), inplace=inplace)
         return a1, a2
 
 

@@ -51,3 +51,16 @@ def test_xavier_initialisation():
     assert conv.weight.abs().max().item() <= bound + 1e-6
     assert conv.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
     assert torch.count_nonzero(conv.bias) == 0
+
+
+def test_inference_relu_in_place_gives_the_training_forward():
+    """Without autograd the ReLUs overwrite their inputs (no second map); the values are the same."""
+    torch.manual_seed(0)
+    net = SparseUNet(UNetConfig(width=0.25, in_channels=3)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    logits, acts = net(x)  # autograd on: out-of-place
+    with torch.inference_mode():
+        logits_i, acts_i = net(x)
+    assert torch.equal(logits.detach(), logits_i)
+    assert all(torch.equal(a.detach(), b) for a, b in zip(acts, acts_i, strict=True))
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(acts_i[::2], acts_i[1::2]))  # φ's maps stay apart
