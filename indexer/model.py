@@ -96,8 +96,8 @@ class _Level(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # without autograd (indexing, queries) the ReLU overwrites the convolution's output instead of
-        # allocating another map: the same values, 1.18x the images/s of a 64×64 batch of 256 (310 →
-        # 366, one interleaved run); training keeps the out-of-place form autograd records
+        # allocating another map: the same values, 1.22x the images/s of 64×64 batches of 256 (333 →
+        # 406, benchmarks/profile_index.py); training keeps the out-of-place form autograd records
         inplace = not torch.is_grad_enabled()
         a1 = F.relu(self.conv1(x), inplace=inplace)
         a2 = F.relu(self.conv2(a1), inplace=inplace)
