@@ -236,10 +236,25 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
         >>> result.info["table_iii"][-1]            # doctest: +SKIP
         {'layer': 'total', 'initial': 1600, 'active': 700, 'kept': 451}
     """
-    config = config or BuildConfig()
+    config = _tau_given(config or BuildConfig())
     _check_config(config)
     with _passes(config) as passes:
         return _build(catalog, config, progress or (lambda stage, done, total: None), passes)
+
+
+def _tau_given(config: BuildConfig) -> BuildConfig:
+    """τ as the build takes it: None for "auto" (as `--tau auto` gives it), a number otherwise."""
+    tau = config.tau
+    if isinstance(tau, str):
+        if tau.strip().lower() == "auto":
+            return replace(config, tau=None)
+        try:
+            return replace(config, tau=float(tau))
+        except ValueError:
+            raise BuildError(f"tau must be 'auto' or a positive number, got {tau!r}") from None
+    if tau is not None and not isinstance(tau, (int, float)):
+        raise BuildError(f"tau must be 'auto' or a positive number, got {tau!r}")
+    return config
 
 
 def _build(catalog: Catalog, config: BuildConfig, report: Callable[[str, int, int], None], passes) -> BuildResult:

@@ -78,7 +78,8 @@ def build(catalog: str | os.PathLike, **config: Any) -> BuildResult:
     candidate index), as `simdex build` does.
 
     `config` are the fields of `engine.build.BuildConfig`: retain (1.0), omega ('auto', 'uniform',
-    'svd', 'clusters', 'welch', 'learned'), clusters_from, n_clusters, omega_split, tau, index ('auto',
+    'svd', 'clusters', 'welch', 'learned'), clusters_from, n_clusters, omega_split, tau ('auto' or None:
+    chosen with learned Ω where there are labels, else 1; or a number), index ('auto',
     'exact', 'ivf'), recall_queries, batch_rows, seed, learned_rows, keep_builds, index_options.
 
     Raises:

@@ -151,4 +151,10 @@ def test_auto_records_its_choice_and_learned_needs_labels(labelled_catalog, tmp_
                    "p", split=None)
     with pytest.raises(BuildError, match="learned' needs a column of classes"):
         build(plain, BuildConfig(omega="learned"))
+    # the Python API's τ: "auto" as the CLI's, a number given as text, a clear error for anything else
+    assert build(plain, BuildConfig(tau="AUTO")).info["config"]["tau"] == 1.0  # no labels: the paper's
+    assert build(plain, BuildConfig(tau="1.5")).info["config"]["tau"] == 1.5
+    for bad in ("wide", [1.0], -2.0):
+        with pytest.raises(BuildError, match="tau must be"):
+            build(plain, BuildConfig(tau=bad))
     assert build(plain).info["omega"]["estimator"] == "uniform"
