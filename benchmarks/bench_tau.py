@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 from simdex import evaluate as ev
-from simdex.engine.omega import ClassStats, OmegaInputs, make_omega
 from simdex.engine.omega_learned import LearnedOmegaConfig, learn_omega
 from simdex.engine.searcher import Searcher
 
@@ -55,9 +54,7 @@ def main() -> None:
     labels, sources, q_rows, g_rows, _ = ev._queries_and_gallery(s, cfg)
     zq, zg = np.asarray(s.Z[q_rows]), np.asarray(s.Z[g_rows])
     lq, lg = labels[q_rows], labels[g_rows]
-    stats = ClassStats(zg.shape[1])
-    stats.update(zg, lg)
-    eq5 = make_omega("clusters").estimate(OmegaInputs(dim=zg.shape[1], class_stats=stats)).astype(np.float32)
+    eq5 = ev._gallery_omegas(zg, lg, s.v1, ["fuzzy P, Ω eq. 5"])["fuzzy P, Ω eq. 5"]  # as `simdex eval` fits it
     channels = int((s.catalog.info.get("config") or {}).get("in_channels", 1))
     pq, pg = ev._pixels(list(sources[q_rows]), channels), ev._pixels(list(sources[g_rows]), channels)
     raw_q, raw_g = ev._raw_vectors(s.catalog, np.asarray(s.object_ids), q_rows, g_rows, lambda *a: None)

@@ -66,8 +66,7 @@ def relu_rounds(net, xs, rounds: int) -> dict:
     return {k: {"median": float(np.median(v)), "rounds": v} for k, v in rates.items()}
 
 
-def profile_job(folder: Path, loaded, images: int) -> dict:
-    src = open_source(str(folder))
+def profile_job(src, loaded, images: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="profile-index-") as tmp:
         prof = cProfile.Profile()
         t = time.perf_counter()
@@ -80,7 +79,7 @@ def profile_job(folder: Path, loaded, images: int) -> dict:
     for label, (file, func) in STAGES.items():
         shares[label] = max([v[3] for (f, _, fn), v in stats.items() if f.endswith(file) and fn == func] or [0.0])
     shares["reading decoded batches (posix.read)"] = sum(
-        v[2] for (f, ln, fn), v in stats.items() if fn == "<built-in method posix.read>")
+        v[2] for (_, _, fn), v in stats.items() if fn == "<built-in method posix.read>")
     return {"seconds": total, "images_per_s": images / total, "stage_seconds": shares}
 
 
@@ -96,7 +95,7 @@ def main() -> None:
     batches = [np.stack([fit_to_size(src.read(i, 3), 64)[0] for i in range(a, a + 256)]) for a in range(0, 1024, 256)]
     xs = [torch.from_numpy(b).contiguous(memory_format=torch.channels_last) for b in batches]
     relu = relu_rounds(net, xs, args.rounds)
-    job = profile_job(folder, loaded, args.images)
+    job = profile_job(src, loaded, args.images)
     machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                "loadavg": " ".join(f"{v:.1f}" for v in os.getloadavg()),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

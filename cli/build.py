@@ -6,21 +6,16 @@ from pathlib import Path
 
 import click
 
-from simdex.engine.build import ENGINE_CHOICES, OMEGA_CHOICES, ROW_NORMS, BuildConfig
+from simdex.engine.build import ENGINE_CHOICES, OMEGA_CHOICES, ROW_NORMS, BuildConfig, BuildError, parse_tau
 from simdex.engine.candidates import CANDIDATE_KINDS
 
 
 def _tau_option(ctx, param, value: str) -> float | None:
-    """`--tau auto` → None (the build chooses), else a positive number."""
-    if value is None or str(value).strip().lower() == "auto":
-        return None
+    """`--tau auto` → None (the build chooses), else a positive number (engine.build.parse_tau)."""
     try:
-        tau = float(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number") from None
-    if not tau > 0 or tau != tau or tau == float("inf"):
-        raise click.BadParameter(f"{value!r}: τ must be a positive number")
-    return tau
+        return parse_tau(value)
+    except BuildError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command(name="build")

@@ -185,8 +185,6 @@ def _check_config(config: BuildConfig) -> None:
         raise BuildError(f"retain must be in (0, 1], got {config.retain}")
     if config.row_norm not in ROW_NORMS:
         raise BuildError(f"row_norm must be one of {', '.join(ROW_NORMS)}, got {config.row_norm!r}")
-    if config.tau is not None and not config.tau > 0:
-        raise BuildError(f"tau must be positive, got {config.tau}")
     if config.engine not in ENGINE_CHOICES:
         raise BuildError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINE_CHOICES)}")
     if config.engine != "ray" and (config.address is not None or config.workers is not None):
@@ -236,25 +234,25 @@ def build(catalog: Catalog, config: BuildConfig | None = None,
         >>> result.info["table_iii"][-1]            # doctest: +SKIP
         {'layer': 'total', 'initial': 1600, 'active': 700, 'kept': 451}
     """
-    config = _tau_given(config or BuildConfig())
+    config = config or BuildConfig()
+    config = replace(config, tau=parse_tau(config.tau))
     _check_config(config)
     with _passes(config) as passes:
         return _build(catalog, config, progress or (lambda stage, done, total: None), passes)
 
 
-def _tau_given(config: BuildConfig) -> BuildConfig:
-    """τ as the build takes it: None for "auto" (as `--tau auto` gives it), a number otherwise."""
-    tau = config.tau
-    if isinstance(tau, str):
-        if tau.strip().lower() == "auto":
-            return replace(config, tau=None)
-        try:
-            return replace(config, tau=float(tau))
-        except ValueError:
-            raise BuildError(f"tau must be 'auto' or a positive number, got {tau!r}") from None
-    if tau is not None and not isinstance(tau, (int, float)):
-        raise BuildError(f"tau must be 'auto' or a positive number, got {tau!r}")
-    return config
+def parse_tau(value) -> float | None:
+    """τ as the build takes it (BuildConfig.tau, `simdex build --tau`): None for None or "auto" (the
+    build chooses), else a positive finite number, given as one or as its text. BuildError otherwise."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        tau = float(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+    except ValueError:
+        tau = None
+    if tau is None or not 0 < tau < float("inf"):
+        raise BuildError(f"tau must be 'auto' or a positive number, got {value!r}")
+    return tau
 
 
 def _build(catalog: Catalog, config: BuildConfig, report: Callable[[str, int, int], None], passes) -> BuildResult:
@@ -410,6 +408,7 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
     tried = (record.get("learned") or {}).get("tau_search")
     if tried:
         figures = ", ".join(f"{t} {v['map']:.4f}" for t, v in tried.items())
+        record["tau"] = record["learned"]["tau"]
         record["tau_choice"] = f"auto: the best held-out mAP of learned Ω (τ {figures})"
     elif search_tau:
         record["tau"] = DEFAULT_TAU
@@ -423,7 +422,7 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
 def _estimate_omega_at(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_ids: np.ndarray, pruning: Pruning,
                        config: BuildConfig, search_tau: bool) -> tuple[np.ndarray, dict]:
     """`_estimate_omega` at config.tau, or with τ searched by the labelled learned Ω (`search_tau`), then the
-    further columns' Ω at the chosen τ (recorded as "tau")."""
+    further columns' Ω at the chosen τ."""
     d = len(pruning.kept)
     omega_name = config.omega
     classes, class_column, rows_used = (None, None, "none")
@@ -464,7 +463,6 @@ def _estimate_omega_at(catalog: Catalog, files: BuildFiles, Z: np.ndarray, objec
         if fit is not None:
             stored["learned"] = fit.omega.astype(np.float32)
             record["learned"] = fit.record
-            record["tau"] = fit.tau
             config = replace(config, tau=fit.tau)  # the further columns' Ω are fitted for the chosen τ
             if omega_name == "auto":
                 omega_name, record["choice"] = _auto_choice(fit.validation)

@@ -78,9 +78,11 @@ class LearnedOmega:
     record: dict  # what the build stores in its info
 
 
-def gaussian_memberships(zq: np.ndarray, zc: np.ndarray, tau: float) -> np.ndarray:
-    """g = exp(−((zc − zq)/τ)²) (eq. 2), broadcast: zq (..., d) against zc (..., d), float32."""
-    g = (np.asarray(zc, np.float32) - np.asarray(zq, np.float32)) * np.float32(1.0 / tau)
+def gaussian_memberships(zq: np.ndarray, zc: np.ndarray, tau: float, out: np.ndarray | None = None) -> np.ndarray:
+    """g = exp(−((zc − zq)/τ)²) (eq. 2), broadcast: zq (..., d) against zc (..., d), float32; into `out`
+    when given (a float32 array of the broadcast shape, which may be zc itself: one array held)."""
+    g = np.subtract(np.asarray(zc, np.float32), np.asarray(zq, np.float32), out=out)
+    g *= np.float32(1.0 / tau)
     np.square(g, out=g)
     np.negative(g, out=g)
     return np.exp(g, out=g)
@@ -173,11 +175,7 @@ def _candidates(zf: np.ndarray, yf: np.ndarray, config: LearnedOmegaConfig, rng:
         raise OmegaError("learned Ω: no sampled query has both a relevant and an irrelevant candidate")
     qi, cand, rel = qi[keep], cand[keep], rel[keep]
     G = zf[cand]  # (Q, C, d) float32, a copy: eq. 2 in place on it, so only one such array is ever held
-    G -= zf[qi][:, None, :]
-    G *= np.float32(1.0 / tau)
-    np.square(G, out=G)
-    np.negative(G, out=G)
-    return np.exp(G, out=G), rel
+    return gaussian_memberships(zf[qi][:, None, :], G, tau, out=G), rel
 
 
 def fit_simplex_weights(G: np.ndarray, relevant: np.ndarray, strengths, steps: int = 200,
@@ -328,26 +326,26 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
             if best is None or figures[f"learned λ={s:g}"]["map"] > figures[f"learned λ={best:g}"]["map"]:
                 best = s
         i = list(config.strengths).index(best)
-        trials[t] = (weights[i], float(betas[i]), best, figures, relevant.shape, len(vg))
-    tau = max(grid, key=lambda t: trials[t][3][f"learned λ={trials[t][2]:g}"]["map"])  # first of equals: nearest 1
-    omega, beta, best, figures, pairs, n_vg = trials[tau]
-    vq = val_rows
-    validation = {"learned": figures[f"learned λ={best:g}"], **{k: figures[k] for k in others}}
+        trials[t] = {"omega": weights[i], "beta": float(betas[i]), "strength": best, "figures": figures,
+                     "learned": figures[f"learned λ={best:g}"], "pairs": relevant.shape, "gallery": len(vg)}
+    tau = max(grid, key=lambda t: trials[t]["learned"]["map"])  # the first of equals: the nearest 1
+    chosen = trials[tau]
+    omega, beta, best, figures = chosen["omega"], chosen["beta"], chosen["strength"], chosen["figures"]
+    validation = {"learned": chosen["learned"], **{k: figures[k] for k in others}}
     validation.setdefault("uniform", figures["uniform"])
     record = {
         "seed": config.seed, "tau": tau, "sample_rows": int(len(rows)), "sample_drawn": drawn,
         "fit_rows": int(len(fit_rows)),
-        "validation_queries": int(len(vq)), "validation_gallery": int(n_vg),
-        "fit_queries": int(pairs[0]), "candidates_per_query": int(pairs[1]),
+        "validation_queries": int(len(val_rows)), "validation_gallery": int(chosen["gallery"]),
+        "fit_queries": int(chosen["pairs"][0]), "candidates_per_query": int(chosen["pairs"][1]),
         "strength": best, "beta": beta,
         "strengths": {f"{s:g}": {"map": figures[f"learned λ={s:g}"]["map"], "p@10": figures[f"learned λ={s:g}"]["p@10"]}
                       for s in config.strengths},
         "validation": validation, "config": asdict(config), "seconds": time.perf_counter() - started,
     }
     if len(grid) > 1:
-        record["tau_search"] = {f"{t:g}": {"map": trials[t][3][f"learned λ={trials[t][2]:g}"]["map"],
-                                           "p@10": trials[t][3][f"learned λ={trials[t][2]:g}"]["p@10"],
-                                           "strength": trials[t][2]} for t in sorted(grid)}
+        record["tau_search"] = {f"{t:g}": {"map": trials[t]["learned"]["map"], "p@10": trials[t]["learned"]["p@10"],
+                                           "strength": trials[t]["strength"]} for t in sorted(grid)}
     log.info("learned Ω: τ = %g, λ = %g, validation mAP %.4f (uniform %.4f) in %.1f s", tau, best,
              validation["learned"]["map"], validation["uniform"]["map"], record["seconds"])
     return LearnedOmega(omega=omega, strength=best, tau=tau, validation=validation, record=record)
