@@ -237,50 +237,77 @@ def grid_windows(win: torch.Tensor, g: int) -> torch.Tensor:
     return cells.reshape(m * g * g, 4)
 
 
-def _window_weights(win: torch.Tensor, layer_hw: tuple[int, int]) -> torch.Tensor:
-    """(W, h, w) uniform weights inside each window (x0, y0, x1, y1), each map summing to 1."""
+def _window_maps(win: torch.Tensor, layer_hw: tuple[int, int]) -> torch.Tensor:
+    """(W, h, w) float32 indicators of each window (x0, y0, x1, y1): 1 inside, 0 outside."""
     lh, lw = layer_hw
-    xs, ys = torch.arange(lw), torch.arange(lh)
-    rx = ((xs >= win[:, 0:1]) & (xs < win[:, 2:3])).float()  # (W, w)
-    ry = ((ys >= win[:, 1:2]) & (ys < win[:, 3:4])).float()  # (W, h)
-    size = ((win[:, 2] - win[:, 0]) * (win[:, 3] - win[:, 1])).float()
-    return ry[:, :, None] * rx[:, None, :] / size[:, None, None]
+    rx = ((torch.arange(lw) >= win[:, 0:1]) & (torch.arange(lw) < win[:, 2:3])).float()  # (W, w)
+    ry = ((torch.arange(lh) >= win[:, 1:2]) & (torch.arange(lh) < win[:, 3:4])).float()  # (W, h)
+    return ry[:, :, None] * rx[:, None, :]
+
+
+def _mask_fractions(masks: torch.Tensor, out_hw: tuple[int, int], layer_hw: tuple[int, int],
+                    cache: dict | None = None) -> torch.Tensor:
+    """(M, h, w) float32: the fraction of each layer pixel that the object's mask covers (the mask
+    downsampled by area). `cache` keeps the fractions per size, so a coarser layer pools a finer one's
+    (2×2 at a time, the same averages) instead of the full-size masks again."""
+    (oh, ow), (lh, lw) = out_hw, layer_hw
+    if oh % lh or ow % lw:
+        raise ValueError(f"layer size {layer_hw} does not divide the output size {out_hw}")
+    cache = {} if cache is None else cache
+    if layer_hw not in cache:
+        finer = [hw for hw in cache if hw[0] % lh == 0 and hw[1] % lw == 0]
+        if finer:
+            (fh, fw) = min(finer)
+            base = cache[(fh, fw)]
+        else:
+            (fh, fw), base = out_hw, masks.float()
+        cache[layer_hw] = base if (fh, fw) == layer_hw else F.avg_pool2d(base[:, None], (fh // lh, fw // lw))[:, 0]
+    return cache[layer_hw]
+
+
+def region_maps(objects: Objects, region: str, out_hw: tuple[int, int], layer_hw: tuple[int, int],
+                masks: torch.Tensor | None, cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each object's (and cell's) pooling weights at one resolution, unnormalised, and their sums.
+
+    Returns:
+        maps (M, cells, h, w) float32 ≥ 0 and sums (M, cells) float32. A cell's means are
+        Σ maps·x / sums. A `mask+gridG` cell that the mask does not reach sums to 0: it takes the
+        whole mask's means (cell 0's), as `region_weights` says.
+    """
+    m, (lh, lw) = len(objects), layer_hw
+    if region == "full":
+        maps = torch.ones((m, 1, lh, lw))
+    elif region in ("bbox", "mask") or region.startswith("grid"):
+        if region == "mask":
+            maps = _mask_fractions(masks, out_hw, layer_hw, cache)[:, None]
+        else:
+            win = bbox_windows(objects.bbox, out_hw, layer_hw)
+            if region.startswith("grid"):
+                win = grid_windows(win, region_grid(region))
+            maps = _window_maps(win, layer_hw).view(m, -1, lh, lw)
+    else:  # mask+gridG: the whole mask, then its part in each of the box window's g×g cells
+        whole = _mask_fractions(masks, out_hw, layer_hw, cache)  # (M, h, w)
+        g = region_grid(region)
+        inside = _window_maps(grid_windows(bbox_windows(objects.bbox, out_hw, layer_hw), g), layer_hw)
+        maps = torch.empty((m, 1 + g * g, lh, lw))
+        maps[:, 0] = whole
+        torch.mul(inside.view(m, g * g, lh, lw), whole[:, None], out=maps[:, 1:])
+    return maps, maps.sum(dim=(2, 3))
 
 
 def region_weights(objects: Objects, region: str, out_hw: tuple[int, int], layer_hw: tuple[int, int],
-                    masks: torch.Tensor | None) -> torch.Tensor:
-    """(M·cells, h, w) float32 weights of each object (and cell) at one resolution; each map sums to 1."""
-    lh, lw = layer_hw
-    m = len(objects)
-    if region.startswith("mask+"):
-        return _mask_grid_weights(objects, region_grid(region), out_hw, layer_hw, masks)
-    if region.startswith("grid"):
-        cells = grid_windows(bbox_windows(objects.bbox, out_hw, layer_hw), region_grid(region))
-        return _window_weights(cells, layer_hw)
-    if region == "bbox":
-        return _window_weights(bbox_windows(objects.bbox, out_hw, layer_hw), layer_hw)
-    if region == "mask":
-        oh, ow = out_hw
-        if oh % lh or ow % lw:
-            raise ValueError(f"layer size {layer_hw} does not divide the output size {out_hw}")
-        frac = F.avg_pool2d(masks[:, None].float(), (oh // lh, ow // lw))[:, 0]  # (M, h, w), area fraction
-        return frac / frac.sum(dim=(1, 2), keepdim=True)
-    return torch.full((m, lh, lw), 1.0 / (lh * lw))
+                   masks: torch.Tensor | None) -> torch.Tensor:
+    """(M·cells, h, w) float32 weights of each object (and cell) at one resolution; each map sums to 1.
 
-
-def _mask_grid_weights(objects: Objects, g: int, out_hw: tuple[int, int], layer_hw: tuple[int, int],
-                       masks: torch.Tensor) -> torch.Tensor:
-    """`mask+gridG`'s (M·(1 + g²), h, w) weights: per object the whole mask's, then the mask's part in
-    each of the box window's g×g cells (the layout without the background inside the box). A cell
-    the mask does not reach takes the whole mask's weights, so its means equal the object's."""
-    whole = region_weights(objects, "mask", out_hw, layer_hw, masks)  # (M, h, w), each sums to 1
-    m, (lh, lw) = len(objects), layer_hw
-    inside = _window_weights(grid_windows(bbox_windows(objects.bbox, out_hw, layer_hw), g), layer_hw) > 0
-    per_cell = whole.repeat_interleave(g * g, dim=0)  # (M·g², h, w)
-    part = per_cell * inside
-    total = part.sum(dim=(1, 2), keepdim=True)
-    part = torch.where(total > 0, part / total.clamp(min=1e-30), per_cell)
-    return torch.cat([whole[:, None], part.view(m, g * g, lh, lw)], dim=1).view(m * (1 + g * g), lh, lw)
+    `bbox`, `gridG`: uniform inside the window; `mask`: the mask's area fractions; `mask+gridG`: the
+    mask's, then the mask's part in each cell (a cell the mask does not reach takes the whole mask's
+    weights, so its means equal the object's); `full`: uniform."""
+    maps, sums = region_maps(objects, region, out_hw, layer_hw, masks)
+    weights = maps / sums.clamp(min=1e-30)[:, :, None, None]
+    empty = sums == 0  # only mask+gridG cells: take the whole mask's
+    if bool(empty.any()):
+        weights = torch.where(empty[:, :, None, None], weights[:, :1], weights)
+    return weights.reshape(-1, *layer_hw)
 
 
 def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "bbox",
@@ -290,10 +317,13 @@ def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "b
     Args:
         acts: φ's activation maps in feature order, each (B, C_l, h_l, w_l).
         objects: from `find_objects` on the same batch.
-        region: one of REGION_MODES ('bbox', 'mask', 'full', 'grid2', 'grid4').
+        region: one of REGION_MODES ('bbox', 'mask', 'full', 'grid2', 'grid4', 'mask+grid2').
         out_hw: the output (segment) size; defaults to the label map's.
     Returns:
-        (M, N) float32, N = Σ C_l (times g² for `gridG`), rows in the order of `objects`.
+        (M, N) float32, N = Σ C_l (times the region's cells), rows in the order of `objects`.
+
+    The weighted sums are taken with `region_maps`' unnormalised maps and divided by the maps' sums
+    afterwards, on the (M, cells, C) means rather than on the (M, cells, h, w) maps.
     """
     if region not in REGION_MODES:
         raise ValueError(f"region must be one of {', '.join(REGION_MODES)}, got {region!r}")
@@ -304,23 +334,34 @@ def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "b
     if m == 0:
         return torch.zeros((0, n_features), dtype=torch.float32)
     k = (int(objects.component.max()) + 1) * cells  # weight-map slots per image: component·cells + cell
+    # one object per image, in image order (the index job's `largest`): the maps are the slots already
+    one_each = m == b and bool(torch.equal(objects.image_index, torch.arange(b)))
     slot = objects.component[:, None] * cells + torch.arange(cells)  # (M, cells)
     image = objects.image_index[:, None].expand(m, cells)
     masks = objects.masks() if region.startswith("mask") else None
-    weights: dict[tuple[int, int], torch.Tensor] = {}
+    fractions: dict = {}
+    pooling: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     out = []
     for a in acts:
         _, ch, lh, lw = a.shape
         if region == "full":
             out.append(a.float().mean(dim=(2, 3))[objects.image_index])  # (M, C)
             continue
-        if (lh, lw) not in weights:  # layers of one resolution share their weight maps
-            wts = region_weights(objects, region, out_hw, (lh, lw), masks)  # (M·cells, h, w)
-            padded = torch.zeros((b, k, lh * lw), dtype=torch.float32)
-            padded[image.reshape(-1), slot.reshape(-1)] = wts.reshape(m * cells, lh * lw)
-            weights[(lh, lw)] = padded  # (B, K, h·w)
+        if (lh, lw) not in pooling:  # layers of one resolution share their weight maps
+            maps, sums = region_maps(objects, region, out_hw, (lh, lw), masks, fractions)
+            if one_each:
+                padded = maps.reshape(b, k, lh * lw)
+            else:
+                padded = torch.zeros((b, k, lh * lw), dtype=torch.float32)
+                padded[image.reshape(-1), slot.reshape(-1)] = maps.reshape(m * cells, lh * lw)
+            empty = sums == 0
+            pooling[(lh, lw)] = (padded, sums.clamp(min=1e-30)[:, :, None], empty if bool(empty.any()) else None)
+        padded, sums, empty = pooling[(lh, lw)]
         # (B, h·w, C): a view of the channels_last maps the index job makes (a copy of NCHW ones)
-        maps = a.float().permute(0, 2, 3, 1).reshape(b, lh * lw, ch)
-        per_image = torch.bmm(weights[(lh, lw)], maps)  # (B, K, C)
-        out.append(per_image[image, slot].reshape(m, cells * ch))  # (M, cells·C), cell-major
+        maps_hwc = a.float().permute(0, 2, 3, 1).reshape(b, lh * lw, ch)
+        per_image = torch.bmm(padded, maps_hwc)  # (B, K, C) weighted sums
+        means = (per_image if one_each else per_image[image, slot]).view(m, cells, ch) / sums  # (M, cells, C)
+        if empty is not None:  # mask+gridG cells the mask does not reach: the whole mask's means
+            means = torch.where(empty[:, :, None], means[:, :1], means)
+        out.append(means.reshape(m, cells * ch))  # cell-major
     return torch.cat(out, dim=1)

@@ -251,3 +251,22 @@ def test_bad_modes():
     objs = find_objects(torch.ones(1, 8, 8, dtype=torch.bool))
     with pytest.raises(ValueError, match="region must be"):
         object_features([torch.rand(1, 2, 8, 8)], objs, "box")
+
+
+@pytest.mark.parametrize("region", ["bbox", "mask", "grid2", "mask+grid2"])
+def test_one_object_per_image_gives_the_general_path_features(region):
+    """With one object in every image (the index job's usual batch) the maps are the bmm's slots
+    directly; the same objects beside an empty image go through the scatter: equal features."""
+    rng = np.random.default_rng(7)
+    seg = random_segments(rng, 6, 32, 32)
+    seg[0, 10:14, 3:9] = True  # every image holds an object
+    acts = [np.maximum(rng.standard_normal((6, ch, 32 // s, 32 // s)).astype(np.float32), 0)
+            for s, ch in [(1, 3), (2, 4), (8, 2)]]
+    objs = find_objects(torch.from_numpy(seg), "largest")
+    assert objs.image_index.tolist() == list(range(6))
+    fast = object_features([torch.from_numpy(a) for a in acts], objs, region)
+    padded = np.concatenate([np.zeros_like(seg[:1]), seg])  # image 0 empty: not one per image
+    objs2 = find_objects(torch.from_numpy(padded), "largest")
+    acts2 = [np.concatenate([np.zeros_like(a[:1]), a]) for a in acts]
+    general = object_features([torch.from_numpy(a) for a in acts2], objs2, region)
+    torch.testing.assert_close(fast, general, rtol=0, atol=1e-6)

@@ -354,6 +354,24 @@ def test_exif_orientation_is_applied_before_anything_sees_the_pixels(tmp_path, f
     assert np.abs(plain - displayed).max() < (0.02 if fmt == "png" else 0.25)
 
 
+def test_an_xmp_orientation_of_a_png_is_applied_too(tmp_path):
+    """Pillow reads the orientation from XMP where a file has no EXIF; so does the decoder, which
+    skips getexif() only for files with neither."""
+    import numpy as np
+    from PIL import Image, PngImagePlugin
+
+    from simdex.indexer.sources import decode_image
+
+    im = np.zeros((20, 24), np.uint8)
+    im[3:12, 2:9] = 220
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>')
+    Image.fromarray(im).save(tmp_path / "x.png", pnginfo=info)
+    Image.fromarray(im).save(tmp_path / "plain.png")
+    assert decode_image(tmp_path / "x.png")[0].shape == (24, 20)  # turned 90°
+    assert decode_image(tmp_path / "plain.png")[0].shape == (20, 24)
+
+
 def test_boxes_of_an_oriented_image_are_in_displayed_coordinates(tmp_path, tiny_model):
     import numpy as np
 
