@@ -218,7 +218,11 @@ def _foreground(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=1) != 0
 
 
-def _keep(batch: dict) -> dict:
+def _to_model_layout(batch: dict) -> dict:
+    """A decoded batch's canvases as the forward pass takes them: a channels_last (NHWC) tensor. Run
+    in the decode worker (the DataLoader's per-item collate), so the copy to NHWC is made there and
+    the batch reaches the model's process through shared memory instead of pickled through a pipe."""
+    batch["canvases"] = torch.from_numpy(batch["canvases"]).contiguous(memory_format=torch.channels_last)
     return batch
 
 
@@ -413,7 +417,7 @@ def _run(src, net, options, committer: _Committer) -> None:
     dataset = _DecodedBatches(src, committer.start, committer.end, options.batch_size, cfg.in_channels,
                               cfg.image_size)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=options.workers, collate_fn=_keep,
+        dataset, batch_size=None, shuffle=False, num_workers=options.workers, collate_fn=_to_model_layout,
         persistent_workers=False, prefetch_factor=4 if options.workers else None,
     )
     for batch in loader:
@@ -458,7 +462,8 @@ def batch_objects(net, batch: dict, options: IndexOptions, device: str = "cpu") 
     """Segment one batch of `_DecodedBatches` with the model and extract its objects' features
     (the map step, the same for every engine)."""
     # NHWC, as the engines lay out the weights (`inference_net`)
-    x = torch.from_numpy(batch["canvases"]).contiguous(memory_format=torch.channels_last)  # (n, C, S, S)
+    x = batch["canvases"]  # (n, C, S, S)
+    x = (x if isinstance(x, torch.Tensor) else torch.from_numpy(x)).contiguous(memory_format=torch.channels_last)
     feats = np.zeros((0, net.num_features * region_cells(options.region)), np.float32)
     ordinals = component = np.zeros(0, np.int64)
     boxes, areas = np.zeros((0, 4), np.int32), np.zeros(0, np.int64)
