@@ -4,16 +4,17 @@ and peak memory at two catalog sizes.
 For each size N (default 10,000 and 70,000 images, the first N of `fashion-mnist`,
 train then test) a fresh subprocess:
 
-1. runs the bare model forward pass over the first half of the N images (fitted to
-   the model's canvas per batch outside the timed region), in the same batch size and
+1. runs the bare model forward pass over the N images (fitted to the model's canvas per
+   batch outside the timed region), in the same batch size, layout (channels_last) and
    `torch.inference_mode`; a warm-up batch is discarded;
 2. runs the whole index job (`indexer.runner.index_source`: decode, forward, objects,
    features, Parquet shards, journal) over all N images into a new catalog, timed end
-   to end;
-3. runs the bare forward pass over the second half; the forward rate is that of all N
-   images, so load changes during the run (the machine may be shared) hit both sides;
-4. reads its peak resident memory (`resource.getrusage(RUSAGE_SELF).ru_maxrss` and
-   /proc's VmHWM) after the index job, before the second half of the forward pass.
+   to end, then the bare forward pass again; `--repeats R` does this R times. Each job's
+   ratio is its rate against the mean rate of the passes before and after it, so load
+   changes during the run (the machine may be shared) hit both sides; the ratio reported
+   is the median of the jobs';
+3. reads its peak resident memory (`resource.getrusage(RUSAGE_SELF).ru_maxrss` and
+   /proc's VmHWM) after the first index job.
 
 Both sizes read the same source (all 70,000 images are held in memory by the IDX
 source either way), so the two peaks differ only by what grows with the catalog.
@@ -25,7 +26,7 @@ so decoding and resizing (in the indexer's DataLoader workers) are measured too.
 Run (from the repository root; uses the shipped model, or --model FILE):
 
     .venv/bin/python benchmarks/bench_index.py                  # 10k and 70k
-    .venv/bin/python benchmarks/bench_index.py --folders 64:png 256:jpg --sizes 4000 --name bench_index_folders
+    .venv/bin/python benchmarks/bench_index.py --folders 64:png 256:jpg --sizes 3000 --repeats 3 --name bench_index_folders
     .venv/bin/python benchmarks/bench_index.py --sizes 2000 --untrained   # quick dry run
 
 Writes benchmarks/results/bench_index.json and bench_index.md (a Markdown table).
@@ -94,26 +95,31 @@ def child(args: argparse.Namespace) -> dict:
                 seconds += time.perf_counter() - t0
         return seconds
 
-    half = (n // 2) // args.batch_size * args.batch_size or n // 2
-    fwd_before = forward_pass(0, half)
-    with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
-        t0 = time.perf_counter()
-        result = index_source(src, Path(tmp) / "catalog", loaded,
-                              IndexOptions(batch_size=args.batch_size, workers=args.workers, limit=n,
-                                           views=0))  # the main pass only: views are a step after it
-        index_s = time.perf_counter() - t0
-        peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        hwm_mib = _vm_hwm_mib()
-        catalog_bytes = sum(p.stat().st_size for p in (Path(tmp) / "catalog").rglob("*") if p.is_file())
-    fwd_after = forward_pass(half, n)
-    forward_ips = n / (fwd_before + fwd_after)
-    index_ips = n / index_s
+    # forward, index, forward, index, …, forward: each index job against the mean rate of the passes on
+    # either side of it, so a change of the machine's speed during the run hits both; medians over repeats
+    fwd_s = [forward_pass(0, n)]
+    index_s, result, peak_rss_mib, hwm_mib, catalog_bytes = [], None, None, None, None
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
+            t0 = time.perf_counter()
+            result = index_source(src, Path(tmp) / "catalog", loaded,
+                                  IndexOptions(batch_size=args.batch_size, workers=args.workers, limit=n,
+                                               views=0))  # the main pass only: views are a step after it
+            index_s.append(time.perf_counter() - t0)
+            if peak_rss_mib is None:  # after the first job, as before repeats existed
+                peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                hwm_mib = _vm_hwm_mib()
+                catalog_bytes = sum(p.stat().st_size for p in (Path(tmp) / "catalog").rglob("*") if p.is_file())
+        fwd_s.append(forward_pass(0, n))
+    ratios = [(fwd_s[r] + fwd_s[r + 1]) / 2 / index_s[r] for r in range(args.repeats)]
+    index_ips = n / float(np.median(index_s))
+    forward_ips = n / float(np.median(fwd_s))
     return {
         "images": n, "objects": result.objects, "skipped": dict(result.errors),
-        "index_s": round(index_s, 2), "index_images_per_s": round(index_ips, 1),
+        "index_s": round(float(np.median(index_s)), 2), "index_images_per_s": round(index_ips, 1),
         "forward_images_per_s": round(forward_ips, 1),
-        "forward_images_per_s_before_after": [round(half / fwd_before, 1), round((n - half) / fwd_after, 1)],
-        "ratio": round(index_ips / forward_ips, 3),
+        "index_s_each": [round(t, 2) for t in index_s], "forward_s_each": [round(t, 2) for t in fwd_s],
+        "ratio": round(float(np.median(ratios)), 3), "ratio_each": [round(r, 3) for r in ratios],
         "peak_rss_mib": round(peak_rss_mib, 1), "vm_hwm_mib": None if hwm_mib is None else round(hwm_mib, 1),
         "catalog_mib": round(catalog_bytes / 2**20, 1),
         "torch_threads": torch.get_num_threads(),
@@ -203,6 +209,8 @@ def main() -> None:
     ap.add_argument("--name", default="bench_index", help="stem of the result files")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="index jobs per source, each between two forward passes (the ratio is their median)")
     ap.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -229,7 +237,8 @@ def main() -> None:
         jobs = [(args.sizes[0], str(make_folder(spec, args.sizes[0])), spec) for spec in args.folders]
     for size, source, label in jobs:
         cmd = [sys.executable, __file__, "--child", "--size", str(size), "--batch-size", str(args.batch_size),
-               "--threads", str(args.threads), "--source", source]
+               "--threads", str(args.threads), "--source", source,
+               "--repeats", str(args.repeats)]
         if args.model:
             cmd += ["--model", str(args.model)]
         if args.workers is not None:
@@ -263,13 +272,16 @@ def main() -> None:
         f"Machine: {os.cpu_count()} CPUs, {platform.platform()}; load average at the end "
         f"{report['machine']['load_average_at_end'][0]:.1f}. Batch {args.batch_size}, "
         f"torch threads {runs[0]['torch_threads']}.", "",
-        "| source | images | objects | skipped | index images/s | bare forward images/s | ratio | peak RSS MiB | catalog MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"Each source: {args.repeats} index job(s), each between two bare forward passes over the same images; "
+        "the ratio is the median over jobs of index images/s against the mean of its two passes (per job: "
+        "`ratio_each` in the JSON), the rates are medians.", "",
+        "| source | images | objects | skipped | index images/s | bare forward images/s | ratio | ratio of each job | peak RSS MiB | catalog MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in runs:
         lines.append(f"| {r['source']} | {r['images']:,} | {r['objects']:,} | {sum(r['skipped'].values()):,} | "
                      f"{r['index_images_per_s']:,.0f} | {r['forward_images_per_s']:,.0f} | {r['ratio']:.2f} | "
-                     f"{r['peak_rss_mib']:,.0f} | {r['catalog_mib']:,.1f} |")
+                     f"{', '.join(f'{x:.2f}' for x in r['ratio_each'])} | {r['peak_rss_mib']:,.0f} | {r['catalog_mib']:,.1f} |")
     if training:
         lines += ["", f"Training throughput (`simdex train`'s step, width {training['width']}, "
                   f"{training['image_size']}×{training['image_size']} RGB, batch {training['batch_size']}, median of "
@@ -284,6 +296,7 @@ def main() -> None:
               + (f" --train-steps {args.train_steps}" if args.train_steps else "")
               + (f" --source {args.source}" if args.source != "fashion-mnist" and not args.folders else "")
               + (f" --threads {args.threads}" if args.threads else "")
+              + (f" --repeats {args.repeats}" if args.repeats != 1 else "")
               + f" --sizes {' '.join(map(str, args.sizes))}`", ""]
     (args.out / f"{args.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))

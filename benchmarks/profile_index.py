@@ -41,6 +41,7 @@ STAGES = {
     "pooling the features (object_features)": ("indexer/extract.py", "object_features"),
     "segments' components (find_objects)": ("indexer/extract.py", "find_objects"),
     "Parquet writes": ("parquet/core.py", "write_table"),
+    "rows, shards and journal (_Committer.add, Parquet included)": ("indexer/runner.py", "add"),
 }
 
 
