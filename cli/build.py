@@ -111,7 +111,7 @@ def build(catalog: Path, retain: float, row_norm: str, omega: str, clusters_from
             return
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = ProgressBar(total, stage, unit="obj")
+            bar = bars[stage] = ProgressBar(total, stage, unit="step" if stage.startswith("learned") else "obj")
         bar.update(done - bar.done)
 
     columns = None if omega_columns is None else tuple(

@@ -275,7 +275,7 @@ def _build(catalog: Catalog, config: BuildConfig, report: Callable[[str, int, in
         codec4 = _write_fastscan(files, codec)
         timings["codes4"] = time.perf_counter() - t0
 
-        omega, omega_record = _estimate_omega(catalog, files, Z, object_ids, pruning, config)
+        omega, omega_record = _estimate_omega(catalog, files, Z, object_ids, pruning, config, report)
         config = replace(config, tau=omega_record["tau"])  # `--tau auto`: the τ the Ω step chose
         t0 = time.perf_counter()
         index = build_candidate_index(Z, omega, config.index, codes8=files.codes(), codec4=codec4,
@@ -392,7 +392,7 @@ def _normalise(catalog: Catalog, files: BuildFiles, pruning: Pruning, codec: Uni
 
 
 def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_ids: np.ndarray, pruning: Pruning,
-                    config: BuildConfig) -> tuple[np.ndarray, dict]:
+                    config: BuildConfig, report: Callable[[str, int, int], None] | None = None) -> tuple[np.ndarray, dict]:
     """Ω of the build (and the other class-based Ω a query may pick), written to the build.
     Returns Ω and its record for the build's info, which holds the τ the build uses ("tau": the given
     one, or under `--tau auto` the one chosen with learned Ω, else DEFAULT_TAU).
@@ -404,7 +404,8 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
     (benchmarks/results/tau_fmnist70k.md)."""
     search_tau = config.tau is None
     config = replace(config, tau=DEFAULT_TAU if search_tau else config.tau)
-    omega, record = _estimate_omega_at(catalog, files, Z, object_ids, pruning, config, search_tau)
+    omega, record = _estimate_omega_at(catalog, files, Z, object_ids, pruning, config, search_tau,
+                                       report or (lambda stage, done, total: None))
     tried = (record.get("learned") or {}).get("tau_search")
     if tried:
         figures = ", ".join(f"{t} {v['map']:.4f}" for t, v in tried.items())
@@ -420,9 +421,11 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
 
 
 def _estimate_omega_at(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_ids: np.ndarray, pruning: Pruning,
-                       config: BuildConfig, search_tau: bool) -> tuple[np.ndarray, dict]:
+                       config: BuildConfig, search_tau: bool,
+                       report: Callable[[str, int, int], None]) -> tuple[np.ndarray, dict]:
     """`_estimate_omega` at config.tau, or with τ searched by the labelled learned Ω (`search_tau`), then the
-    further columns' Ω at the chosen τ."""
+    further columns' Ω at the chosen τ. Each fit of learned Ω reports its steps as the stage
+    `learned Ω (COLUMN)`."""
     d = len(pruning.kept)
     omega_name = config.omega
     classes, class_column, rows_used = (None, None, "none")
@@ -430,7 +433,7 @@ def _estimate_omega_at(catalog: Catalog, files: BuildFiles, Z: np.ndarray, objec
         classes, class_column, rows_used = _class_column(catalog, config, object_ids)
     labelled = classes is not None
     if not labelled and omega_name in ("auto", "learned"):
-        from_views = _views_omega(catalog, pruning, config)
+        from_views = _views_omega(catalog, pruning, config, report)
         if from_views is not None:
             omega, record = from_views
             files.write_omega(omega, {"learned": omega} if record["estimator"] == "learned" else {})
@@ -454,7 +457,8 @@ def _estimate_omega_at(catalog: Catalog, files: BuildFiles, Z: np.ndarray, objec
     stored = _class_omegas(omega_inputs, labelled=labelled)
     if labelled and omega_name in ("auto", "learned"):
         try:
-            fit = _learn_omega(Z, classes, class_stats, config, TAU_SEARCH if search_tau else None)
+            fit = _learn_omega(Z, classes, class_stats, config, TAU_SEARCH if search_tau else None,
+                               progress=_stage(report, class_column))
         except OmegaError as exc:
             if omega_name == "learned":
                 raise BuildError(str(exc)) from None
@@ -478,7 +482,7 @@ def _estimate_omega_at(catalog: Catalog, files: BuildFiles, Z: np.ndarray, objec
     if columns:
         record["columns"] = {}
     for column in columns:
-        column_omega, column_record = _column_omega(catalog, Z, object_ids, config, column)
+        column_omega, column_record = _column_omega(catalog, Z, object_ids, config, column, report)
         record["columns"][column] = column_record
         if column_omega is not None:
             stored[column_omega_key(column)] = column_omega
@@ -494,7 +498,8 @@ def _class_stats(Z: np.ndarray, classes: np.ndarray, batch_rows: int) -> ClassSt
     return stats
 
 
-def _views_omega(catalog: Catalog, pruning: Pruning, config: BuildConfig) -> tuple[np.ndarray, dict] | None:
+def _views_omega(catalog: Catalog, pruning: Pruning, config: BuildConfig,
+                 report: Callable[[str, int, int], None]) -> tuple[np.ndarray, dict] | None:
     """Self-supervised Ω from the catalog's augmented views (`indexer.views`): learned Ω with each
     image's views as a class, kept when it beats uniform Ω on held-out images' views, else uniform.
     None when the catalog has no views."""
@@ -515,7 +520,8 @@ def _views_omega(catalog: Catalog, pruning: Pruning, config: BuildConfig) -> tup
                     "views": {"views": int(len(groups)), "images": int(images)}}
     try:
         fit = learn_omega(z, groups.astype(object), config.tau,
-                          LearnedOmegaConfig(sample_rows=config.learned_rows, seed=config.seed))
+                          LearnedOmegaConfig(sample_rows=config.learned_rows, seed=config.seed),
+                          progress=_stage(report, "views"))
     except OmegaError as exc:
         record["choice"] = f"uniform: learned Ω could not be fitted on the views ({exc})"
         return uniform, record
@@ -540,7 +546,7 @@ def _further_omega_columns(catalog: Catalog, config: BuildConfig, primary: str |
 
 
 def _column_omega(catalog: Catalog, Z: np.ndarray, object_ids: np.ndarray, config: BuildConfig,
-                  column: str) -> tuple[np.ndarray | None, dict]:
+                  column: str, report: Callable[[str, int, int], None]) -> tuple[np.ndarray | None, dict]:
     """Ω for the classes of a further column, chosen as `--omega auto` chooses (learned if it beats eq. 5
     and Welch on held-out rows of that column, else the best of those); None where the column has
     fewer than 2 classes (recorded)."""
@@ -553,7 +559,7 @@ def _column_omega(catalog: Catalog, Z: np.ndarray, object_ids: np.ndarray, confi
                                labelled=True)
     record: dict = {"rows": rows_used}
     try:
-        fit = _learn_omega(Z, classes, class_stats, config)
+        fit = _learn_omega(Z, classes, class_stats, config, progress=_stage(report, column))
     except OmegaError as exc:
         name = "clusters" if "clusters" in candidates else None
         record.update(estimator=name, choice=f"eq. 5 (clusters): learned Ω could not be fitted ({exc})")
@@ -567,8 +573,13 @@ def _column_omega(catalog: Catalog, Z: np.ndarray, object_ids: np.ndarray, confi
     return candidates[name], record
 
 
+def _stage(report: Callable[[str, int, int], None], column: str | None) -> Callable[[int, int], None]:
+    """learn_omega's (done, total) as the build's progress stage `learned Ω (COLUMN)`."""
+    return lambda done, total: report(f"learned Ω ({column})", done, total)
+
+
 def _learn_omega(Z: np.ndarray, classes: np.ndarray, class_stats: ClassStats, config: BuildConfig,
-                 taus: tuple[float, ...] | None = None):
+                 taus: tuple[float, ...] | None = None, progress: Callable[[int, int], None] | None = None):
     """Learned Ω on a seeded sample of the labelled rows; eq. 5 and Welch are validated on the same
     held-out queries, estimated from class statistics without those queries' rows."""
     from simdex.engine.omega_learned import LearnedOmegaConfig, learn_omega
@@ -585,7 +596,7 @@ def _learn_omega(Z: np.ndarray, classes: np.ndarray, class_stats: ClassStats, co
         return out
 
     return learn_omega(Z, classes, config.tau, LearnedOmegaConfig(sample_rows=config.learned_rows, seed=config.seed),
-                       reference=reference, taus=taus)
+                       reference=reference, taus=taus, progress=progress)
 
 
 def _auto_choice(validation: dict[str, dict]) -> tuple[str, str]:

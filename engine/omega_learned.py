@@ -179,7 +179,8 @@ def _candidates(zf: np.ndarray, yf: np.ndarray, config: LearnedOmegaConfig, rng:
 
 
 def fit_simplex_weights(G: np.ndarray, relevant: np.ndarray, strengths, steps: int = 200,
-                        learning_rate: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+                        learning_rate: float = 0.1,
+                        on_step: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """ω on the simplex minimising the softmax ranking loss over candidates plus λ·KL(ω ‖ uniform),
     one fit per strength λ, all in the same passes over G (each step is memory-bound, so fitting
     several λ costs little more than one).
@@ -188,6 +189,7 @@ def fit_simplex_weights(G: np.ndarray, relevant: np.ndarray, strengths, steps: i
         G: memberships (queries, candidates, d) float32.
         relevant: (queries, candidates) bool; each query needs a relevant and an irrelevant candidate.
         strengths: the λ ≥ 0 to fit, (S,).
+        on_step: called with the number of steps done after each step (a progress bar).
 
     Returns:
         ω (S, d) float64, one row per λ, and the learned temperatures β (S,).
@@ -230,6 +232,8 @@ def fit_simplex_weights(G: np.ndarray, relevant: np.ndarray, strengths, steps: i
         step = learning_rate * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
         theta -= step[:, :d]
         log_beta -= step[:, d]
+        if on_step is not None:
+            on_step(t)
     w = np.exp(theta - theta.max(axis=1, keepdims=True))
     return w / w.sum(axis=1, keepdims=True), np.exp(log_beta)
 
@@ -256,7 +260,8 @@ def validate_omegas(zq: np.ndarray, yq: np.ndarray, zg: np.ndarray, yg: np.ndarr
 
 def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: LearnedOmegaConfig | None = None,
                 reference: dict[str, np.ndarray] | Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
-                taus: tuple[float, ...] | None = None) -> LearnedOmega:
+                taus: tuple[float, ...] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> LearnedOmega:
     """Fit Ω for retrieval on labelled rows and validate it against other Ω on held-out queries.
 
     Args:
@@ -271,6 +276,8 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
             the same sample and candidates and validated on the same held-out queries, and the τ whose
             learned Ω has the best held-out mAP wins (ties: the τ nearest 1); every τ's figures are
             recorded (`record["tau_search"]`).
+        progress: called with (done, total) as the fit goes: `config.steps` optimisation steps and one
+            validation per τ (minutes on a large build: what `simdex build` shows a bar for).
 
     Returns:
         the fitted Ω with the chosen λ, the validation figures and a record for the build's info.
@@ -310,10 +317,15 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
     grid = sorted(dict.fromkeys(float(t) for t in (taus or (tau,))), key=lambda t: (abs(np.log(t)), t))
     state = copy.deepcopy(rng)  # every τ gets the same candidates and validation gallery
     trials = {}
-    for t in grid:  # nearest 1 first, so a tie keeps it
+    total = len(grid) * (config.steps + 1)
+    report = progress or (lambda done, total: None)
+    report(0, total)
+    for n, t in enumerate(grid):  # nearest 1 first, so a tie keeps it
         rng = copy.deepcopy(state)
         G, relevant = _candidates(zf, yf, config, rng, t)
-        weights, betas = fit_simplex_weights(G, relevant, config.strengths, config.steps, config.learning_rate)
+        base = n * (config.steps + 1)
+        weights, betas = fit_simplex_weights(G, relevant, config.strengths, config.steps, config.learning_rate,
+                                             on_step=lambda k, base=base: report(base + k, total))
         del G
         vg = np.arange(len(fit_rows)) if len(fit_rows) <= config.validation_gallery else \
             np.sort(rng.choice(len(fit_rows), config.validation_gallery, replace=False))
@@ -321,6 +333,7 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
         omegas.update(others)
         omegas.setdefault("uniform", np.full(d, 1.0 / d))
         figures = validate_omegas(zv, y(val_rows), zf[vg], yf[vg], omegas, t)
+        report(base + config.steps + 1, total)
         best = None
         for s in sorted(config.strengths, reverse=True):  # ties go to the stronger pull toward uniform
             if best is None or figures[f"learned λ={s:g}"]["map"] > figures[f"learned λ={best:g}"]["map"]:

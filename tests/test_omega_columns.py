@@ -146,3 +146,19 @@ def test_service_lists_label_columns_omega_by_name(item_catalog):
     names = _omega_names(Searcher.open(item_catalog.root))
     assert "instance" in names and "label" in names and not any(n.startswith("@") for n in names)
     assert {"uniform", "svd"} <= set(names)
+
+
+def test_build_reports_the_progress_of_each_learned_omega_fit(item_catalog):
+    """Fitting learned Ω takes minutes on a large build: each fit is a progress stage of its own, from
+    0 to its total (the steps and one validation per τ tried), and `simdex build` draws it."""
+    seen: dict[str, list[tuple[int, int]]] = {}
+    build(item_catalog, BuildConfig(), progress=lambda stage, done, total: seen.setdefault(stage, []).append((done, total)))
+    for stage, tried in (("learned Ω (label)", 3), ("learned Ω (instance)", 1)):  # τ searched for the build's Ω
+        calls = seen[stage]
+        total = calls[0][1]
+        assert total == tried * (LearnedOmegaConfig().steps + 1)
+        assert calls[0][0] == 0 and calls[-1] == (total, total)
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    out = CliRunner().invoke(cli_main, ["build", "--catalog", str(item_catalog.root)])
+    assert out.exit_code == 0, out.output
+    assert "learned Ω (label)" in out.output and "step" in out.output
