@@ -1,8 +1,10 @@
-"""Where an index job's time goes, and what the in-place ReLU is worth to the forward pass.
+"""Where an index job's time goes, and what the in-place ReLU and the folded upsampling are worth.
 
 1. The shipped model's forward pass over batches of 256 of the first 1,024 training scenes
    (64×64 PNG), in rounds that alternate the two ReLU forms of `indexer.model._Level` (in place,
-   the default without autograd, and out of place, as before), median images/s of each.
+   the default without autograd, and out of place, as before), median images/s of each; then the
+   same with the decoder's upsampling folded into its first convolution (`_Level.forward_up`, the
+   default without autograd) against upsampling and concatenating first.
 2. One whole `simdex index` job (`indexer.runner.index_source`) over the first `--images` scenes,
    under cProfile: the share of the job's time in the forward pass, the features' pooling,
    the segments' components, reading decoded batches from the decode worker, and Parquet.
@@ -51,7 +53,9 @@ def _out_of_place(self, x):
 
 
 def relu_rounds(net, xs, rounds: int) -> dict:
-    in_place = model_module._Level.forward
+    """Both forms with the decoder upsampled and concatenated first (so every level's ReLU is `forward`'s)."""
+    in_place, folded = model_module._Level.forward, model_module._Level.forward_up
+    model_module._Level.forward_up = _upsample_then_concatenate
     rates = {"in place": [], "out of place": []}
     with torch.inference_mode():
         net(xs[0])  # warm-up, discarded
@@ -63,7 +67,30 @@ def relu_rounds(net, xs, rounds: int) -> dict:
                 for x in xs:
                     net(x)
                 rates[name].append(sum(len(x) for x in xs) / (time.perf_counter() - t))
-    model_module._Level.forward = in_place
+    model_module._Level.forward, model_module._Level.forward_up = in_place, folded
+    return {k: {"median": float(np.median(v)), "rounds": v} for k, v in rates.items()}
+
+
+def _upsample_then_concatenate(self, low, skip):
+    return self.forward(torch.cat([F.interpolate(low, scale_factor=2, mode="nearest"), skip], 1))
+
+
+def decoder_rounds(net, xs, rounds: int) -> dict:
+    """The forward pass with the decoder's upsampling folded into conv1 (`_Level.forward_up`, the default
+    without autograd) and with the map upsampled and concatenated first, in alternating rounds."""
+    folded = model_module._Level.forward_up
+    rates = {"folded": [], "upsampled and concatenated": []}
+    with torch.inference_mode():
+        net(xs[0])
+        for r in range(rounds):
+            order = ("folded", "upsampled and concatenated") if r % 2 else ("upsampled and concatenated", "folded")
+            for name in order:
+                model_module._Level.forward_up = folded if name == "folded" else _upsample_then_concatenate
+                t = time.perf_counter()
+                for x in xs:
+                    net(x)
+                rates[name].append(sum(len(x) for x in xs) / (time.perf_counter() - t))
+    model_module._Level.forward_up = folded
     return {k: {"median": float(np.median(v)), "rounds": v} for k, v in rates.items()}
 
 
@@ -96,11 +123,12 @@ def main() -> None:
     batches = [np.stack([fit_to_size(src.read(i, 3), 64)[0] for i in range(a, a + 256)]) for a in range(0, 1024, 256)]
     xs = [torch.from_numpy(b).contiguous(memory_format=torch.channels_last) for b in batches]
     relu = relu_rounds(net, xs, args.rounds)
+    decoder = decoder_rounds(net, xs, args.rounds)
     job = profile_job(src, loaded, args.images)
     machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                "loadavg": " ".join(f"{v:.1f}" for v in os.getloadavg()),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    out = {"args": vars(args), "machine": machine, "relu": relu, "job": job}
+    out = {"args": vars(args), "machine": machine, "relu": relu, "decoder": decoder, "job": job}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "profile_index.json").write_text(json.dumps(out, indent=2) + "\n")
     speed = relu["in place"]["median"] / relu["out of place"]["median"]
@@ -110,6 +138,10 @@ def main() -> None:
              f"Forward pass, {args.rounds} alternating rounds of 1,024 images: ReLU in place "
              f"{relu['in place']['median']:.0f} images/s, out of place {relu['out of place']['median']:.0f} "
              f"(median; {speed:.2f}×).", "",
+             f"Forward pass, the same rounds: decoder upsampling folded into conv1 "
+             f"{decoder['folded']['median']:.0f} images/s, upsampled and concatenated first "
+             f"{decoder['upsampled and concatenated']['median']:.0f} (median; "
+             f"{decoder['folded']['median'] / decoder['upsampled and concatenated']['median']:.2f}×).", "",
              f"One index job of {args.images:,} images under cProfile: {job['seconds']:.1f} s "
              f"({job['images_per_s']:.0f} images/s; the profiler slows it).", "",
              "| stage | s | share of the job |", "|---|---:|---:|"]

@@ -2,8 +2,10 @@ import math
 
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
 
-from simdex.indexer.model import SparseUNet, UNetConfig, phi_layers
+from simdex.indexer.model import SparseUNet, UNetConfig, _Level, phi_layers
 
 
 def test_phi_at_full_width_is_table_one():
@@ -61,6 +63,27 @@ def test_inference_relu_in_place_gives_the_training_forward():
     logits, acts = net(x)  # autograd on: out-of-place
     with torch.inference_mode():
         logits_i, acts_i = net(x)
-    assert torch.equal(logits.detach(), logits_i)
-    assert all(torch.equal(a.detach(), b) for a, b in zip(acts, acts_i, strict=True))
+    # the encoder and bottom levels (1–6: 12 maps) are the same computation; levels 7–9 fold the
+    # upsampling into conv1 (`_Level.forward_up`): the same values to float rounding
+    assert all(torch.equal(a.detach(), b) for a, b in zip(acts[:12], acts_i[:12], strict=True))
+    for a, b in zip(acts[12:], acts_i[12:], strict=True):
+        torch.testing.assert_close(b, a.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits_i, logits.detach(), rtol=1e-5, atol=1e-5)
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(acts_i[::2], acts_i[1::2]))  # φ's maps stay apart
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_folded_upsampling_gives_the_upsampled_concatenation(channels_last):
+    """`_Level.forward_up(low, skip)` = `forward(cat([upsample2x(low), skip]))`, at every border and
+    parity of a non-square map, in either memory layout."""
+    torch.manual_seed(1)
+    level = _Level(5 + 3, 4)
+    nn.init.normal_(level.conv1.bias)  # the bias is added once, by the skip channels' convolution
+    low, skip = torch.randn(2, 5, 3, 4), torch.randn(2, 3, 6, 8)
+    if channels_last:
+        low, skip = (t.contiguous(memory_format=torch.channels_last) for t in (low, skip))
+    with torch.inference_mode():
+        want = level(torch.cat([F.interpolate(low, scale_factor=2, mode="nearest"), skip], 1))
+        got = level.forward_up(low, skip)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
