@@ -52,46 +52,44 @@ def _out_of_place(self, x):
     return a1, F.relu(self.conv2(a1))
 
 
-def relu_rounds(net, xs, rounds: int) -> dict:
-    """Both forms with the decoder upsampled and concatenated first (so every level's ReLU is `forward`'s)."""
-    in_place, folded = model_module._Level.forward, model_module._Level.forward_up
-    model_module._Level.forward_up = _upsample_then_concatenate
-    rates = {"in place": [], "out of place": []}
-    with torch.inference_mode():
-        net(xs[0])  # warm-up, discarded
-        for r in range(rounds):
-            order = ("in place", "out of place") if r % 2 else ("out of place", "in place")
-            for name in order:
-                model_module._Level.forward = in_place if name == "in place" else _out_of_place
-                t = time.perf_counter()
-                for x in xs:
-                    net(x)
-                rates[name].append(sum(len(x) for x in xs) / (time.perf_counter() - t))
-    model_module._Level.forward, model_module._Level.forward_up = in_place, folded
-    return {k: {"median": float(np.median(v)), "rounds": v} for k, v in rates.items()}
-
-
 def _upsample_then_concatenate(self, low, skip):
     return self.forward(torch.cat([F.interpolate(low, scale_factor=2, mode="nearest"), skip], 1))
 
 
-def decoder_rounds(net, xs, rounds: int) -> dict:
-    """The forward pass with the decoder's upsampling folded into conv1 (`_Level.forward_up`, the default
-    without autograd) and with the map upsampled and concatenated first, in alternating rounds."""
-    folded = model_module._Level.forward_up
-    rates = {"folded": [], "upsampled and concatenated": []}
+def alternating_rounds(net, xs, rounds: int, variants: dict[str, dict[str, object]]) -> dict:
+    """Forward images/s of two variants of `indexer.model._Level` (name → {method name: function}), in
+    rounds that alternate which goes first; median and every round of each. The methods are put back."""
+    saved = {m: getattr(model_module._Level, m) for methods in variants.values() for m in methods}
+    rates = {name: [] for name in variants}
+    names = list(variants)
     with torch.inference_mode():
-        net(xs[0])
+        net(xs[0])  # warm-up, discarded
         for r in range(rounds):
-            order = ("folded", "upsampled and concatenated") if r % 2 else ("upsampled and concatenated", "folded")
-            for name in order:
-                model_module._Level.forward_up = folded if name == "folded" else _upsample_then_concatenate
+            for name in (names if r % 2 else names[::-1]):
+                for m, f in {**saved, **variants[name]}.items():
+                    setattr(model_module._Level, m, f)
                 t = time.perf_counter()
                 for x in xs:
                     net(x)
                 rates[name].append(sum(len(x) for x in xs) / (time.perf_counter() - t))
-    model_module._Level.forward_up = folded
+    for m, f in saved.items():
+        setattr(model_module._Level, m, f)
     return {k: {"median": float(np.median(v)), "rounds": v} for k, v in rates.items()}
+
+
+def relu_rounds(net, xs, rounds: int) -> dict:
+    """Both ReLU forms with the decoder upsampled and concatenated first (every level's ReLU is `forward`'s)."""
+    in_place = model_module._Level.forward
+    return alternating_rounds(net, xs, rounds, {
+        "in place": {"forward": in_place, "forward_up": _upsample_then_concatenate},
+        "out of place": {"forward": _out_of_place, "forward_up": _upsample_then_concatenate}})
+
+
+def decoder_rounds(net, xs, rounds: int) -> dict:
+    """The decoder's upsampling folded into conv1 (`_Level.forward_up`, the default without autograd)
+    against the map upsampled and concatenated first."""
+    return alternating_rounds(net, xs, rounds, {"folded": {"forward_up": model_module._Level.forward_up},
+                                                "upsampled and concatenated": {"forward_up": _upsample_then_concatenate}})
 
 
 def profile_job(src, loaded, images: int) -> dict:
