@@ -94,7 +94,7 @@ def build(catalog: Path, retain: float, row_norm: str, omega: str, clusters_from
       simdex build --catalog cat/ --clusters-from label --omega-columns instance
       simdex build --catalog /shared/cat/ --engine ray --address auto
     """
-    from simdex.cli.progress import ProgressBar
+    from simdex.cli.progress import ProgressBar, stage_unit
     from simdex.engine.build import build as run_build
     from simdex.engine.build import format_build_summary
     from simdex.engine.catalog import Catalog
@@ -111,7 +111,7 @@ def build(catalog: Path, retain: float, row_norm: str, omega: str, clusters_from
             return
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = ProgressBar(total, stage, unit="step" if stage.startswith("learned") else "obj")
+            bar = bars[stage] = ProgressBar(total, stage, unit=stage_unit(stage))
         bar.update(done - bar.done)
 
     columns = None if omega_columns is None else tuple(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from simdex.cli.progress import ProgressBar
+from simdex.cli.progress import ProgressBar, stage_unit
 
 
 @click.command(name="demo")
@@ -64,7 +64,7 @@ def demo(catalogs: Path, report: Path, fmnist_train: int, fmnist_test: int, no_s
             return
         if stage not in bars:
             close_bars()
-            bars[stage] = ProgressBar(total, stage, unit="q" if stage == "queries" else "obj")
+            bars[stage] = ProgressBar(total, stage, unit=stage_unit(stage))
         bars[stage].set(done)
 
     def say(text: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from simdex.cli.progress import ProgressBar
+from simdex.cli.progress import ProgressBar, stage_unit
 
 
 @click.command(name="eval")
@@ -74,7 +74,7 @@ def eval(catalog, num_queries, query_split, gallery_split, ks, tau, label_column
             for b in bars.values():
                 b.close()
             bars.clear()
-            bars[stage] = ProgressBar(total, stage, unit="q" if stage == "queries" else "obj")
+            bars[stage] = ProgressBar(total, stage, unit=stage_unit(stage))
         bars[stage].set(done)
 
     try:

@@ -18,6 +18,12 @@ def _fmt_seconds(s: float) -> str:
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
 
 
+def stage_unit(stage: str) -> str:
+    """The unit of a build's, an evaluation's or the demo's progress stage: queries, learned Ω's
+    optimisation steps (`learned Ω (COLUMN)`), else objects."""
+    return "q" if stage == "queries" else "step" if stage.startswith("learned") else "obj"
+
+
 class ProgressBar:
     """Usage: bar = ProgressBar(total, "indexing", unit="img"); bar.update(n, extra="..."); bar.close()."""
 

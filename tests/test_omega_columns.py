@@ -161,4 +161,4 @@ def test_build_reports_the_progress_of_each_learned_omega_fit(item_catalog):
         assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     out = CliRunner().invoke(cli_main, ["build", "--catalog", str(item_catalog.root)])
     assert out.exit_code == 0, out.output
-    assert "learned Ω (label)" in out.output and "step" in out.output
+    assert "learned Ω (label)" in out.output and "step/s" in out.output
