@@ -136,10 +136,6 @@ def main() -> None:
     print(text)
 
 
-def _ci(d: dict) -> str:
-    return f"{d['diff']:+.4f} ({d['ci95'][0]:+.4f} … {d['ci95'][1]:+.4f})"
-
-
 def markdown(out: dict, args) -> str:
     lines = [f"# {args.name}", "",
              f"{out['queries']:,} queries ({out['query_split']}) against {out['gallery']:,} gallery objects "
@@ -151,7 +147,7 @@ def markdown(out: dict, args) -> str:
              "| ranking | P@1 | P@10 | mAP | minus cosine: P@10 | mAP |", "|---|---:|---:|---:|---:|---:|"]
     for k, r in out["results"].items():
         diff = out["minus_cosine"].get(k)
-        tail = f"{_ci(diff['p@10'])} | {_ci(diff['map'])}" if diff else " | "
+        tail = f"{ev.format_difference(diff['p@10'])} | {ev.format_difference(diff['map'])}" if diff else " | "
         lines.append(f"| {k} | {r['p@1']:.4f} | {r['p@10']:.4f} | {r['map']:.4f} | {tail} |")
     cmd = (f"--catalog CAT --name {args.name} --label-column {args.label_column} --query-split {args.query_split} "
            f"--gallery-split {args.gallery_split} --queries {args.queries} --fit-queries {args.fit_queries}")

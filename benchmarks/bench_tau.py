@@ -92,10 +92,6 @@ def main() -> None:
     print(markdown(out, args))
 
 
-def _ci(d: dict) -> str:
-    return f"{d['diff']:+.4f} ({d['ci95'][0]:+.4f} … {d['ci95'][1]:+.4f})"
-
-
 def markdown(out: dict, args) -> str:
     lines = [f"# {args.name}", "",
              f"{out['queries']:,} queries ({out['query_split']}) against {out['gallery']:,} gallery objects "
@@ -106,8 +102,8 @@ def markdown(out: dict, args) -> str:
     for r in out["rows"]:
         fit = f"{r['fit']['held_out_map']:.4f}, {r['fit']['strength']:g}" if "fit" in r else ""
         lines.append(f"| {r['tau']:g} | {r['omega']} | {r['p@1']:.4f} | {r['p@10']:.4f} | {r['map']:.4f} | "
-                     f"{_ci(r['minus_pixels']['p@10'])} | {_ci(r['minus_pixels']['map'])} | "
-                     f"{_ci(r['minus_cosine']['p@10'])} | {_ci(r['minus_cosine']['map'])} | {fit} |")
+                     f"{ev.format_difference(r['minus_pixels']['p@10'])} | {ev.format_difference(r['minus_pixels']['map'])} | "
+                     f"{ev.format_difference(r['minus_cosine']['p@10'])} | {ev.format_difference(r['minus_cosine']['map'])} | {fit} |")
     lines += ["", "Without τ:", "", "| ranking | P@1 | P@10 | mAP |", "|---|---:|---:|---:|"]
     lines += [f"| {k} | {v['p@1']:.4f} | {v['p@10']:.4f} | {v['map']:.4f} |" for k, v in out["no_tau"].items()]
     cmd = f"--catalog CAT --name {args.name}" + "".join(

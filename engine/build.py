@@ -392,7 +392,7 @@ def _normalise(catalog: Catalog, files: BuildFiles, pruning: Pruning, codec: Uni
 
 
 def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_ids: np.ndarray, pruning: Pruning,
-                    config: BuildConfig, report: Callable[[str, int, int], None] | None = None) -> tuple[np.ndarray, dict]:
+                    config: BuildConfig, report: Callable[[str, int, int], None]) -> tuple[np.ndarray, dict]:
     """Ω of the build (and the other class-based Ω a query may pick), written to the build.
     Returns Ω and its record for the build's info, which holds the τ the build uses ("tau": the given
     one, or under `--tau auto` the one chosen with learned Ω, else DEFAULT_TAU).
@@ -404,8 +404,7 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
     (benchmarks/results/tau_fmnist70k.md)."""
     search_tau = config.tau is None
     config = replace(config, tau=DEFAULT_TAU if search_tau else config.tau)
-    omega, record = _estimate_omega_at(catalog, files, Z, object_ids, pruning, config, search_tau,
-                                       report or (lambda stage, done, total: None))
+    omega, record = _estimate_omega_at(catalog, files, Z, object_ids, pruning, config, search_tau, report)
     tried = (record.get("learned") or {}).get("tau_search")
     if tried:
         figures = ", ".join(f"{t} {v['map']:.4f}" for t, v in tried.items())

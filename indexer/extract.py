@@ -240,8 +240,9 @@ def grid_windows(win: torch.Tensor, g: int) -> torch.Tensor:
 def _window_maps(win: torch.Tensor, layer_hw: tuple[int, int]) -> torch.Tensor:
     """(W, h, w) float32 indicators of each window (x0, y0, x1, y1): 1 inside, 0 outside."""
     lh, lw = layer_hw
-    rx = ((torch.arange(lw) >= win[:, 0:1]) & (torch.arange(lw) < win[:, 2:3])).float()  # (W, w)
-    ry = ((torch.arange(lh) >= win[:, 1:2]) & (torch.arange(lh) < win[:, 3:4])).float()  # (W, h)
+    xs, ys = torch.arange(lw), torch.arange(lh)
+    rx = ((xs >= win[:, 0:1]) & (xs < win[:, 2:3])).float()  # (W, w)
+    ry = ((ys >= win[:, 1:2]) & (ys < win[:, 3:4])).float()  # (W, h)
     return ry[:, :, None] * rx[:, None, :]
 
 
@@ -277,14 +278,13 @@ def region_maps(objects: Objects, region: str, out_hw: tuple[int, int], layer_hw
     m, (lh, lw) = len(objects), layer_hw
     if region == "full":
         maps = torch.ones((m, 1, lh, lw))
-    elif region in ("bbox", "mask") or region.startswith("grid"):
-        if region == "mask":
-            maps = _mask_fractions(masks, out_hw, layer_hw, cache)[:, None]
-        else:
-            win = bbox_windows(objects.bbox, out_hw, layer_hw)
-            if region.startswith("grid"):
-                win = grid_windows(win, region_grid(region))
-            maps = _window_maps(win, layer_hw).view(m, -1, lh, lw)
+    elif region == "mask":
+        maps = _mask_fractions(masks, out_hw, layer_hw, cache)[:, None]
+    elif region == "bbox":
+        maps = _window_maps(bbox_windows(objects.bbox, out_hw, layer_hw), layer_hw)[:, None]
+    elif region.startswith("grid"):
+        cells = grid_windows(bbox_windows(objects.bbox, out_hw, layer_hw), region_grid(region))
+        maps = _window_maps(cells, layer_hw).view(m, -1, lh, lw)
     else:  # mask+gridG: the whole mask, then its part in each of the box window's g×g cells
         whole = _mask_fractions(masks, out_hw, layer_hw, cache)  # (M, h, w)
         g = region_grid(region)

@@ -112,7 +112,7 @@ class _Level(nn.Module):
         four output parities, a 2×2 convolution of the low-resolution map whose taps sum the 3×3 taps
         that land on the same low-resolution pixel: 16 instead of 36 multiply-adds per pair of channels
         and output pixel, on a map a quarter the size. The whole forward pass of 64×64 batches of 256
-        runs 1.18× the images/s of upsampling and concatenating (benchmarks/profile_index.py)."""
+        runs 1.28× the images/s of upsampling and concatenating (benchmarks/results/profile_index.md)."""
         c_low = low.shape[1]
         weight = self.conv1.weight
         out = F.conv2d(skip, weight[:, c_low:], self.conv1.bias, padding=1)  # (B, C, 2n, 2n)

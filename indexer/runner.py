@@ -35,7 +35,15 @@ from simdex.indexer.checkpoint import LoadedModel, load_model
 from simdex.indexer.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_AREA, DEFAULT_REGION, DEFAULT_SHARD_IMAGES
 from simdex.indexer.extract import OBJECT_MODES, REGION_MODES, find_objects, object_features
 from simdex.indexer.shards import ShardWriter, metadata_schema, object_schema
-from simdex.indexer.sources import FileSource, IdxSource, ImageReadError, ImageSource, fit_to_size, open_source
+from simdex.indexer.sources import (
+    FileSource,
+    IdxSource,
+    ImageReadError,
+    ImageSource,
+    border_background,
+    fit_to_size,
+    open_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +208,7 @@ class _DecodedBatches(torch.utils.data.Dataset):
         if self.channels == 3:
             images = np.repeat(images, 3, axis=1)
         n, c, h, w = images.shape
-        border = np.concatenate([images[:, :, 0, :], images[:, :, -1, :], images[:, :, :, 0], images[:, :, :, -1]],
-                                axis=2)
-        background = np.median(border, axis=2).astype(np.float32)  # (n, C), as sources.border_background
+        background = border_background(images)  # (n, C)
         top, left = (self.size - h) // 2, (self.size - w) // 2
         canvases = np.empty((n, c, self.size, self.size), np.float32)
         canvases[...] = background[:, :, None, None]

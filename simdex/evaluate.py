@@ -334,6 +334,11 @@ def _raw_vectors(catalog, object_ids: np.ndarray, q_rows, g_rows, report) -> tup
     return raw_q, raw_g
 
 
+def format_difference(d: dict) -> str:
+    """One paired difference of `paired_differences` as text: '+0.0123 (+0.0050 … +0.0196)'."""
+    return f"{d['diff']:+.4f} ({d['ci95'][0]:+.4f} … {d['ci95'][1]:+.4f})"
+
+
 def format_table(result: dict, paired: bool = True) -> str:
     """The evaluation as an aligned text table; with `paired`, below it the build's Ω minus each
     other ranking on the same queries (P@10, or the first cut-off, and mAP, with 95 % intervals)."""
@@ -347,11 +352,7 @@ def format_table(result: dict, paired: bool = True) -> str:
     if not paired or not differences:
         return text
     k = 10 if 10 in ks else ks[0]
-
-    def cell(d: dict) -> str:
-        return f"{d['diff']:+.4f} ({d['ci95'][0]:+.4f} … {d['ci95'][1]:+.4f})"
-
-    rows = [[name, cell(d[f"p@{k}"]), cell(d["map"])] for name, d in differences.items()]
+    rows = [[name, format_difference(d[f"p@{k}"]), format_difference(d["map"])] for name, d in differences.items()]
     title = (f"\n{result['paired']['reference']} minus each ranking, paired over the same {result['queries']:,} "
              f"queries (mean, 95 % interval; one that holds 0 does not tell the two apart):\n")
     return text + title + text_table(["ranking", f"ΔP@{k}", "ΔmAP"], rows, rule=True)
