@@ -89,5 +89,7 @@ def eval(catalog, num_queries, query_split, gallery_split, ks, tau, label_column
     click.echo(f"{result['queries']} queries ({result['query_split']}) against {result['gallery']} objects "
                f"({result['gallery_split']}), τ = {result['tau']}, {result['kept_features']} kept features, "
                f"build {result['build']} (its Ω: {result['build_omega']}"
-               + (f"; rows mapped by {result['row_norm']}" if result.get("row_norm", "none") != "none" else "") + ")")
+               + (f"; rows mapped by {result['row_norm']}" if result.get("row_norm", "none") != "none" else "")
+               + ("; every Ω and L2 of z measured on l2 rows, as the build's Ω for this column"
+                  if result.get("omega_row_map", "none") != "none" else "") + ")")
     click.echo(format_table(result))

@@ -53,13 +53,14 @@ from pathlib import Path
 import numpy as np
 
 from simdex.engine.build_files import BuildFiles, column_omega_key
-from simdex.engine.candidates import build_candidate_index
+from simdex.engine.candidates import build_candidate_index, resolve_kind
 from simdex.engine.catalog import Catalog, CatalogError
 from simdex.engine.errors import SimdexError
 from simdex.engine.fastscan import FourBitCodec, chunk_indexes
 from simdex.engine.omega import ClassStats, OmegaError, OmegaInputs, kmeans_labels, make_omega
 from simdex.engine.pruning import ROW_NORMS, FeatureStats, Pruning, PruningError, format_table_iii, row_normalise
 from simdex.engine.quantized import UniformCodec
+from simdex.engine.row_map import UnitLengthMap
 from simdex.engine.searcher import QUANTIZED_SCAN_ABOVE, load_scanner
 from simdex.engine.shard_reader import column_values
 
@@ -67,6 +68,10 @@ log = logging.getLogger(__name__)
 
 BUILD_FORMAT = "simdex-build/1"
 OMEGA_CHOICES = ("auto", "uniform", "svd", "clusters", "welch", "learned")
+OMEGA_ROW_MAPS = ("auto", "none")
+# an Ω measured on l2 rows is kept only when its held-out mAP is higher by more than this (a tie keeps
+# the stored space: one matrix fewer)
+ROW_MAP_MARGIN = 1e-3
 DEFAULT_TAU = 1.0  # the paper's width, where τ is not chosen by measurement
 # τ tried by `--tau auto` where learned Ω is fitted (labelled objects): the one whose learned Ω ranks
 # held-out queries best wins (engine.omega_learned.learn_omega)
@@ -89,6 +94,10 @@ class BuildConfig:
     # Fashion-MNIST mAP 0.469 → 0.504 in benchmarks/results/bench_row_norm_fmnist.md)
     row_norm: str = "none"
     omega: str = "auto"  # auto | uniform | svd | clusters | welch | learned
+    # auto: where queries scan exactly (the exact candidate index), a label column's Ω is also fitted on
+    # unit-length rows (engine.row_map, `l2`) and measured there when that ranks held-out queries better
+    # (scenes classes: the cosine's division by the object's length); none: every Ω on the stored z
+    omega_row_map: str = "auto"
     clusters_from: str | None = None  # column of classes for clusters/welch (default: label)
     # further columns of classes, each given its own Ω (the `auto` choice on that column's classes) that
     # a query picks by the column's name (`--omega instance`); None: those of OMEGA_COLUMNS the objects
@@ -183,6 +192,8 @@ def _check_config(config: BuildConfig) -> None:
         raise BuildError(f"unknown omega {config.omega!r}; choose one of {', '.join(OMEGA_CHOICES)}")
     if not 0 < config.retain <= 1:
         raise BuildError(f"retain must be in (0, 1], got {config.retain}")
+    if config.omega_row_map not in OMEGA_ROW_MAPS:
+        raise BuildError(f"omega_row_map must be one of {', '.join(OMEGA_ROW_MAPS)}, got {config.omega_row_map!r}")
     if config.row_norm not in ROW_NORMS:
         raise BuildError(f"row_norm must be one of {', '.join(ROW_NORMS)}, got {config.row_norm!r}")
     if config.engine not in ENGINE_CHOICES:
@@ -404,7 +415,11 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
     (benchmarks/results/tau_fmnist70k.md)."""
     search_tau = config.tau is None
     config = replace(config, tau=DEFAULT_TAU if search_tau else config.tau)
-    omega, record = _estimate_omega_at(catalog, files, Z, object_ids, pruning, config, search_tau, report)
+    space = L2Space(Z, pruning, enabled=config.omega_row_map == "auto" and config.row_norm == "none"
+                    and resolve_kind(config.index, len(Z)) == "exact", batch_rows=config.batch_rows)
+    omega, record = _estimate_omega_at(catalog, files, Z, object_ids, pruning, config, search_tau, report, space)
+    if space.used:
+        files.write_l2_space(space.map, Z)
     tried = (record.get("learned") or {}).get("tau_search")
     if tried:
         figures = ", ".join(f"{t} {v['map']:.4f}" for t, v in tried.items())
@@ -421,10 +436,10 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
 
 def _estimate_omega_at(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_ids: np.ndarray, pruning: Pruning,
                        config: BuildConfig, search_tau: bool,
-                       report: Callable[[str, int, int], None]) -> tuple[np.ndarray, dict]:
+                       report: Callable[[str, int, int], None], space: L2Space) -> tuple[np.ndarray, dict]:
     """`_estimate_omega` at config.tau, or with τ searched by the labelled learned Ω (`search_tau`), then the
-    further columns' Ω at the chosen τ. Each fit of learned Ω reports its steps as the stage
-    `learned Ω (COLUMN)`."""
+    further columns' Ω at the chosen τ; each labelled column's Ω is also tried on l2 rows (`space`,
+    `_in_better_space`). Each fit of learned Ω reports its steps as the stage `learned Ω (COLUMN)`."""
     d = len(pruning.kept)
     omega_name = config.omega
     classes, class_column, rows_used = (None, None, "none")
@@ -469,6 +484,11 @@ def _estimate_omega_at(catalog: Catalog, files: BuildFiles, Z: np.ndarray, objec
             config = replace(config, tau=fit.tau)  # the further columns' Ω are fitted for the chosen τ
             if omega_name == "auto":
                 omega_name, record["choice"] = _auto_choice(fit.validation)
+            mapped = _in_better_space(space, classes, config, class_column, omega_name,
+                                      fit.validation[omega_name]["map"], record, report, auto=config.omega == "auto")
+            if mapped is not None:
+                omega_name, mapped_omega = mapped
+                stored[omega_name] = mapped_omega  # the build's own Ω, in its space (the others: stored z)
     record["estimator"] = omega_name
     if omega_name in stored:
         omega = stored.pop(omega_name)
@@ -481,7 +501,7 @@ def _estimate_omega_at(catalog: Catalog, files: BuildFiles, Z: np.ndarray, objec
     if columns:
         record["columns"] = {}
     for column in columns:
-        column_omega, column_record = _column_omega(catalog, Z, object_ids, config, column, report)
+        column_omega, column_record = _column_omega(catalog, Z, object_ids, config, column, report, space)
         record["columns"][column] = column_record
         if column_omega is not None:
             stored[column_omega_key(column)] = column_omega
@@ -545,10 +565,11 @@ def _further_omega_columns(catalog: Catalog, config: BuildConfig, primary: str |
 
 
 def _column_omega(catalog: Catalog, Z: np.ndarray, object_ids: np.ndarray, config: BuildConfig,
-                  column: str, report: Callable[[str, int, int], None]) -> tuple[np.ndarray | None, dict]:
+                  column: str, report: Callable[[str, int, int], None],
+                  space: L2Space | None = None) -> tuple[np.ndarray | None, dict]:
     """Ω for the classes of a further column, chosen as `--omega auto` chooses (learned if it beats eq. 5
-    and Welch on held-out rows of that column, else the best of those); None where the column has
-    fewer than 2 classes (recorded)."""
+    and Welch on held-out rows of that column, else the best of those; on l2 rows where that ranks
+    better, `_in_better_space`); None where the column has fewer than 2 classes (recorded)."""
     classes, _, rows_used = _class_column(catalog, config, object_ids, column=column)
     if classes is None:
         return None, {"estimator": None, "rows": rows_used, "choice": f"no Ω: {column} has fewer than 2 classes"}
@@ -569,7 +590,73 @@ def _column_omega(catalog: Catalog, Z: np.ndarray, object_ids: np.ndarray, confi
     if name not in candidates:  # uniform
         candidates[name] = np.full(d, 1.0 / d, np.float32)
     log.info("Ω for %s: %s", column, record["choice"])
+    mapped = None if space is None else _in_better_space(space, classes, config, column, name,
+                                                           fit.validation[name]["map"], record, report)
+    if mapped is not None:
+        record["estimator"] = mapped[0]
+        return mapped[1], record
     return candidates[name], record
+
+
+class L2Space:
+    """The l2 row space of a build (`engine.row_map`), derived from its z on first use: the map and the
+    mapped matrix held in memory (only builds with the exact index try it: under 50,000 objects).
+    `used` says whether some Ω chose it, so the build writes it."""
+
+    def __init__(self, Z: np.ndarray, pruning: Pruning, enabled: bool, batch_rows: int = 65536):
+        self.Z, self.pruning, self.enabled, self.batch_rows = Z, pruning, enabled, batch_rows
+        self.used = False
+        self._map: UnitLengthMap | None = None
+        self._matrix: np.ndarray | None = None
+
+    @property
+    def map(self) -> UnitLengthMap:
+        if self._map is None:
+            self._map = UnitLengthMap.fit(self.Z, self.pruning.mean, self.pruning.std, self.batch_rows)
+        return self._map
+
+    @property
+    def matrix(self) -> np.ndarray:
+        if self._matrix is None:
+            self._matrix = np.empty(self.Z.shape, np.float32)
+            self.map.write(self.Z, self._matrix, self.batch_rows)
+        return self._matrix
+
+
+def _in_better_space(space: L2Space, classes: np.ndarray, config: BuildConfig, column: str, estimator: str,
+                     held_out_map: float, record: dict, report: Callable[[str, int, int], None],
+                     auto: bool = True) -> tuple[str, np.ndarray] | None:
+    """The column's Ω fitted and chosen again on l2 rows, on the same held-out queries (learned Ω's seeded
+    sample depends on the labels only): (estimator, Ω) when its held-out mAP beats `held_out_map` (that
+    of `estimator` on the stored z) by more than ROW_MAP_MARGIN, else None. The comparison is recorded
+    in `record` (row_map, row_map_choice, learned_l2); `auto`: choose among learned, eq. 5, Welch and
+    uniform as `--omega auto` does, else learned (`--omega learned`)."""
+    if not space.enabled:
+        return None
+    Z = space.matrix
+    class_stats = _class_stats(Z, classes, config.batch_rows)
+    try:
+        fit = _learn_omega(Z, classes, class_stats, config, progress=_stage(report, f"{column}, l2 rows"))
+    except OmegaError as exc:
+        record.update(row_map="none", row_map_choice=f"none: learned Ω could not be fitted on l2 rows ({exc})")
+        return None
+    name = _auto_choice(fit.validation)[0] if auto else "learned"
+    mapped_map = fit.validation[name]["map"]
+    figures = f"held-out mAP {held_out_map:.4f} on the stored z ({estimator}), {mapped_map:.4f} on l2 rows ({name})"
+    record["learned_l2"] = fit.record
+    if mapped_map <= held_out_map + ROW_MAP_MARGIN:
+        record.update(row_map="none", row_map_choice=f"none: {figures}")
+        return None
+    record.update(row_map="l2", row_map_choice=f"l2: {figures}")
+    log.info("Ω for %s on l2 rows: %s", column, figures)
+    space.used = True
+    d = Z.shape[1]
+    if name == "learned":
+        return name, fit.omega.astype(np.float32)
+    if name == "uniform":
+        return name, np.full(d, 1.0 / d, np.float32)
+    inputs = OmegaInputs(dim=d, class_stats=class_stats, tau=config.tau, seed=config.seed)
+    return name, make_omega(name).estimate(inputs).astype(np.float32)
 
 
 def _stage(report: Callable[[str, int, int], None], column: str | None) -> Callable[[int, int], None]:
@@ -685,6 +772,7 @@ def measure_recall(Z, object_ids, omega, index, deleted, config: BuildConfig, sc
 
 def _column_lines(record: dict) -> list[str]:
     return [f"Ω for {column} (`simdex query --omega {column}`): {r['choice']}"
+            + (f"; rows: {r['row_map_choice']}" if r.get("row_map_choice") else "")
             for column, r in record.get("columns", {}).items()]
 
 
@@ -697,6 +785,8 @@ def _learned_lines(record: dict) -> list[str]:
                      f"{fit['seconds']:.1f} s); held-out mAP over {fit['validation_queries']} queries: {val}")
     if record.get("choice"):
         lines.append(f"Ω chosen: {record['choice']}")
+    if record.get("row_map_choice"):
+        lines.append(f"Ω's rows: {record['row_map_choice']}")
     return lines
 
 

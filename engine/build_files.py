@@ -8,6 +8,8 @@ A build folder (`builds/<version>/`, which `Catalog` places and publishes) holds
     pruning.npz             active flags, v_1, kept features, their mean and std, z range
     codec.npz               the 8-bit codec of z (lo, step) for the exhaustive table scan
     z.npy                   (n, d) float32 z-scores of the kept features, memory-mapped by readers
+    l2_map.npz              the l2 row map's μ' and σ' (`engine.row_map`), where some Ω is measured in that space
+    z_l2.npy                (n, d) float32 rows of z mapped by it (the same builds only)
     codes.npy               (n, d) uint8 codes of z
     codec4.npz              the 4-bit codec (16 levels per feature, the map from 8-bit codes)
     codes4-NNN.faiss        4-bit codes of 2^19 rows each, as FAISS fast-scan indexes (the exact scan's first pass)
@@ -37,11 +39,13 @@ from simdex.engine import integrity
 from simdex.engine.integrity import VERIFIED_FILE, DamagedFileError, VerifiedStamps, check_file, seal, sha256_of, unseal
 from simdex.engine.pruning import FeatureStats, Pruning
 from simdex.engine.quantized import UniformCodec
+from simdex.engine.row_map import UnitLengthMap
 
 _INFO = "build.json"
 _STATS, _STATS_SHARDS = "stats.npz", "stats_shards.json"
 _PRUNING, _CODEC = "pruning.npz", "codec.npz"
 _Z, _CODES, _OBJECT_IDS = "z.npy", "codes.npy", "object_ids.npy"
+_Z_L2, _L2_MAP = "z_l2.npy", "l2_map.npz"
 _OMEGA, _OMEGAS = "omega.npy", "omegas.npz"
 COLUMN_OMEGA_PREFIX = "@"  # omegas.npz names a label column's Ω "@column" (estimators have bare names)
 _CANDIDATES_INFO, _CANDIDATES_INDEX, _CANDIDATES_OMEGA = "candidates.json", "candidates.faiss", "candidates_omega.npy"
@@ -161,9 +165,13 @@ class BuildFiles:
         return list(files), damaged
 
     def _matrix_header_problems(self, recovery: str) -> list[DamagedFileError]:
-        """z, codes and object_ids: readable .npy headers of the same number of rows."""
+        """z, codes and object_ids (and z_l2 where the build has it): readable .npy headers of the
+        same number of rows."""
         shapes, problems = {}, []
-        for name, dtype in ((_Z, np.float32), (_CODES, np.uint8), (_OBJECT_IDS, np.int64)):
+        matrices = [(_Z, np.float32), (_CODES, np.uint8), (_OBJECT_IDS, np.int64)]
+        if (self.folder / _L2_MAP).exists() or (self.folder / _Z_L2).exists():
+            matrices.append((_Z_L2, np.float32))
+        for name, dtype in matrices:
             path = self.folder / name
             try:
                 m = np.load(path, mmap_mode="r")
@@ -175,7 +183,8 @@ class BuildFiles:
                 problems.append(DamagedFileError(path, f"holds {m.dtype}, not {np.dtype(dtype)}", recovery))
                 continue
             shapes[name] = m.shape
-        if len(shapes) == 3 and (len({shape[0] for shape in shapes.values()}) != 1 or shapes[_Z] != shapes[_CODES]):
+        if len(shapes) == len(matrices) and (len({shape[0] for shape in shapes.values()}) != 1
+                                             or any(shapes[_Z] != shapes[m] for m in (_CODES, _Z_L2) if m in shapes)):
             problems.append(DamagedFileError(self.folder, f"its matrices disagree in shape ({shapes})", recovery))
         return problems
 
@@ -270,6 +279,26 @@ class BuildFiles:
     def z(self) -> np.ndarray:
         """(n, d) float32 z-scores, memory-mapped read-only."""
         return np.load(self.folder / _Z, mmap_mode="r")
+
+    def write_l2_space(self, row_map: UnitLengthMap, Z: np.ndarray) -> None:
+        """The l2 row map and every row of Z mapped by it (`engine.row_map`)."""
+        np.savez(self.folder / _L2_MAP, unit_mean=row_map.unit_mean, unit_std=row_map.unit_std)
+        out = np.lib.format.open_memmap(self.folder / _Z_L2, mode="w+", dtype=np.float32, shape=Z.shape)
+        row_map.write(Z, out)
+        out.flush()
+        del out
+
+    def read_l2_map(self, pruning: Pruning) -> UnitLengthMap | None:
+        """The build's l2 row map (for the z-scores of `pruning`), or None where no Ω uses it."""
+        path = self.folder / _L2_MAP
+        if not path.exists():
+            return None
+        with np.load(path) as f:
+            return UnitLengthMap(pruning.mean, pruning.std, f["unit_mean"], f["unit_std"])
+
+    def z_l2(self) -> np.ndarray:
+        """(n, d) float32 rows of z in the l2 space, memory-mapped read-only."""
+        return np.load(self.folder / _Z_L2, mmap_mode="r")
 
     def codes(self) -> np.ndarray:
         """(n, d) uint8 codes of z, memory-mapped read-only."""

@@ -80,6 +80,7 @@ class Searcher:
         self._index = None
         self._scanner = None
         self._omegas: dict[str, np.ndarray] | None = None
+        self._l2: tuple | None = None  # (UnitLengthMap, mapped matrix), loaded by the first query that needs them
         self.layer_of_kept = layer_of_features(self.kept, catalog.phi)  # index into φ of each kept feature
         self.deleted = catalog.deleted_ids()
         self.allowed = np.ones(len(self.object_ids), bool)
@@ -150,6 +151,42 @@ class Searcher:
                               + " (clusters needs classes or `simdex build --omega clusters`, welch a label column; "
                                 "builds made before simdex stored them need `simdex build` again)")
         return self.omegas[name]
+
+    def row_map_of(self, name: str | None) -> str:
+        """The space the Ω `name` (as `omega_named` takes it) is measured in: ``none`` (the stored z)
+        or ``l2`` (unit-length rows, `engine.row_map`), as the build chose for the build's Ω and each
+        label column's; every other estimator is on the stored z."""
+        record = self.info["omega"]
+        if name is None or name == record["estimator"]:
+            return record.get("row_map", "none")
+        if name in self.omegas:
+            column = name.removeprefix(COLUMN_OMEGA_PREFIX) if name.startswith(COLUMN_OMEGA_PREFIX) else None
+        else:
+            column = name.removeprefix(COLUMN_OMEGA_PREFIX)
+            key = self.omega_columns().get(column)
+            if key == record["estimator"]:
+                return record.get("row_map", "none")
+        return (record.get("columns", {}).get(column) or {}).get("row_map", "none") if column else "none"
+
+    def space_of(self, name: str | None):
+        """(the matrix the Ω `name` scores, the row map a query's stored z goes through first or None)."""
+        if self.row_map_of(name) == "none":
+            return self.Z, None
+        if self._l2 is None:
+            try:
+                row_map = self.files.read_l2_map(self.pruning)
+                if row_map is None:
+                    raise OSError("its l2 row map is missing")
+                self._l2 = (row_map, self.files.z_l2())
+            except (OSError, ValueError, KeyError) as exc:
+                raise SearchError(f"build {self.build_dir} is incomplete or unreadable ({exc}); "
+                                  f"run `simdex build` again") from None
+        return self._l2[1], self._l2[0]
+
+    def query_for(self, query: Query, name: str | None) -> Query:
+        """`query` in the space of the Ω `name` (`space_of`)."""
+        _, row_map = self.space_of(name)
+        return query if row_map is None else Query(row_map.apply(query.z), query.object_ids)
 
     @property
     def tau(self) -> float:
@@ -222,7 +259,9 @@ class Searcher:
 
         The score uses the build's Ω, or the stored estimator `omega` names (`omegas`);
         the candidate stage stays weighted by the build's Ω, so with another Ω `exact=True`
-        (or more candidates) is the safe choice.
+        (or more candidates) is the safe choice. An Ω the build measured on l2 rows
+        (`row_map_of`) is scored on its own matrix by an exact scan (such builds have the exact
+        candidate index anyway).
 
         Returns:
             a table with rank, object_id, score (P ∈ [0, 1]) and the objects' metadata
@@ -239,17 +278,18 @@ class Searcher:
         if k < 1:
             raise SearchError(f"k must be ≥ 1, got {k}")
         weights = self.omega_named(omega)
+        Z, row_map = self.space_of(omega)
         query = self.query_from_ids(ids) if features is None else self.query_from_features(features)
-        m = self.membership_of(query, membership, tau)
+        m = self.membership_of(self.query_for(query, omega), membership, tau)
         allow = self.allow_mask(where)
-        index = None if exact else self.index
+        index = None if exact or row_map is not None else self.index
         if index is not None and nprobe is not None:
             index = index.with_nprobe(nprobe)  # a copy: the cached index keeps its own nprobe
         options = {} if n_candidates is None else {"n_candidates": n_candidates}
-        scanner = self.scanner if (exact or index is None or index.kind == "exact") else None
-        P, rows = search(self.Z, [m], weights, k, index=index, allow=allow, exact=exact,
+        scanner = self.scanner if row_map is None and (exact or index is None or index.kind == "exact") else None
+        P, rows = search(Z, [m], weights, k, index=index, allow=allow, exact=exact,
                          scanner=scanner, codec=self.codec if scanner is not None else None, **options)
-        return self._result_table(P[0], rows[0], m if explain else None, weights, columns)
+        return self._result_table(P[0], rows[0], (m, Z) if explain else None, weights, columns)
 
     def membership_of(self, query: Query, membership: str = "auto", tau: float | None = None):
         """The fuzzy set of a query: Gaussian for one vector, trapezoid for several (`auto`), or the named one."""
@@ -269,7 +309,7 @@ class Searcher:
                           "object_id": pa.array(result_ids, pa.int64()),
                           "score": pa.array(P[keep], pa.float32())})
         if explain_membership is not None:
-            table = table.append_column("layers", self._explain(explain_membership, rows[keep], weights))
+            table = table.append_column("layers", self._explain(*explain_membership, rows[keep], weights))
         meta = self.metadata(result_ids, columns) if columns != [] else pa.table({})  # [] = no metadata: no reads
         for name in meta.column_names:
             if name != "object_id":
@@ -283,10 +323,10 @@ class Searcher:
         return {self.catalog.phi[i]["name"]: float(weights[self.layer_of_kept == i].sum() / weights.sum())
                 for i in np.unique(self.layer_of_kept)}
 
-    def _explain(self, membership, rows: np.ndarray, omega: np.ndarray) -> pa.StructArray:
+    def _explain(self, membership, Z: np.ndarray, rows: np.ndarray, omega: np.ndarray) -> pa.StructArray:
         from simdex.engine.explain import layer_contributions
 
-        parts = layer_contributions(np.asarray(self.Z[rows]), membership, omega / omega.sum(), self.layer_of_kept,
+        parts = layer_contributions(np.asarray(Z[rows]), membership, omega / omega.sum(), self.layer_of_kept,
                                     len(self.catalog.phi))
         used = np.unique(self.layer_of_kept)
         return pa.StructArray.from_arrays([pa.array(parts[:, i], pa.float32()) for i in used],

@@ -20,7 +20,7 @@ Macros:
 
     simdex_p(a, b [, tau := τ])   P(v_a|v_b) of eq. 4 with the Gaussian membership (eq. 2) for two
                                   raw feature vectors, with the build's row map (`--row-norm`), kept
-                                  features, z-score and Ω;
+                                  features, z-score and Ω (on l2 rows where the build's Ω is);
                                   agrees with `Searcher.search` to float32 round-off
     simdex_z(a)                   the z-scored kept features of a raw vector (DOUBLE[d])
 
@@ -252,19 +252,26 @@ class SqlSession:
 
         # eq. 4 with eq. 2 after z-scoring: g_j = exp(−((z_aj − z_bj)/τ)²) and z_aj − z_bj = (a_kj − b_kj)/σ_j,
         # a and b first scaled by the build's row map (`row_normalise`): sa, sb = 1 (none) or 1/‖·‖ (l2),
-        # computed once per call and bound by a one-element list_transform, not once per feature
+        # computed once per call and bound by a one-element list_transform, not once per feature.
+        # Where the build's Ω is measured on l2 rows (`engine.row_map`) the scale is 1/‖a_kept‖ and σ is σ'
+        # (z'_a − z'_b = (a_k/‖a_k‖ − b_k/‖b_k‖)/σ'); simdex_z stays the stored z
         d = len(kept)
         K, inv_std, W, M = _int_list(kept + 1), _float_list(1.0 / s.std), _float_list(omega), _float_list(s.mean)
+        _, unit_map = s.space_of(None)
+        inv_std_p = inv_std if unit_map is None else _float_list(1.0 / unit_map.unit_std)
 
-        def scale(v: str) -> str:
+        def scale(v: str, kept_only: bool = False) -> str:
+            if kept_only:
+                return f"1.0 / greatest(sqrt(list_sum(list_transform({K}, lambda k: pow({v}[k], 2)))), 1e-30)"
             if s.pruning.row_norm == "l2":
                 return f"1.0 / greatest(sqrt(list_inner_product({v}, {v})), 1e-30)"
             return "1.0"
 
+        unit = unit_map is not None
         self.con.execute(
-            f"CREATE MACRO simdex_p(a, b, tau := {self.tau!r}) AS list_transform([[{scale('a')}, {scale('b')}]], "
+            f"CREATE MACRO simdex_p(a, b, tau := {self.tau!r}) AS list_transform([[{scale('a', unit)}, {scale('b', unit)}]], "
             f"lambda s: least(greatest(list_sum(list_transform(range(1, {d + 1}), lambda i: {W}[i] * "
-            f"exp(-pow((a[{K}[i]] * s[1] - b[{K}[i]] * s[2]) * {inv_std}[i] / tau, 2)))), 0.0), 1.0))[1]")
+            f"exp(-pow((a[{K}[i]] * s[1] - b[{K}[i]] * s[2]) * {inv_std_p}[i] / tau, 2)))), 0.0), 1.0))[1]")
         self.con.execute(
             f"CREATE MACRO simdex_z(a) AS list_transform([{scale('a')}], lambda s: "
             f"list_transform(range(1, {d + 1}), lambda i: (a[{K}[i]] * s - {M}[i]) * {inv_std}[i]))[1]")

@@ -14,6 +14,9 @@ Rankings compared in one run, on the same queries and gallery:
   similarity gets;
 - cosine similarity of the raw object vectors (the measure of Stylianou et al. and Park);
 - L2 distance of the z-scored kept features (the space of the build);
+
+every fuzzy ranking and the L2 of z are measured on the rows the build's Ω for the judged column
+uses: the stored z, or the l2 rows where the build chose them for that column (`engine.row_map`);
 - L2 distance of the raw pixels (no network at all: the floor to beat), in colour when
   the catalog's model reads 3 channels.
 
@@ -222,7 +225,8 @@ def evaluate(root, config: EvalConfig | None = None,
     catalog: Catalog = searcher.catalog
     labels, sources, q_rows, g_rows, splits = _queries_and_gallery(searcher, config)
 
-    Z = searcher.Z
+    column = config.label_column if config.label_column in searcher.omega_columns() else None
+    Z, _ = searcher.space_of(column)  # the build's Ω for this column is measured on these rows: so is every Ω here
     zq, zg = np.asarray(Z[q_rows]), np.asarray(Z[g_rows])
     labels_q, labels_g = labels[q_rows], labels[g_rows]
     d = Z.shape[1]
@@ -230,7 +234,6 @@ def evaluate(root, config: EvalConfig | None = None,
     omegas = _gallery_omegas(zg, labels_g, searcher.v1, config.methods, tau, config.seed)
     build_omega = _build_omega_for(searcher, config.label_column)
     if BUILD_OMEGA in config.methods:
-        column = config.label_column if config.label_column in searcher.omega_columns() else None
         omegas[BUILD_OMEGA] = np.asarray(searcher.omega_named(column), np.float32)
     raw_q = raw_g = pix_q = pix_g = None
     if "cosine, raw vectors" in config.methods:
@@ -246,7 +249,8 @@ def evaluate(root, config: EvalConfig | None = None,
     paired = paired_differences(per_query, BUILD_OMEGA, config.ks)
     return {"catalog": str(root), "build": searcher.version, "queries": int(len(q_rows)),
             "gallery": int(len(g_rows)), "tau": tau, "kept_features": d, **splits, "ks": list(config.ks),
-            "build_omega": build_omega, "row_norm": searcher.pruning.row_norm, "results": results,
+            "build_omega": build_omega, "row_norm": searcher.pruning.row_norm,
+            "omega_row_map": searcher.row_map_of(column), "results": results,
             "paired": {"reference": BUILD_OMEGA, "differences": paired} if paired else {}}
 
 

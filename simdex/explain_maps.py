@@ -135,11 +135,11 @@ def explain_pair(searcher, query_ids, answer_id: int, membership: str = "auto", 
         weights = searcher.omega_named(omega)
         query = searcher.query_from_ids(query_ids)
         answer_row = searcher.rows_of([answer_id])[0]
-        m = searcher.membership_of(query, membership, tau)
+        Z, _ = searcher.space_of(omega)  # the rows the Ω is measured on (the stored z, or l2 rows)
+        m = searcher.membership_of(searcher.query_for(query, omega), membership, tau)
     except SearchError as exc:
         raise ExplainError(str(exc)) from None
-    z_answer = np.asarray(searcher.Z[answer_row], np.float32)
-    terms = feature_terms(m(z_answer[None])[0], weights)  # (d,), sums to P
+    terms = feature_terms(m(np.asarray(Z[answer_row], np.float32)[None])[0], weights)  # (d,), sums to P
     catalog = searcher.catalog
     cells = region_cells(catalog.region)
     layout = EntryLayout.from_phi(searcher.kept, catalog.phi, cells)
@@ -153,6 +153,7 @@ def explain_pair(searcher, query_ids, answer_id: int, membership: str = "auto", 
         maps = object_maps(catalog, meta, net=net)
     except FeatureMapError as exc:
         raise ExplainError(str(exc)) from None
+    z_answer = np.asarray(searcher.Z[answer_row], np.float32)
     z_stored = np.concatenate([query.z[np.argsort(np.argsort(query_ids))], z_answer[None]])  # in `ids` order
     images = _image_maps(searcher, ids, meta, maps, terms, layout, names, layer_names, z_stored)
     return PairExplanation(query_ids=query_ids, answer_id=int(answer_id), P=float(terms.sum()),
