@@ -113,9 +113,10 @@ def test_simdex_p_macro_agrees_with_the_engine(built):
     searcher = Searcher.open(built.root)
     ids, _ = all_features(built)
     Z = np.asarray(searcher.Z)
+    rows = np.asarray(searcher.space_of(None)[0])  # what the build's Ω is measured on: z or its l2 rows
     for q, tau in ((5, None), (123, 0.5)):
-        m = make_membership("gaussian", Z[q], 1.0 if tau is None else tau)
-        engine_p = fuzzy_scores(Z, m, searcher.omega)  # every row of the catalog
+        m = make_membership("gaussian", rows[q], 1.0 if tau is None else tau)
+        engine_p = fuzzy_scores(rows, m, searcher.omega)  # every row of the catalog
         arg = "" if tau is None else f", tau := {tau}"
         with SqlSession(built) as s:
             got = s.query(f"SELECT f.object_id, simdex_p(f.features, q.features{arg}) AS p FROM features f, features q "
