@@ -419,7 +419,7 @@ def _estimate_omega(catalog: Catalog, files: BuildFiles, Z: np.ndarray, object_i
                     and resolve_kind(config.index, len(Z)) == "exact", batch_rows=config.batch_rows)
     omega, record = _estimate_omega_at(catalog, files, Z, object_ids, pruning, config, search_tau, report, space)
     if space.used:
-        files.write_l2_space(space.map, Z)
+        files.write_l2_space(space.map, space.matrix)  # the rows the fits mapped, not mapped again
     tried = (record.get("learned") or {}).get("tau_search")
     if tried:
         figures = ", ".join(f"{t} {v['map']:.4f}" for t, v in tried.items())
@@ -651,12 +651,10 @@ def _in_better_space(space: L2Space, classes: np.ndarray, config: BuildConfig, c
     log.info("Ω for %s on l2 rows: %s", column, figures)
     space.used = True
     d = Z.shape[1]
-    if name == "learned":
-        return name, fit.omega.astype(np.float32)
-    if name == "uniform":
-        return name, np.full(d, 1.0 / d, np.float32)
-    inputs = OmegaInputs(dim=d, class_stats=class_stats, tau=config.tau, seed=config.seed)
-    return name, make_omega(name).estimate(inputs).astype(np.float32)
+    candidates = _class_omegas(OmegaInputs(dim=d, class_stats=class_stats, tau=config.tau, seed=config.seed),
+                               labelled=True)
+    candidates["learned"] = fit.omega.astype(np.float32)
+    return name, candidates.get(name, np.full(d, 1.0 / d, np.float32))  # uniform: none of the class-based
 
 
 def _stage(report: Callable[[str, int, int], None], column: str | None) -> Callable[[int, int], None]:

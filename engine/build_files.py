@@ -280,13 +280,10 @@ class BuildFiles:
         """(n, d) float32 z-scores, memory-mapped read-only."""
         return np.load(self.folder / _Z, mmap_mode="r")
 
-    def write_l2_space(self, row_map: UnitLengthMap, Z: np.ndarray) -> None:
-        """The l2 row map and every row of Z mapped by it (`engine.row_map`)."""
+    def write_l2_space(self, row_map: UnitLengthMap, mapped: np.ndarray) -> None:
+        """The l2 row map and the rows of z it maps to (`engine.row_map`; `mapped`: every row, in order)."""
         np.savez(self.folder / _L2_MAP, unit_mean=row_map.unit_mean, unit_std=row_map.unit_std)
-        out = np.lib.format.open_memmap(self.folder / _Z_L2, mode="w+", dtype=np.float32, shape=Z.shape)
-        row_map.write(Z, out)
-        out.flush()
-        del out
+        np.save(self.folder / _Z_L2, np.asarray(mapped, np.float32))
 
     def read_l2_map(self, pruning: Pruning) -> UnitLengthMap | None:
         """The build's l2 row map (for the z-scores of `pruning`), or None where no Ω uses it."""

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ROW_MAPS = ("none", "l2")
+from simdex.engine.pruning import row_lengths
 
 
 def unit_rows(z: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Stored z (rows, d) → the kept raw features divided by their length (float64; a zero row stays 0)."""
     x = np.asarray(z, np.float64) * std + mean
-    return x / np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-30)[:, None]
+    return x / row_lengths(x, "l2")[:, None]
 
 
 def _chunks(Z: np.ndarray, batch_rows: int) -> Iterator[np.ndarray]:
@@ -74,5 +74,5 @@ class UnitLengthMap:
 
     def write(self, Z: np.ndarray, out: np.ndarray, batch_rows: int = 65536) -> None:
         """Map every row of Z into `out` (a matrix of the same shape, e.g. a memory map)."""
-        for a in range(0, len(Z), batch_rows):
-            out[a : a + batch_rows] = self.apply(np.asarray(Z[a : a + batch_rows]))
+        for a, z in zip(range(0, len(Z), batch_rows), _chunks(Z, batch_rows)):
+            out[a : a + len(z)] = self.apply(z)

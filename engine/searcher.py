@@ -46,6 +46,10 @@ class Query:
     z: np.ndarray  # (m, d) normalised query vectors
     object_ids: list[int]  # query object ids (empty for vectors)
 
+    def mapped(self, row_map) -> Query:
+        """This query in the space of an Ω (`Searcher.space_of`'s row map; itself for None)."""
+        return self if row_map is None else Query(row_map.apply(self.z), self.object_ids)
+
 
 def load_scanner(files: BuildFiles, threads: int) -> FastScanner | LutScanner:
     """The exhaustive scan's first pass: the build's 4-bit fast-scan chunks, or for a build
@@ -157,16 +161,13 @@ class Searcher:
         or ``l2`` (unit-length rows, `engine.row_map`), as the build chose for the build's Ω and each
         label column's; every other estimator is on the stored z."""
         record = self.info["omega"]
-        if name is None or name == record["estimator"]:
+        key = None if name is None else name if name in self.omegas else \
+            self.omega_columns().get(name.removeprefix(COLUMN_OMEGA_PREFIX), "")
+        if key is None or key == record["estimator"]:
             return record.get("row_map", "none")
-        if name in self.omegas:
-            column = name.removeprefix(COLUMN_OMEGA_PREFIX) if name.startswith(COLUMN_OMEGA_PREFIX) else None
-        else:
-            column = name.removeprefix(COLUMN_OMEGA_PREFIX)
-            key = self.omega_columns().get(column)
-            if key == record["estimator"]:
-                return record.get("row_map", "none")
-        return (record.get("columns", {}).get(column) or {}).get("row_map", "none") if column else "none"
+        if not key.startswith(COLUMN_OMEGA_PREFIX):  # another estimator (or no such Ω: omega_named says so)
+            return "none"
+        return (record.get("columns", {}).get(key.removeprefix(COLUMN_OMEGA_PREFIX)) or {}).get("row_map", "none")
 
     def space_of(self, name: str | None):
         """(the matrix the Ω `name` scores, the row map a query's stored z goes through first or None)."""
@@ -182,11 +183,6 @@ class Searcher:
                 raise SearchError(f"build {self.build_dir} is incomplete or unreadable ({exc}); "
                                   f"run `simdex build` again") from None
         return self._l2[1], self._l2[0]
-
-    def query_for(self, query: Query, name: str | None) -> Query:
-        """`query` in the space of the Ω `name` (`space_of`)."""
-        _, row_map = self.space_of(name)
-        return query if row_map is None else Query(row_map.apply(query.z), query.object_ids)
 
     @property
     def tau(self) -> float:
@@ -280,7 +276,7 @@ class Searcher:
         weights = self.omega_named(omega)
         Z, row_map = self.space_of(omega)
         query = self.query_from_ids(ids) if features is None else self.query_from_features(features)
-        m = self.membership_of(self.query_for(query, omega), membership, tau)
+        m = self.membership_of(query.mapped(row_map), membership, tau)
         allow = self.allow_mask(where)
         index = None if exact or row_map is not None else self.index
         if index is not None and nprobe is not None:

@@ -135,8 +135,8 @@ def explain_pair(searcher, query_ids, answer_id: int, membership: str = "auto", 
         weights = searcher.omega_named(omega)
         query = searcher.query_from_ids(query_ids)
         answer_row = searcher.rows_of([answer_id])[0]
-        Z, _ = searcher.space_of(omega)  # the rows the Ω is measured on (the stored z, or l2 rows)
-        m = searcher.membership_of(searcher.query_for(query, omega), membership, tau)
+        Z, row_map = searcher.space_of(omega)  # the rows the Ω is measured on (the stored z, or l2 rows)
+        m = searcher.membership_of(query.mapped(row_map), membership, tau)
     except SearchError as exc:
         raise ExplainError(str(exc)) from None
     terms = feature_terms(m(np.asarray(Z[answer_row], np.float32)[None])[0], weights)  # (d,), sums to P
