@@ -40,9 +40,9 @@ KS = (1, 10)
 
 
 def fit_pairwise(G: np.ndarray, relevant: np.ndarray, strengths, steps: int = 200,
-                 learning_rate: float = 0.1) -> np.ndarray:
-    """ω (S, d) on the simplex minimising the pairwise logistic loss plus λ·KL(ω ‖ uniform), one row per
-    λ; `omega_learned.fit_simplex_weights` with the loss swapped (the same θ, β, Adam and start)."""
+                 learning_rate: float = 0.1, priors: np.ndarray | None = None) -> np.ndarray:
+    """ω (S, d) on the simplex minimising the pairwise logistic loss plus λ·KL(ω ‖ prior), one row per
+    λ; `omega_learned.fit_simplex_weights` with the loss swapped (the same θ, β, Adam, start and prior)."""
     lam = np.asarray(strengths, np.float64)[:, None]
     n_q, n_c, d = G.shape
     n_s = len(lam)
@@ -51,7 +51,9 @@ def fit_pairwise(G: np.ndarray, relevant: np.ndarray, strengths, steps: int = 20
     pairs = rel[:, :, None] * (1.0 - rel)[:, None, :]  # (Q, a, b): a relevant, b irrelevant
     pairs /= pairs.sum(axis=(1, 2), keepdims=True)
     uniform_p = (Gf @ np.full(d, 1.0 / d, np.float32)).reshape(n_q, n_c)
-    theta = np.zeros((n_s, d))
+    log_prior = np.zeros((n_s, d)) if priors is None else \
+        np.broadcast_to(np.log(np.asarray(priors, np.float64)) + np.log(d), (n_s, d)).copy()
+    theta = log_prior.copy()
     log_beta = np.full(n_s, np.log(1.0 / max(float(np.mean(uniform_p.std(axis=1))), 1e-6)))
     m, v = np.zeros((n_s, d + 1)), np.zeros((n_s, d + 1))
     b1, b2, eps = 0.9, 0.999, 1e-8
@@ -63,7 +65,7 @@ def fit_pairwise(G: np.ndarray, relevant: np.ndarray, strengths, steps: int = 20
         weighted = pairs[None] / (1.0 + np.exp(s[:, :, :, None] - s[:, :, None, :]))  # σ(s_b − s_a)·pair
         d_s = (weighted.sum(axis=2) - weighted.sum(axis=3)) / n_q  # ∂L/∂s (S, Q, C)
         grad_w = (Gf.T @ (d_s * beta).reshape(n_s, -1).T.astype(np.float32)).T.astype(np.float64)
-        grad_w += lam * (np.log(np.maximum(w * d, 1e-300)) + 1.0)
+        grad_w += lam * (np.log(np.maximum(w * d, 1e-300)) - log_prior + 1.0)
         grad = np.empty((n_s, d + 1))
         grad[:, :d] = w * (grad_w - np.sum(w * grad_w, axis=1, keepdims=True))
         grad[:, d] = np.sum(d_s * s, axis=(1, 2))

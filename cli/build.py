@@ -39,7 +39,8 @@ def _tau_option(ctx, param, value: str) -> float | None:
                    "explanations apply the build's map.")
 @click.option("--omega", type=click.Choice(OMEGA_CHOICES), default="auto", show_default=True,
               help="Feature weights: eq. 5 from classes (clusters), Welch t between classes, learned (fitted "
-                   "for retrieval on the labels, λ chosen on held-out queries), v1² (svd), uniform; auto = "
+                   "for retrieval on the labels from uniform and from eq. 5 and Welch, start and λ chosen on "
+                   "held-out queries), v1² (svd), uniform; auto = "
                    "learned when labels exist and it beats eq. 5 and Welch on held-out queries (else the best "
                    "of those), uniform without labels.")
 @click.option("--omega-row-map", type=click.Choice(OMEGA_ROW_MAPS), default="auto", show_default=True,

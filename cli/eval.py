@@ -33,8 +33,9 @@ def eval(catalog, num_queries, query_split, gallery_split, ks, tau, label_column
     \b
     Where each ranking's Ω comes from:
       fuzzy P, Ω learned   fitted here on a seeded sample of the gallery's labels
-                           (--seed), its pull toward uniform chosen on held-out
-                           gallery objects (as `simdex build --omega learned`)
+                           (--seed), from uniform and from the gallery's eq. 5 and
+                           Welch Ω; the start and its pull toward it chosen on
+                           held-out gallery objects (as `simdex build --omega learned`)
       fuzzy P, Ω eq. 5     class means of the gallery's labels (eq. 5)
       fuzzy P, Ω uniform   equal weights, no labels
       fuzzy P, Ω Welch     Welch t between the gallery's classes

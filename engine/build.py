@@ -666,21 +666,10 @@ def _learn_omega(Z: np.ndarray, classes: np.ndarray, class_stats: ClassStats, co
                  taus: tuple[float, ...] | None = None, progress: Callable[[int, int], None] | None = None):
     """Learned Ω on a seeded sample of the labelled rows; eq. 5 and Welch are validated on the same
     held-out queries, estimated from class statistics without those queries' rows."""
-    from simdex.engine.omega_learned import LearnedOmegaConfig, learn_omega
-
-    def reference(val_rows: np.ndarray) -> dict[str, np.ndarray]:
-        rest = class_stats.without(np.asarray(Z[val_rows]), classes[val_rows])
-        inputs = OmegaInputs(dim=Z.shape[1], class_stats=rest)
-        out = {}
-        for name in ("clusters", "welch"):
-            try:
-                out[name] = make_omega(name).estimate(inputs)
-            except OmegaError as exc:  # a class left with a single row
-                log.info("no %s Ω to validate against: %s", name, exc)
-        return out
+    from simdex.engine.omega_learned import LearnedOmegaConfig, closed_form_references, learn_omega
 
     return learn_omega(Z, classes, config.tau, LearnedOmegaConfig(sample_rows=config.learned_rows, seed=config.seed),
-                       reference=reference, taus=taus, progress=progress)
+                       reference=closed_form_references(Z, classes, class_stats), taus=taus, progress=progress)
 
 
 def _auto_choice(validation: dict[str, dict]) -> tuple[str, str]:
@@ -779,7 +768,8 @@ def _learned_lines(record: dict) -> list[str]:
     fit = record.get("learned")
     if fit:
         val = ", ".join(f"{k} {v['map']:.4f}" for k, v in fit["validation"].items())
-        lines.append(f"learned Ω: τ = {fit['tau']:g}, λ = {fit['strength']:g} (seed {fit['seed']}, {fit['fit_rows']} fit rows, "
+        start = f" from {fit['start']}" if fit.get("start", "uniform") != "uniform" else ""
+        lines.append(f"learned Ω: τ = {fit['tau']:g}, λ = {fit['strength']:g}{start} (seed {fit['seed']}, {fit['fit_rows']} fit rows, "
                      f"{fit['seconds']:.1f} s); held-out mAP over {fit['validation_queries']} queries: {val}")
     if record.get("choice"):
         lines.append(f"Ω chosen: {record['choice']}")

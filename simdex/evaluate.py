@@ -302,7 +302,7 @@ def _gallery_omegas(zg: np.ndarray, labels_g: np.ndarray, v1: np.ndarray, method
                     seed: int = 0) -> dict[str, np.ndarray]:
     """Ω of every fuzzy ranking asked for, estimated on the gallery's labels only (learned Ω: fitted
     and its λ validated on a seeded sample of the gallery, `engine.omega_learned`)."""
-    from simdex.engine.omega_learned import LearnedOmegaConfig, learn_omega
+    from simdex.engine.omega_learned import LearnedOmegaConfig, closed_form_references, learn_omega
 
     fuzzy = [m for m in methods if m in FUZZY_METHODS and m != BUILD_OMEGA]
     if not fuzzy:
@@ -313,7 +313,8 @@ def _gallery_omegas(zg: np.ndarray, labels_g: np.ndarray, v1: np.ndarray, method
     out = {}
     for name in fuzzy:
         if FUZZY_METHODS[name] == "learned":
-            out[name] = learn_omega(zg, labels_g, tau, LearnedOmegaConfig(seed=seed)).omega.astype(np.float32)
+            out[name] = learn_omega(zg, labels_g, tau, LearnedOmegaConfig(seed=seed),
+                                    reference=closed_form_references(zg, labels_g, stats)).omega.astype(np.float32)
         else:
             inputs = OmegaInputs(dim=d, v1=v1, class_stats=stats)
             out[name] = make_omega(FUZZY_METHODS[name]).estimate(inputs).astype(np.float32)
