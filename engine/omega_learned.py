@@ -360,24 +360,20 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
     state = copy.deepcopy(rng)  # every τ gets the same candidates and validation gallery
     trials = {}
     anchors = {k: anchor_prior(w) for k, w in others.items()} if config.anchor_strengths else {}
-    fits = 1 + bool(anchors)  # calls of fit_simplex_weights per τ: from uniform, from the references
-    total = len(grid) * (fits * config.steps + 1)
+    # every fit, (start, λ), in the same passes over G: each step is memory-bound, so twelve cost about as one
+    keys = [("uniform", s) for s in config.strengths] + [(k, s) for k in anchors for s in config.anchor_strengths]
+    priors = np.stack([np.full(d, 1.0 / d) if k == "uniform" else anchors[k] for k, _ in keys])
+    names = [f"learned λ={s:g}" + ("" if k == "uniform" else f" from {k}") for k, s in keys]
+    total = len(grid) * (config.steps + 1)
     report = progress or (lambda done, total: None)
     report(0, total)
     for n, t in enumerate(grid):  # nearest 1 first, so a tie keeps it
         rng = copy.deepcopy(state)
         G, relevant = _candidates(zf, yf, config, rng, t)
-        base = n * (fits * config.steps + 1)
-        weights, betas = fit_simplex_weights(G, relevant, config.strengths, config.steps, config.learning_rate,
-                                             on_step=lambda k, base=base: report(base + k, total))
-        fitted = {f"learned λ={s:g}": (w, b, s, "uniform") for s, w, b in zip(config.strengths, weights, betas)}
-        if anchors:  # one more pass for every (reference, λ): the fits are memory-bound, so several cost as one
-            keys = [(k, s) for k in anchors for s in config.anchor_strengths]
-            weights, betas = fit_simplex_weights(
-                G, relevant, [s for _, s in keys], config.steps, config.learning_rate,
-                on_step=lambda k, base=base: report(base + config.steps + k, total),
-                priors=np.stack([anchors[k] for k, _ in keys]))
-            fitted.update({f"learned λ={s:g} from {k}": (w, b, s, k) for (k, s), w, b in zip(keys, weights, betas)})
+        base = n * (config.steps + 1)
+        weights, betas = fit_simplex_weights(G, relevant, [s for _, s in keys], config.steps, config.learning_rate,
+                                             on_step=lambda k, base=base: report(base + k, total), priors=priors)
+        fitted = {name: (w, b, s, k) for name, (k, s), w, b in zip(names, keys, weights, betas)}
         del G
         vg = np.arange(len(fit_rows)) if len(fit_rows) <= config.validation_gallery else \
             np.sort(rng.choice(len(fit_rows), config.validation_gallery, replace=False))
@@ -385,11 +381,10 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
         omegas.update(others)
         omegas.setdefault("uniform", np.full(d, 1.0 / d))
         figures = validate_omegas(zv, y(val_rows), zf[vg], yf[vg], omegas, t)
-        report(base + fits * config.steps + 1, total)
+        report(base + config.steps + 1, total)
         best = None
-        # ties go to the stronger pull, and to a fit from uniform over one from a reference
-        for key in [f"learned λ={s:g}" for s in sorted(config.strengths, reverse=True)] + \
-                [f"learned λ={s:g} from {k}" for k in anchors for s in sorted(config.anchor_strengths, reverse=True)]:
+        # ties go to a fit from uniform over one from a reference, and to the stronger pull
+        for key in sorted(names, key=lambda k: (k.count(" from "), -fitted[k][2])):
             if best is None or figures[key]["map"] > figures[best]["map"]:
                 best = key
         w, beta, strength, start = fitted[best]

@@ -156,7 +156,7 @@ def test_build_reports_the_progress_of_each_learned_omega_fit(item_catalog):
     for stage, tried in (("learned Ω (label)", 3), ("learned Ω (instance)", 1)):  # τ searched for the build's Ω
         calls = seen[stage]
         total = calls[0][1]
-        assert total == tried * (2 * LearnedOmegaConfig().steps + 1)  # fits from uniform, from eq. 5 and Welch
+        assert total == tried * (LearnedOmegaConfig().steps + 1)
         assert calls[0][0] == 0 and calls[-1] == (total, total)
         assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     out = CliRunner().invoke(cli_main, ["build", "--catalog", str(item_catalog.root)])
