@@ -16,7 +16,7 @@ from synth_catalog import append_objects, new_catalog
 from synth_catalog import class_objects as synth_class_objects
 
 from simdex.cli.main import main as cli_main
-from simdex.engine.build import build
+from simdex.engine.build import TAU_SEARCH, build
 from simdex.engine.catalog import Catalog
 from simdex.engine.membership import make_membership
 from simdex.engine.scoring import fuzzy_scores
@@ -89,7 +89,8 @@ def test_views_match_the_catalog_and_the_build(built):
         assert s.query("SELECT sum(omega) AS w, count(*) AS n FROM kept_features").to_pylist() == [
             {"w": pytest.approx(1.0), "n": info["kept"]}]
         b = s.query("SELECT version, objects, kept, tau FROM build").to_pylist()[0]
-        assert b == {"version": files.version, "objects": 300, "kept": info["kept"], "tau": 1.0}
+        assert b == {"version": files.version, "objects": 300, "kept": info["kept"], "tau": info["omega"]["tau"]}
+        assert b["tau"] in TAU_SEARCH  # the τ `--tau auto` chose
 
 
 def test_results_view_joins_with_objects_and_equals_the_searcher(built):
@@ -115,7 +116,7 @@ def test_simdex_p_macro_agrees_with_the_engine(built):
     Z = np.asarray(searcher.Z)
     rows = np.asarray(searcher.space_of(None)[0])  # what the build's Ω is measured on: z or its l2 rows
     for q, tau in ((5, None), (123, 0.5)):
-        m = make_membership("gaussian", rows[q], 1.0 if tau is None else tau)
+        m = make_membership("gaussian", rows[q], searcher.tau if tau is None else tau)  # default: the build's τ
         engine_p = fuzzy_scores(rows, m, searcher.omega)  # every row of the catalog
         arg = "" if tau is None else f", tau := {tau}"
         with SqlSession(built) as s:
