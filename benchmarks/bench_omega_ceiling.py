@@ -18,21 +18,18 @@ Writes benchmarks/results/NAME.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_omega_loss import fit_pairwise
+from bench_omega_loss import KS, evaluation_args, fit_pairwise, rank_beside_baselines, ranking_table
 
 from simdex import evaluate as ev
 from simdex.engine import omega_learned as ol
 from simdex.engine.searcher import Searcher
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KS = (1, 10)
 EQ5 = "fuzzy P, Ω eq. 5"
 
 
@@ -55,13 +52,7 @@ def query_candidates(zq: np.ndarray, yq: np.ndarray, zg: np.ndarray, yg: np.ndar
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--catalog", required=True, type=Path)
-    ap.add_argument("--name", required=True, help="result file stem in benchmarks/results")
-    ap.add_argument("--label-column", default="label")
-    ap.add_argument("--query-split", default="test")
-    ap.add_argument("--gallery-split", default="train")
-    ap.add_argument("--queries", type=int, default=0, help="0: every object of the query split")
+    ap = evaluation_args(__doc__.split("\n\n")[0])
     ap.add_argument("--candidates", type=int, default=32, help="nearest ones and ones of the class, per query")
     ap.add_argument("--random", type=int, default=32, help="random candidates per query")
     ap.add_argument("--losses", nargs="+", default=["NCA", "pairwise"], choices=["NCA", "pairwise"],
@@ -102,10 +93,7 @@ def main() -> None:
         fits[loss] = round(time.perf_counter() - t0, 1)
         print(f"{loss}: fitted in {fits[loss]} s", flush=True)
 
-    channels = int((s.catalog.info.get("config") or {}).get("in_channels", 1))
-    pq, pg = ev._pixels(list(sources[q_rows]), channels), ev._pixels(list(sources[g_rows]), channels)
-    raw_q, raw_g = ev._raw_vectors(s.catalog, np.asarray(s.object_ids), q_rows, g_rows, lambda *a: None)
-    per = ev.rank_queries(zq, zg, lq, lg, omegas, tau, raw_q, raw_g, pq, pg, KS, os.cpu_count() or 1)
+    per = rank_beside_baselines(s, sources, q_rows, g_rows, zq, zg, lq, lg, omegas, tau)
     res = ev.summarise(per, KS)
     paired = {k: ev.paired_differences(per, k, KS)[EQ5] for k in res if k != EQ5}  # ranking − eq. 5
     out = {"catalog": str(args.catalog), "build": s.version, "tau": tau, "rows": s.row_map_of(column),
@@ -133,11 +121,7 @@ def markdown(out: dict, args) -> str:
              f"{', '.join(f'{k} {v} s' for k, v in out['fit_seconds'].items())}); {out['date']}.", "",
              f"Best in-sample Ω: **{best}**, mAP {in_sample[best]['map']:.4f}, minus eq. 5 "
              f"{ev.format_difference(out['minus_eq5'][best]['map'])}.", "",
-             "| ranking | P@1 | P@10 | mAP | minus eq. 5: P@10 | mAP |", "|---|---:|---:|---:|---:|---:|"]
-    for k, r in out["results"].items():
-        diff = out["minus_eq5"].get(k)
-        tail = f"{ev.format_difference(diff['p@10'])} | {ev.format_difference(diff['map'])}" if diff else " | "
-        lines.append(f"| {k} | {r['p@1']:.4f} | {r['p@10']:.4f} | {r['map']:.4f} | {tail} |")
+             *ranking_table(out["results"], out["minus_eq5"], "eq. 5")]
     cmd = (f"--catalog CAT --name {args.name} --label-column {args.label_column} --query-split {args.query_split} "
            f"--gallery-split {args.gallery_split} --queries {args.queries} --candidates {args.candidates} "
            f"--random {args.random} --losses {' '.join(args.losses)} --steps {args.steps}")

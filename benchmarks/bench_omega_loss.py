@@ -78,14 +78,38 @@ def fit_pairwise(G: np.ndarray, relevant: np.ndarray, strengths, steps: int = 20
     return w / w.sum(axis=1, keepdims=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def evaluation_args(description: str) -> argparse.ArgumentParser:
+    """The catalog, result name and `simdex eval`'s splits (this script's and bench_omega_ceiling's)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--catalog", required=True, type=Path)
     ap.add_argument("--name", required=True, help="result file stem in benchmarks/results")
     ap.add_argument("--label-column", default="label")
     ap.add_argument("--query-split", default="test")
     ap.add_argument("--gallery-split", default="train")
     ap.add_argument("--queries", type=int, default=0, help="0: every object of the query split")
+    return ap
+
+
+def rank_beside_baselines(s: Searcher, sources, q_rows, g_rows, zq, zg, lq, lg, omegas: dict, tau: float):
+    """Per-query metrics (`simdex eval`'s) of fuzzy P with each Ω, the cosine of raw vectors and raw pixels."""
+    channels = int((s.catalog.info.get("config") or {}).get("in_channels", 1))
+    pq, pg = ev._pixels(list(sources[q_rows]), channels), ev._pixels(list(sources[g_rows]), channels)
+    raw_q, raw_g = ev._raw_vectors(s.catalog, np.asarray(s.object_ids), q_rows, g_rows, lambda *a: None)
+    return ev.rank_queries(zq, zg, lq, lg, omegas, tau, raw_q, raw_g, pq, pg, KS, os.cpu_count() or 1)
+
+
+def ranking_table(results: dict, minus: dict, against: str) -> list[str]:
+    """Markdown rows: each ranking's P@1, P@10, mAP and its paired difference from `against`."""
+    lines = [f"| ranking | P@1 | P@10 | mAP | minus {against}: P@10 | mAP |", "|---|---:|---:|---:|---:|---:|"]
+    for k, r in results.items():
+        diff = minus.get(k)
+        tail = f"{ev.format_difference(diff['p@10'])} | {ev.format_difference(diff['map'])}" if diff else " | "
+        lines.append(f"| {k} | {r['p@1']:.4f} | {r['p@10']:.4f} | {r['map']:.4f} | {tail} |")
+    return lines
+
+
+def main() -> None:
+    ap = evaluation_args(__doc__.split("\n\n")[0])
     ap.add_argument("--fit-queries", type=int, default=512, help="sampled fit queries (each with 96 candidates)")
     args = ap.parse_args()
 
@@ -117,10 +141,7 @@ def main() -> None:
             omegas[f"learned, {loss} loss, λ {lam:g}"] = weights[i].astype(np.float32)
         print(f"{loss}: fitted in {fits[loss]} s", flush=True)
 
-    channels = int((s.catalog.info.get("config") or {}).get("in_channels", 1))
-    pq, pg = ev._pixels(list(sources[q_rows]), channels), ev._pixels(list(sources[g_rows]), channels)
-    raw_q, raw_g = ev._raw_vectors(s.catalog, np.asarray(s.object_ids), q_rows, g_rows, lambda *a: None)
-    per = ev.rank_queries(zq, zg, lq, lg, omegas, tau, raw_q, raw_g, pq, pg, KS, os.cpu_count() or 1)
+    per = rank_beside_baselines(s, sources, q_rows, g_rows, zq, zg, lq, lg, omegas, tau)
     res = ev.summarise(per, KS)
     cosine = "cosine, raw vectors"
     paired = {k: ev.paired_differences(per, k, KS)[cosine] for k in res if k != cosine}  # ranking − cosine
@@ -146,11 +167,7 @@ def markdown(out: dict, args) -> str:
              f"({out['sample_drawn']}), {out['pairs'][0]:,} fit queries × {out['pairs'][1]} candidates, both losses on "
              f"the same candidates (fits: {', '.join(f'{k} {v} s' for k, v in out['fit_seconds'].items())}); "
              f"{out['date']}.", "",
-             "| ranking | P@1 | P@10 | mAP | minus cosine: P@10 | mAP |", "|---|---:|---:|---:|---:|---:|"]
-    for k, r in out["results"].items():
-        diff = out["minus_cosine"].get(k)
-        tail = f"{ev.format_difference(diff['p@10'])} | {ev.format_difference(diff['map'])}" if diff else " | "
-        lines.append(f"| {k} | {r['p@1']:.4f} | {r['p@10']:.4f} | {r['map']:.4f} | {tail} |")
+             *ranking_table(out["results"], out["minus_cosine"], "cosine")]
     cmd = (f"--catalog CAT --name {args.name} --label-column {args.label_column} --query-split {args.query_split} "
            f"--gallery-split {args.gallery_split} --queries {args.queries} --fit-queries {args.fit_queries}")
     lines += ["", f"Reproduce: `.venv/bin/python benchmarks/bench_omega_loss.py {cmd}`"]
