@@ -18,18 +18,23 @@ Writes benchmarks/results/NAME.{json,md}.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import numpy as np
-from bench_omega_loss import KS, evaluation_args, fit_pairwise, rank_beside_baselines, ranking_table
+from bench_omega_loss import (
+    KS,
+    evaluated_rows,
+    evaluation_args,
+    fit_pairwise,
+    rank_beside_baselines,
+    ranking_table,
+    write_results,
+)
 
 from simdex import evaluate as ev
 from simdex.engine import omega_learned as ol
 from simdex.engine.searcher import Searcher
 
-RESULTS = Path(__file__).resolve().parent / "results"
 EQ5 = "fuzzy P, Ω eq. 5"
 
 
@@ -62,13 +67,8 @@ def main() -> None:
 
     s = Searcher.open(args.catalog)
     tau = float(s.tau)
-    cfg = ev.EvalConfig(label_column=args.label_column, query_split=args.query_split,
-                        gallery_split=args.gallery_split, num_queries=args.queries)
-    labels, sources, q_rows, g_rows, _ = ev._queries_and_gallery(s, cfg)
     column = args.label_column if args.label_column in s.omega_columns() else None
-    Z, _ = s.space_of(column)
-    zq, zg = np.asarray(Z[q_rows], np.float32), np.asarray(Z[g_rows], np.float32)
-    lq, lg = labels[q_rows], labels[g_rows]
+    sources, q_rows, g_rows, zq, zg, lq, lg = evaluated_rows(s, args, s.space_of(column)[0])
     t0 = time.perf_counter()
     omegas = ev._gallery_omegas(zg, lg, s.v1, [EQ5, "fuzzy P, Ω Welch", "fuzzy P, Ω learned"], tau)
     omegas[ev.BUILD_OMEGA] = np.asarray(s.omega_named(column), np.float32)
@@ -103,11 +103,7 @@ def main() -> None:
            "gallery_fit_seconds": gallery_fit_s, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "results": {k: {m: v[m] for m in ("p@1", "p@10", "map")} for k, v in res.items()},
            "minus_eq5": {k: {m: v[m] for m in ("p@10", "map")} for k, v in paired.items()}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
-    text = markdown(out, args)
-    (RESULTS / f"{args.name}.md").write_text(text)
-    print(text)
+    write_results(args.name, out, markdown(out, args))
 
 
 def markdown(out: dict, args) -> str:

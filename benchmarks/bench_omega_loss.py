@@ -51,8 +51,7 @@ def fit_pairwise(G: np.ndarray, relevant: np.ndarray, strengths, steps: int = 20
     pairs = rel[:, :, None] * (1.0 - rel)[:, None, :]  # (Q, a, b): a relevant, b irrelevant
     pairs /= pairs.sum(axis=(1, 2), keepdims=True)
     uniform_p = (Gf @ np.full(d, 1.0 / d, np.float32)).reshape(n_q, n_c)
-    log_prior = np.zeros((n_s, d)) if priors is None else \
-        np.broadcast_to(np.log(np.asarray(priors, np.float64)) + np.log(d), (n_s, d)).copy()
+    log_prior = ol.log_priors(priors, n_s, d)
     theta = log_prior.copy()
     log_beta = np.full(n_s, np.log(1.0 / max(float(np.mean(uniform_p.std(axis=1))), 1e-6)))
     m, v = np.zeros((n_s, d + 1)), np.zeros((n_s, d + 1))
@@ -90,6 +89,16 @@ def evaluation_args(description: str) -> argparse.ArgumentParser:
     return ap
 
 
+def evaluated_rows(s: Searcher, args, Z) -> tuple:
+    """`simdex eval`'s queries and gallery for the arguments: sources, row numbers, their rows of Z (the
+    stored z or a space of it, `Searcher.space_of`) and labels: (sources, q_rows, g_rows, zq, zg, lq, lg)."""
+    cfg = ev.EvalConfig(label_column=args.label_column, query_split=args.query_split,
+                        gallery_split=args.gallery_split, num_queries=args.queries)
+    labels, sources, q_rows, g_rows, _ = ev._queries_and_gallery(s, cfg)
+    zq, zg = np.asarray(Z[q_rows], np.float32), np.asarray(Z[g_rows], np.float32)
+    return sources, q_rows, g_rows, zq, zg, labels[q_rows], labels[g_rows]
+
+
 def rank_beside_baselines(s: Searcher, sources, q_rows, g_rows, zq, zg, lq, lg, omegas: dict, tau: float):
     """Per-query metrics (`simdex eval`'s) of fuzzy P with each Ω, the cosine of raw vectors and raw pixels."""
     channels = int((s.catalog.info.get("config") or {}).get("in_channels", 1))
@@ -108,6 +117,14 @@ def ranking_table(results: dict, minus: dict, against: str) -> list[str]:
     return lines
 
 
+def write_results(name: str, out: dict, text: str) -> None:
+    """benchmarks/results/NAME.json (the figures) and NAME.md (the table), and the table on stdout."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     ap = evaluation_args(__doc__.split("\n\n")[0])
     ap.add_argument("--fit-queries", type=int, default=512, help="sampled fit queries (each with 96 candidates)")
@@ -115,11 +132,7 @@ def main() -> None:
 
     s = Searcher.open(args.catalog)
     tau = float(s.tau)
-    cfg = ev.EvalConfig(label_column=args.label_column, query_split=args.query_split,
-                        gallery_split=args.gallery_split, num_queries=args.queries)
-    labels, sources, q_rows, g_rows, _ = ev._queries_and_gallery(s, cfg)
-    zq, zg = np.asarray(s.Z[q_rows], np.float32), np.asarray(s.Z[g_rows], np.float32)
-    lq, lg = labels[q_rows], labels[g_rows]
+    sources, q_rows, g_rows, zq, zg, lq, lg = evaluated_rows(s, args, s.Z)
     omegas = {k.removeprefix("fuzzy P, "): v for k, v in
               ev._gallery_omegas(zg, lg, s.v1, ["fuzzy P, Ω eq. 5", "fuzzy P, Ω Welch"]).items()}
 
@@ -152,11 +165,7 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "results": {k: {m: v[m] for m in ("p@1", "p@10", "map")} for k, v in res.items()},
            "minus_cosine": {k: {m: v[m] for m in ("p@10", "map")} for k, v in paired.items()}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
-    text = markdown(out, args)
-    (RESULTS / f"{args.name}.md").write_text(text)
-    print(text)
+    write_results(args.name, out, markdown(out, args))
 
 
 def markdown(out: dict, args) -> str:

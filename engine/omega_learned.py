@@ -178,6 +178,14 @@ def anchor_prior(omega: np.ndarray, floor: float = 1e-3) -> np.ndarray:
     return w / w.sum()
 
 
+def log_priors(priors: np.ndarray | None, n_fits: int, d: int) -> np.ndarray:
+    """log(d·prior) per fit, (n_fits, d): the θ a fit of `fit_simplex_weights` starts from and the term its
+    KL pull subtracts; zeros (uniform) without priors."""
+    if priors is None:
+        return np.zeros((n_fits, d))
+    return np.broadcast_to(np.log(np.asarray(priors, np.float64)) + np.log(d), (n_fits, d)).copy()
+
+
 def _candidates(zf: np.ndarray, yf: np.ndarray, config: LearnedOmegaConfig, rng: np.random.Generator, tau: float):
     """Memberships G (queries, candidates, d) of sampled fit queries to their candidates, and relevance."""
     n = len(zf)
@@ -246,8 +254,7 @@ def fit_simplex_weights(G: np.ndarray, relevant: np.ndarray, strengths, steps: i
     rel = relevant.astype(np.float64)[None]  # (1, Q, C)
     uniform_p = (Gf @ np.full(d, 1.0 / d, np.float32)).reshape(n_q, n_c)
     spread = float(np.mean(uniform_p.std(axis=1)))
-    log_prior = np.zeros((n_s, d)) if priors is None else \
-        np.broadcast_to(np.log(np.asarray(priors, np.float64)) + np.log(d), (n_s, d)).copy()  # log(d·prior)
+    log_prior = log_priors(priors, n_s, d)
     theta = log_prior.copy()  # the prior itself; 0: uniform
     log_beta = np.full(n_s, np.log(1.0 / max(spread, 1e-6)))  # β P starts with a unit spread over candidates
     m, v = np.zeros((n_s, d + 1)), np.zeros((n_s, d + 1))
@@ -360,7 +367,8 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
     grid = sorted(dict.fromkeys(float(t) for t in (taus or (tau,))), key=lambda t: (abs(np.log(t)), t))
     state = copy.deepcopy(rng)  # every τ gets the same candidates and validation gallery
     trials = {}
-    anchors = {k: anchor_prior(w) for k, w in others.items()} if config.anchor_strengths else {}
+    # the fits from uniform are there already: a reference named so adds none
+    anchors = {k: anchor_prior(w) for k, w in others.items() if k != "uniform"} if config.anchor_strengths else {}
     # every fit, (start, λ), in the same passes over G: the twelve fits of a build step at 6.5/s where the four
     # from uniform stepped at 9.5/s (the scenes' classes, 1,174 features), most of a step is reading G
     keys = [("uniform", s) for s in config.strengths] + [(k, s) for k in anchors for s in config.anchor_strengths]
@@ -386,7 +394,7 @@ def learn_omega(z: np.ndarray, labels: np.ndarray, tau: float = 1.0, config: Lea
         report(base + config.steps + 1, total)
         best = None
         # ties go to a fit from uniform over one from a reference, and to the stronger pull
-        for key in sorted(names, key=lambda k: (k.count(" from "), -fitted[k][2])):
+        for key in sorted(names, key=lambda k: (fitted[k][3] != "uniform", -fitted[k][2])):
             if best is None or figures[key]["map"] > figures[best]["map"]:
                 best = key
         w, beta, strength, start = fitted[best]
