@@ -10,7 +10,16 @@ from PIL import Image
 from simdex.cli.main import main
 from simdex.indexer.checkpoint import load_model
 from simdex.indexer.sources import IdxSource, ImageRecord
-from simdex.indexer.train import LR_FLOOR, TrainConfig, augment_batch, evaluate, learning_rate, soft_dice_loss, train
+from simdex.indexer.train import (
+    LR_FLOOR,
+    TrainConfig,
+    _loader,
+    augment_batch,
+    evaluate,
+    learning_rate,
+    soft_dice_loss,
+    train,
+)
 from synth import blob_images
 
 
@@ -76,7 +85,6 @@ def test_evaluate_reports_perfect_dice_for_a_perfect_model():
             return torch.stack([1 - obj, obj], 1) * 10, [torch.ones(x.shape[0], 2, 4, 4), torch.zeros(
                 x.shape[0], 2, 4, 4)]
 
-    from simdex.indexer.train import _loader
 
     src = _source(32)
     res = evaluate(Oracle(), _loader(src, np.arange(32), TrainConfig(batch_size=8, image_size=16), False, None))
@@ -186,6 +194,61 @@ def test_resume_equals_an_uninterrupted_run_with_decoding_workers(tmp_path):
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
     parts = torch.load(tmp_path / "parts" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(whole[name], parts[name]) for name in whole)
+
+
+def _png_folder(path, n=24, size=16, seed=3):
+    path.mkdir()
+    for i, im in enumerate((blob_images(n, size, seed=seed)[:, 0] * 255).astype(np.uint8)):
+        Image.fromarray(im).save(path / f"{i:02d}.png")
+    return path
+
+
+def _weights(run):
+    return torch.load(run / "last.pt", weights_only=True)["model"]
+
+
+def test_images_decoded_once_into_memory_are_the_decoded_images_and_resume_exactly(tmp_path):
+    """--cache-gb changes where the images come from, not what they are or their order; a cached
+    run resumed after an epoch ends with the weights of an uninterrupted one (the shipped model's
+    recipe). Not bit-equal to a run decoding in workers: their prefetching draws the sampler's
+    next permutation from the shared generator at another moment."""
+    from simdex.indexer.sources import open_source
+
+    folder = _png_folder(tmp_path / "imgs")
+    cfg = TrainConfig(epochs=2, batch_size=8, width=0.25, image_size=16, val_fraction=0.25, seed=2, workers=1)
+    cached_cfg = TrainConfig(**{**cfg.__dict__, "cache_gb": 1.0})
+    seen = []
+    batches = {}
+    for name, c in (("decoded", cfg), ("cached", cached_cfg)):
+        gen = torch.Generator()
+        loader = _loader(open_source(folder), np.arange(18), c, True, gen,
+                         lambda done, total: seen.append((done, total)))
+        batches[name] = [[b for b in loader] for _ in range(2) if gen.manual_seed(7) is not None]
+    assert seen and seen[-1] == (18, 18)  # the decoding's progress, for the cached loader only
+    for a, b in zip(batches["decoded"], batches["cached"]):
+        for x, y in zip(a, b):
+            assert all(torch.equal(u, v) for u, v in zip(x, y))
+    train(open_source(folder), tmp_path / "whole", cached_cfg)
+    train(open_source(folder), tmp_path / "parts", TrainConfig(**{**cached_cfg.__dict__, "epochs": 1}))
+    train(open_source(folder), tmp_path / "parts", TrainConfig(epochs=2), resume=True)
+    whole, parts = _weights(tmp_path / "whole"), _weights(tmp_path / "parts")
+    assert all(torch.equal(whole[name], parts[name]) for name in whole)
+
+
+def test_bf16_training_resumes_bit_for_bit_and_learns(tmp_path):
+    """The bf16 autocast forward (the shipped model's recipe) keeps `--resume` exact, and its
+    weights differ from fp32's (the option does something) while the loss still falls."""
+    cfg = TrainConfig(epochs=2, batch_size=16, width=0.25, image_size=16, val_fraction=0.25, seed=5,
+                      decay_epochs=2, lr=3e-3, precision="bf16")
+    whole = train(_source(), tmp_path / "whole", cfg)
+    train(_source(), tmp_path / "parts", TrainConfig(**{**cfg.__dict__, "epochs": 1}))
+    train(_source(), tmp_path / "parts", TrainConfig(epochs=2), resume=True)
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "parts")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    train(_source(), tmp_path / "fp32", TrainConfig(**{**cfg.__dict__, "precision": "fp32"}))
+    c = _weights(tmp_path / "fp32")
+    assert any(not torch.equal(a[name], c[name]) for name in a if a[name].is_floating_point())
+    assert whole[-1].train_task_loss < whole[0].train_task_loss
 
 
 def test_cosine_schedule_decays_to_the_floor_and_keeps_it_past_its_horizon():
