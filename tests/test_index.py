@@ -461,3 +461,45 @@ def test_grid_region_end_to_end(tmp_path, model_file, region, cells, names):
     img = tmp_path / "q.png"
     Image.fromarray(images[3]).save(img)
     assert image_features(cat, [img]).shape == (1, cat.num_features)
+
+
+def test_the_extraction_thread_keeps_order_and_hands_its_errors_to_the_job():
+    """`_run` extracts and commits batch k in a thread while the model runs batch k + 1: the
+    items are worked in order, a failure there stops the job with its own exception, and a job
+    leaving on an exception (Ctrl-C) drops what is queued instead of working it."""
+    from simdex.indexer.runner import _Pipelined
+
+    done = []
+    with _Pipelined(done.append, name="t") as tail:
+        for i in range(50):
+            tail.put(i)
+    assert done == list(range(50))
+
+    def fail_at_3(i):
+        if i == 3:
+            raise ValueError("disk full")
+        done.append(i)
+
+    done.clear()
+    with pytest.raises(ValueError, match="disk full"):
+        with _Pipelined(fail_at_3, name="t") as tail:
+            for i in range(10):
+                tail.put(i)
+    assert done == [0, 1, 2]
+
+    import threading
+
+    release = threading.Event()
+
+    def slow(i):
+        release.wait(5)
+        done.append(i)
+
+    done.clear()
+    with pytest.raises(KeyboardInterrupt):
+        with _Pipelined(slow, name="t") as tail:
+            tail.put(0)  # in hand
+            tail.put(1)  # queued
+            threading.Timer(0.3, release.set).start()  # item 0 ends after the block is left
+            raise KeyboardInterrupt
+    assert done == [0]
