@@ -51,6 +51,9 @@ from simdex.cli.progress import ProgressBar
 @click.option("--cache-gb", default=4.0, show_default=True, type=click.FloatRange(0),
               help="Decode image files once into memory when they fit in this many GiB, instead of every "
                    "epoch (0: always decode; IDX data is in memory anyway).")
+@click.option("--no-calibration", is_flag=True,
+              help="Keep the object class's bias as trained (by default the last step adds to it the constant "
+                   "with the best validation Dice, from -2 to 2 in steps of 0.05; the features do not change).")
 @click.option("--no-augment", is_flag=True, help="Turn off polarity/shift/rotation/scale augmentation.")
 @click.option("--mask-threshold", default=0.05, show_default=True, type=click.FloatRange(0, 1),
               help="Mask rule: a pixel is object when it differs from the border's median colour by more.")
@@ -60,7 +63,7 @@ from simdex.cli.progress import ProgressBar
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(source, out, epochs, batch_size, lr, lr_schedule, invert_prob, width, image_size, channels, target_sparsity, alpha, lam,
-          val_fraction, max_images, dice_weight, precision, cache_gb, no_augment, mask_threshold, seed, workers, resume, quiet):
+          val_fraction, max_images, dice_weight, precision, cache_gb, no_calibration, no_augment, mask_threshold, seed, workers, resume, quiet):
     """Train the sparse U-Net on SOURCE: a folder of images, a .csv/.parquet list with a
     `path` column (and optional `mask`), an IDX file, or `fashion-mnist:train`.
 
@@ -88,7 +91,7 @@ def train(source, out, epochs, batch_size, lr, lr_schedule, invert_prob, width, 
                       lam=lam, val_fraction=val_fraction, max_train_images=max_images, augment=not no_augment,
                       mask_threshold=mask_threshold, seed=seed, workers=workers, width=width,
                       in_channels=int(channels), image_size=image_size, invert_prob=invert_prob,
-                      dice_weight=dice_weight, precision=precision, cache_gb=cache_gb, decay_epochs=epochs if lr_schedule == "cosine" else 0)
+                      dice_weight=dice_weight, precision=precision, cache_gb=cache_gb, calibrate=not no_calibration, decay_epochs=epochs if lr_schedule == "cosine" else 0)
     logging.basicConfig(level=logging.WARNING)
     bar: list[ProgressBar | None] = [None]
 
@@ -100,6 +103,11 @@ def train(source, out, epochs, batch_size, lr, lr_schedule, invert_prob, width, 
             if p["decoded"] >= p["total"]:
                 bar[0].close()
                 bar[0] = None
+            return
+        if "calibrated" in p:
+            c = p["calibrated"]
+            click.echo(f"calibrated: object bias {c['object_bias']:+.2f} (validation Dice {c['val_dice_before']:.4f} "
+                       f"→ {c['val_dice_after']:.4f})")
             return
         if "epoch_done" in p:
             m = p["epoch_done"]
@@ -180,6 +188,10 @@ def model_info(model_path, eval_source, batch_size, as_json):
     v = lm.meta.get("validation")
     if v:
         click.echo(f"training  epoch {v['epoch']}: val Dice {v['val_dice']:.4f}, val R_sp^0 {v['val_r_sp0']:.3f}")
+    cal = lm.meta.get("calibration")
+    if cal:
+        click.echo(f"calibrated object bias {cal['object_bias']:+.2f}: val Dice {cal['val_dice_before']:.4f} → "
+                   f"{cal['val_dice_after']:.4f}")
     if "evaluation" in info:
         e = info["evaluation"]
         click.echo(f"evaluated on {e['source']} ({e['images']} images): Dice {e['dice']:.4f}, "

@@ -12,6 +12,13 @@ A run writes into one folder:
     metrics.csv   one row per epoch
     curves.png    the curves of metrics.csv
 
+After the last epoch the best model's head is calibrated: one constant δ added to the object
+class's bias (so a pixel is object when its logit margin exceeds −δ), the δ of the grid
+`CALIBRATION_BIASES` with the highest Dice on the validation images (the training set's
+cross-entropy weighs every pixel alike, and its images are augmented and a third inverted, so its
+argmax need not be the validation Dice's best cut). The features are untouched; model.pt's
+`calibration` says what was done.
+
 "Best" is the highest validation Dice among the epochs whose R_sp^0 is within
 `sparsity_tolerance` of the target, or the highest Dice if none is yet: a model that
 segments well but has not reached its sparsity is not what was asked for.
@@ -74,6 +81,7 @@ class TrainConfig:
     mask_threshold: float = 0.05
     dice_weight: float = 0.0  # weight of the soft-Dice term added to the cross-entropy (0 = cross-entropy only)
     precision: str = "fp32"  # "bf16": the training forward pass under bfloat16 autocast (weights, Adam, loss in fp32)
+    calibrate: bool = True  # after the last epoch, fit the object logit's bias to the validation Dice
     cache_gb: float = 0.0  # decode the images once into memory when they fit in this many GiB (0 = decode every epoch)
     sparsity_tolerance: float = 0.05
     seed: int = 0
@@ -207,6 +215,56 @@ def evaluate(model: SparseUNet, loader: DataLoader) -> dict:
         raise ValueError("no readable images to evaluate on")
     r_sp = (activity > 0).float().mean().item()
     return {"task_loss": loss_sum / n, "dice": num / den if den else 1.0, "r_sp0": 1.0 - r_sp, "images": n}
+
+
+CALIBRATION_BIASES = np.round(np.arange(-2.0, 2.0 + 1e-9, 0.05), 2)  # δ tried by `calibrate_foreground`
+
+
+@torch.inference_mode()
+def dice_by_bias(model: SparseUNet, loader: DataLoader, biases: np.ndarray = CALIBRATION_BIASES) -> np.ndarray:
+    """Dice of the object class over all pixels of `loader`'s images when δ is added to the object
+    logit, for each δ of `biases`: counts of object and background pixels per margin bin, so
+    memory stays one batch whatever the set's size. (len(biases),)"""
+    model.eval()
+    edges = -biases[::-1]  # pixel predicted object at δ ⇔ margin > −δ
+    above_obj = np.zeros(len(biases), np.int64)  # per δ: object pixels predicted object
+    above_all = np.zeros(len(biases), np.int64)
+    n_obj = 0
+    for batch in loader:
+        if batch is None:
+            continue
+        x, mask, _ = batch
+        logits, _ = model(x)
+        margin = (logits[:, 1] - logits[:, 0]).numpy().ravel()
+        obj = mask.numpy().ravel() == 1
+        n_obj += int(obj.sum())
+        for counts, values in ((above_obj, margin[obj]), (above_all, margin)):
+            # values > edge, for each edge: len − (values ≤ edge)
+            counts += (len(values) - np.searchsorted(np.sort(values), edges, side="right"))[::-1]
+    den = above_all + n_obj
+    return np.where(den > 0, 2.0 * above_obj / np.maximum(den, 1), 1.0)
+
+
+def calibrate_foreground(path: Path, loader: DataLoader, cfg: TrainConfig) -> dict | None:
+    """Add to model.pt's object bias the δ of `CALIBRATION_BIASES` with the best validation Dice (ties:
+    the smallest |δ|) and record it; None when the file is already calibrated or has not two classes."""
+    from simdex.indexer.checkpoint import load_model
+
+    loaded = load_model(path)
+    model, meta = loaded.model, dict(loaded.meta)
+    if "calibration" in meta or model.config.num_classes != 2:
+        return None
+    dice = dice_by_bias(model, loader)
+    best = max(range(len(dice)), key=lambda i: (round(float(dice[i]), 12), -abs(CALIBRATION_BIASES[i])))
+    delta = float(CALIBRATION_BIASES[best])
+    zero = int(np.flatnonzero(CALIBRATION_BIASES == 0)[0])
+    with torch.no_grad():
+        model.head.bias[1] += delta
+    meta["calibration"] = {"object_bias": delta, "val_dice_before": float(dice[zero]),
+                           "val_dice_after": float(dice[best]), "biases_tried": [float(CALIBRATION_BIASES[0]),
+                                                                                 float(CALIBRATION_BIASES[-1]), 0.05]}
+    save_model(model, path, meta=meta)
+    return meta["calibration"]
 
 
 def split_indices(n: int, val_fraction: float, seed: int, max_train: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -471,4 +529,8 @@ def train(source: ImageSource, out: str | Path, cfg: TrainConfig, resume: bool =
     except KeyboardInterrupt:
         _save_interrupted(out, model, opt, cfg, epoch, history, best_score)
         raise
+    if cfg.calibrate and (out / "model.pt").exists():  # once, when the run has its epochs (also after a resume)
+        done = calibrate_foreground(out / "model.pt", val_loader, cfg)
+        if done and progress:
+            progress({"calibrated": done})
     return history

@@ -315,3 +315,35 @@ def test_soft_dice_loss_is_zero_when_right_one_when_wrong_and_weighs_small_objec
 def test_a_resumed_run_of_an_older_model_keeps_cross_entropy_alone():
     """Runs saved before the Dice term resume as they were trained: the option's absence reads as 0."""
     assert TrainConfig.from_dict({"epochs": 3}).dice_weight == 0.0
+
+
+def test_calibration_adds_the_validation_dice_best_bias_to_the_object_logit(tmp_path):
+    """The last step of a run: δ on the object logit chosen by validation Dice, counted by margin
+    bins; equal to thresholding every pixel's margin at −δ, written once into model.pt."""
+    from simdex.indexer.checkpoint import load_model
+    from simdex.indexer.train import CALIBRATION_BIASES, calibrate_foreground, dice_by_bias
+
+    cfg = TrainConfig(epochs=1, batch_size=16, width=0.25, image_size=16, val_fraction=0.25, seed=1, lr=3e-3,
+                      calibrate=False)
+    train(_source(), tmp_path, cfg)
+    before = load_model(tmp_path / "model.pt")
+    assert "calibration" not in before.meta
+    loader = _loader(_source(), np.arange(24), cfg, False, None)
+    dice = dice_by_bias(before.model, loader)
+    with torch.inference_mode():  # the same by brute force, pixel by pixel
+        x = torch.cat([b[0] for b in loader])
+        mask = torch.cat([b[1] for b in loader]) == 1
+        logits, _ = before.model(x)
+        margin = logits[:, 1] - logits[:, 0]
+    for k in (0, len(CALIBRATION_BIASES) // 2, len(CALIBRATION_BIASES) - 1):
+        pred = margin + float(CALIBRATION_BIASES[k]) > 0
+        assert dice[k] == pytest.approx(2 * (pred & mask).sum().item() / (pred.sum() + mask.sum()).item())
+    done = calibrate_foreground(tmp_path / "model.pt", loader, cfg)
+    assert done["val_dice_after"] == pytest.approx(float(dice.max())) and done["val_dice_after"] >= done["val_dice_before"]
+    after = load_model(tmp_path / "model.pt")
+    shift = after.model.head.bias - before.model.head.bias
+    assert shift[0].item() == 0 and shift[1].item() == pytest.approx(done["object_bias"])
+    assert after.meta["calibration"] == done
+    assert calibrate_foreground(tmp_path / "model.pt", loader, cfg) is None  # once
+    a, b = after.model.state_dict(), before.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k != "head.bias")  # the features' layers untouched
