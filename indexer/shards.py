@@ -102,7 +102,11 @@ class ShardWriter:
             return
         if self._writer is None:
             self.shard_tmp = self.catalog.new_temp_path("shard")
-            self._writer = pq.ParquetWriter(self.shard_tmp, self.schema, compression=self.compression)
+            # No dictionary and no min/max statistics for the features: thousands of distinct floats
+            # per row make both pure cost (a quarter of the write's CPU), and no reader uses them.
+            others = [f.name for f in self.schema if f.name != "features"]
+            self._writer = pq.ParquetWriter(self.shard_tmp, self.schema, compression=self.compression,
+                                            use_dictionary=others, write_statistics=others)
         table = pa.Table.from_batches(self._pending, schema=self.schema)
         self._writer.write_table(table, row_group_size=max(self.row_group_rows, table.num_rows))
         self._pending, self._pending_rows = [], 0
