@@ -47,7 +47,7 @@ from simdex.cli.progress import ProgressBar
                    "features rank worse (benchmarks/results/bench_scenes_dice8.md).")
 @click.option("--precision", default="bf16", show_default=True, type=click.Choice(["bf16", "fp32"]),
               help="bf16: the training forward pass under bfloat16 autocast (weights, Adam and the loss stay "
-                   "fp32; 1.9x the images/s of fp32 on a CPU with AVX-512 BF16; the model is used in fp32).")
+                   "fp32; 1.7x the images/s of fp32 on a CPU with AVX-512 BF16; the model is used in fp32).")
 @click.option("--cache-gb", default=4.0, show_default=True, type=click.FloatRange(0),
               help="Decode image files once into memory when they fit in this many GiB, instead of every "
                    "epoch (0: always decode; IDX data is in memory anyway).")

@@ -282,8 +282,9 @@ def split_indices(n: int, val_fraction: float, seed: int, max_train: int = 0) ->
 class CachedDataset(Dataset):
     """A `SegmentationDataset` decoded once into memory: the same items, in the same order.
 
-    Decoding and fitting a 64×64 PNG and its mask costs about as much CPU as a third of a
-    bf16 training step on 2 cores, and every epoch repeated it for the same result.
+    Decoding and fitting a 64×64 PNG and its mask costs about 0.5 ms of CPU, which the decode
+    workers took from the training step's threads every epoch for the same result; the whole
+    scenes training split (30,000 images) holds 1.5 GB decoded.
     """
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, backgrounds: torch.Tensor, ok: torch.Tensor):
