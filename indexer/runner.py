@@ -430,63 +430,8 @@ def _run(src, net, options, committer: _Committer) -> None:
     batches = iter(loader)  # forks the decode workers
     if options.workers:
         threading.Thread(target=_warm_imports, name="simdex-warm-imports", daemon=True).start()
-
-    def extract_and_commit(item) -> None:
-        batch, outputs = item
-        committer.add(batch["first"], batch["count"], objects_of(batch, outputs, options))
-
-    # The model runs batch k + 1 while a second thread extracts and commits batch k (in order):
-    # torch, scipy and Parquet release the GIL, so the extraction fills the cores the forward
-    # pass leaves idle between its operators instead of following it.
-    with _Pipelined(extract_and_commit, name="simdex-extract") as tail:
-        for batch in batches:
-            tail.put((batch, forward_batch(net, batch)))
-
-
-class _Pipelined:
-    """Runs `work(item)` on each `put` item in a thread of its own, in order, one item ahead of
-    the caller at most (so at most two batches' maps are alive). An exception in `work` is raised
-    by the next `put` or by leaving the block; leaving on an exception (Ctrl-C) drops what is
-    queued, so an interrupted job stops after the item in hand."""
-
-    def __init__(self, work: Callable[[object], None], name: str):
-        import queue
-
-        self.work, self.error, self.stop = work, None, False
-        self.queue: queue.Queue = queue.Queue(maxsize=1)
-        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
-
-    def _loop(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None or self.stop or self.error is not None:
-                if item is None:
-                    return
-                continue
-            try:
-                with torch.inference_mode():
-                    self.work(item)
-            except BaseException as exc:  # handed to the caller's thread
-                self.error = exc
-
-    def __enter__(self) -> _Pipelined:
-        self.thread.start()
-        return self
-
-    def put(self, item) -> None:
-        self._raise()
-        self.queue.put(item)
-
-    def _raise(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.stop = exc_type is not None
-        self.queue.put(None)
-        self.thread.join()
-        if exc_type is None:
-            self._raise()
+    for batch in batches:
+        committer.add(batch["first"], batch["count"], batch_objects(net, batch, options))
 
 
 def _warm_imports() -> None:
@@ -536,41 +481,19 @@ def inference_net(net, device: str = "cpu"):
 def batch_objects(net, batch: dict, options: IndexOptions, device: str = "cpu") -> BatchObjects:
     """Segment one batch of `_DecodedBatches` with the model and extract its objects' features
     (the map step, the same for every engine)."""
-    return objects_of(batch, forward_batch(net, batch, device), options)
-
-
-@dataclass
-class ForwardOutputs:
-    """The model's outputs for one decoded batch, on the CPU (None when no image of it decoded)."""
-
-    logits: torch.Tensor | None  # (n, K, S, S)
-    acts: list[torch.Tensor]  # φ's maps
-    num_features: int
-
-
-def forward_batch(net, batch: dict, device: str = "cpu") -> ForwardOutputs:
-    """The model's forward pass over one batch of `_DecodedBatches`."""
     # NHWC, as the engines lay out the weights (`inference_net`)
     x = batch["canvases"]  # (n, C, S, S)
     x = (x if isinstance(x, torch.Tensor) else torch.from_numpy(x)).contiguous(memory_format=torch.channels_last)
-    if not len(x):  # every image of the batch failed to decode
-        return ForwardOutputs(None, [], net.num_features)
-    with torch.inference_mode():
-        logits, acts = net(x.to(device))  # (n, K, S, S), φ's maps
-        if device != "cpu":
-            logits, acts = logits.cpu(), [a.cpu() for a in acts]
-    return ForwardOutputs(logits, acts, net.num_features)
-
-
-def objects_of(batch: dict, outputs: ForwardOutputs, options: IndexOptions) -> BatchObjects:
-    """The objects of one batch from its forward pass: components, features, boxes, error rows."""
-    feats = np.zeros((0, outputs.num_features * region_cells(options.region)), np.float32)
+    feats = np.zeros((0, net.num_features * region_cells(options.region)), np.float32)
     ordinals = component = np.zeros(0, np.int64)
     boxes, areas = np.zeros((0, 4), np.int32), np.zeros(0, np.int64)
-    if outputs.logits is not None:
+    if len(x):  # else every image of the batch failed to decode
         with torch.inference_mode():
-            objs = find_objects(_foreground(outputs.logits), options.objects, options.min_area)
-            feats = object_features(outputs.acts, objs, options.region).numpy()  # (M, N)
+            logits, acts = net(x.to(device))  # (n, K, S, S), φ's maps
+            if device != "cpu":
+                logits, acts = logits.cpu(), [a.cpu() for a in acts]
+            objs = find_objects(_foreground(logits), options.objects, options.min_area)
+            feats = object_features(acts, objs, options.region).numpy()  # (M, N)
         img_of = objs.image_index.numpy()
         boxes, areas = _to_image_boxes(objs.bbox.numpy(), batch["placement"][img_of], objs.area.numpy())
         ordinals, component = batch["ordinals"][img_of], objs.component.numpy()
