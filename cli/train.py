@@ -75,7 +75,7 @@ def train(source, out, epochs, batch_size, lr, lr_schedule, invert_prob, width, 
 
     \b
     Example (the shipped default model, after `simdex scenes`):
-      simdex train fashion-mnist-scenes:train --out runs/default --epochs 7 --batch-size 32
+      simdex train fashion-mnist-scenes:train --out runs/default --epochs 18 --batch-size 32
     """
     from simdex.indexer.sources import SourceError, open_source
     from simdex.indexer.train import TrainConfig
