@@ -217,7 +217,8 @@ def evaluate(model: SparseUNet, loader: DataLoader) -> dict:
     return {"task_loss": loss_sum / n, "dice": num / den if den else 1.0, "r_sp0": 1.0 - r_sp, "images": n}
 
 
-CALIBRATION_BIASES = np.round(np.arange(-2.0, 2.0 + 1e-9, 0.05), 2)  # δ tried by `calibrate_foreground`
+CALIBRATION_STEP = 0.05
+CALIBRATION_BIASES = np.round(np.arange(-2.0, 2.0 + 1e-9, CALIBRATION_STEP), 2)  # δ tried by `calibrate_foreground`
 
 
 @torch.inference_mode()
@@ -245,7 +246,7 @@ def dice_by_bias(model: SparseUNet, loader: DataLoader, biases: np.ndarray = CAL
     return np.where(den > 0, 2.0 * above_obj / np.maximum(den, 1), 1.0)
 
 
-def calibrate_foreground(path: Path, loader: DataLoader, cfg: TrainConfig) -> dict | None:
+def calibrate_foreground(path: Path, loader: DataLoader) -> dict | None:
     """Add to model.pt's object bias the δ of `CALIBRATION_BIASES` with the best validation Dice (ties:
     the smallest |δ|) and record it; None when the file is already calibrated or has not two classes."""
     from simdex.indexer.checkpoint import load_model
@@ -262,7 +263,8 @@ def calibrate_foreground(path: Path, loader: DataLoader, cfg: TrainConfig) -> di
         model.head.bias[1] += delta
     meta["calibration"] = {"object_bias": delta, "val_dice_before": float(dice[zero]),
                            "val_dice_after": float(dice[best]), "biases_tried": [float(CALIBRATION_BIASES[0]),
-                                                                                 float(CALIBRATION_BIASES[-1]), 0.05]}
+                                                                                 float(CALIBRATION_BIASES[-1]),
+                                                                                 CALIBRATION_STEP]}
     save_model(model, path, meta=meta)
     return meta["calibration"]
 
@@ -322,9 +324,9 @@ class CachedDataset(Dataset):
 
 
 def _collate_all(batch):
+    """`collate` keeping the unreadable items, with their ok flags (the cache keeps every slot)."""
     images, masks, bgs, ok = zip(*batch)
-    return (torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks)),
-            torch.from_numpy(np.stack(bgs)), torch.tensor(ok, dtype=torch.bool))
+    return _stack(images), _stack(masks), _stack(bgs), torch.tensor(ok, dtype=torch.bool)
 
 
 def _loader(source, idx, cfg: TrainConfig, shuffle: bool, gen: torch.Generator | None,
@@ -499,7 +501,8 @@ def train(source: ImageSource, out: str | Path, cfg: TrainConfig, resume: bool =
     train_idx, val_idx = split_indices(len(source), cfg.val_fraction, cfg.seed, cfg.max_train_images)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + start_epoch)
     decoded = (lambda done, total: progress({"decoded": done, "total": total})) if progress else None
-    train_loader = _loader(source, train_idx, cfg, True, gen, decoded)
+    # a run that has all its epochs (resumed only to calibrate) decodes no training image
+    train_loader = _loader(source, train_idx, cfg, True, gen, decoded) if start_epoch <= cfg.epochs else None
     val_loader = _loader(source, val_idx, cfg, False, None, decoded)
     convs = model.phi_convs()
     log.info("training on %d images, validating on %d; %d features in φ", len(train_idx), len(val_idx),
@@ -531,7 +534,7 @@ def train(source: ImageSource, out: str | Path, cfg: TrainConfig, resume: bool =
         _save_interrupted(out, model, opt, cfg, epoch, history, best_score)
         raise
     if cfg.calibrate and (out / "model.pt").exists():  # once, when the run has its epochs (also after a resume)
-        done = calibrate_foreground(out / "model.pt", val_loader, cfg)
+        done = calibrate_foreground(out / "model.pt", val_loader)
         if done and progress:
             progress({"calibrated": done})
     return history

@@ -223,7 +223,10 @@ def test_images_decoded_once_into_memory_are_the_decoded_images_and_resume_exact
         gen = torch.Generator()
         loader = _loader(open_source(folder), np.arange(18), c, True, gen,
                          lambda done, total: seen.append((done, total)))
-        batches[name] = [[b for b in loader] for _ in range(2) if gen.manual_seed(7) is not None]
+        batches[name] = []
+        for _ in range(2):  # two epochs, each shuffled from the same seed
+            gen.manual_seed(7)
+            batches[name].append(list(loader))
     assert seen and seen[-1] == (18, 18)  # the decoding's progress, for the cached loader only
     for a, b in zip(batches["decoded"], batches["cached"]):
         for x, y in zip(a, b):
@@ -338,12 +341,12 @@ def test_calibration_adds_the_validation_dice_best_bias_to_the_object_logit(tmp_
     for k in (0, len(CALIBRATION_BIASES) // 2, len(CALIBRATION_BIASES) - 1):
         pred = margin + float(CALIBRATION_BIASES[k]) > 0
         assert dice[k] == pytest.approx(2 * (pred & mask).sum().item() / (pred.sum() + mask.sum()).item())
-    done = calibrate_foreground(tmp_path / "model.pt", loader, cfg)
+    done = calibrate_foreground(tmp_path / "model.pt", loader)
     assert done["val_dice_after"] == pytest.approx(float(dice.max())) and done["val_dice_after"] >= done["val_dice_before"]
     after = load_model(tmp_path / "model.pt")
     shift = after.model.head.bias - before.model.head.bias
     assert shift[0].item() == 0 and shift[1].item() == pytest.approx(done["object_bias"])
     assert after.meta["calibration"] == done
-    assert calibrate_foreground(tmp_path / "model.pt", loader, cfg) is None  # once
+    assert calibrate_foreground(tmp_path / "model.pt", loader) is None  # once
     a, b = after.model.state_dict(), before.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if k != "head.bias")  # the features' layers untouched
