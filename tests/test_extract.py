@@ -152,6 +152,22 @@ def test_connected_components_cpu_and_tensor_paths_agree():
     assert connected_components(torch.zeros(0, 8, 8, dtype=torch.bool)).shape == (0, 8, 8)
 
 
+def test_component_stats_cpu_and_tensor_paths_agree():
+    """find_objects' CPU statistics (from scipy's labels, without relabelling) equal the tensor path's."""
+    from simdex.indexer.extract import _component_stats, _component_stats_scipy, _components_torch
+
+    rng = np.random.default_rng(8)
+    seg = random_segments(rng, 10, 18, 23)
+    seg[4] = False  # an image without any component
+    seg[5] = True  # one component that fills the image
+    label_map, *stats = _component_stats_scipy(seg)
+    want_map = _components_torch(torch.from_numpy(seg))
+    np.testing.assert_array_equal(label_map, want_map.numpy())
+    order = np.lexsort((stats[1], stats[0]))  # scipy's label order → (image, label) order
+    for got, want in zip(stats, _component_stats(want_map)):
+        np.testing.assert_array_equal(got[order], want.numpy())
+
+
 @pytest.mark.parametrize("mode,min_area", [("largest", 1), ("all", 1), ("all", 6), ("largest", 30)])
 def test_find_objects_matches_flood_fill(mode, min_area):
     rng = np.random.default_rng(7)
