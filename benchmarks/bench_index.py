@@ -78,40 +78,51 @@ def child(args: argparse.Namespace) -> dict:
     src = open_source(args.source)
     n = min(args.size, len(src))
 
+    def cpu_s() -> float:
+        """CPU seconds of this process and its finished children (the index job's decode workers)."""
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    fwd_cpu: list[float] = []
+
     def forward_pass(first: int, end: int) -> float:
-        """Seconds of the bare forward pass over images [first, end)."""
+        """Seconds of the bare forward pass over images [first, end); its CPU seconds go to fwd_cpu."""
         cl = torch.channels_last  # as the indexer runs it
         net.to(memory_format=cl)
         with torch.inference_mode():
             warm = np.stack([fit_to_size(src.read(i, channels), size)[0] for i in range(args.batch_size)])
             net(torch.from_numpy(warm).contiguous(memory_format=cl))  # warm-up, discarded
-            seconds = 0.0
+            seconds = cpu = 0.0
             for start in range(first, end, args.batch_size):
                 x = torch.from_numpy(np.stack([fit_to_size(src.read(i, channels), size)[0]
                                                for i in range(start, min(end, start + args.batch_size))]))
                 x = x.contiguous(memory_format=cl)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), cpu_s()
                 net(x)
                 seconds += time.perf_counter() - t0
+                cpu += cpu_s() - c0
+        fwd_cpu.append(cpu)
         return seconds
 
     # forward, index, forward, index, …, forward: each index job against the mean rate of the passes on
     # either side of it, so a change of the machine's speed during the run hits both; medians over repeats
     fwd_s = [forward_pass(0, n)]
-    index_s, result, peak_rss_mib, hwm_mib, catalog_bytes = [], None, None, None, None
+    index_s, index_cpu, result, peak_rss_mib, hwm_mib, catalog_bytes = [], [], None, None, None, None
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_s()
             result = index_source(src, Path(tmp) / "catalog", loaded,
                                   IndexOptions(batch_size=args.batch_size, workers=args.workers, limit=n,
                                                views=0))  # the main pass only: views are a step after it
             index_s.append(time.perf_counter() - t0)
+            index_cpu.append(cpu_s() - c0)
             if peak_rss_mib is None:  # after the first job, as before repeats existed
                 peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 hwm_mib = _vm_hwm_mib()
                 catalog_bytes = sum(p.stat().st_size for p in (Path(tmp) / "catalog").rglob("*") if p.is_file())
         fwd_s.append(forward_pass(0, n))
     ratios = [(fwd_s[r] + fwd_s[r + 1]) / 2 / index_s[r] for r in range(args.repeats)]
+    cpu_ratios = [(fwd_cpu[r] + fwd_cpu[r + 1]) / 2 / index_cpu[r] for r in range(args.repeats)]
     index_ips = n / float(np.median(index_s))
     forward_ips = n / float(np.median(fwd_s))
     return {
@@ -120,6 +131,11 @@ def child(args: argparse.Namespace) -> dict:
         "forward_images_per_s": round(forward_ips, 1),
         "index_s_each": [round(t, 2) for t in index_s], "forward_s_each": [round(t, 2) for t in fwd_s],
         "ratio": round(float(np.median(ratios)), 3), "ratio_each": [round(r, 3) for r in ratios],
+        # CPU seconds (this process and the decode workers) of the bare pass against the job's: what the
+        # job spends beside the forward pass, steadier than wall time on a shared machine
+        "cpu_ratio": round(float(np.median(cpu_ratios)), 3), "cpu_ratio_each": [round(r, 3) for r in cpu_ratios],
+        "index_cpu_ms_per_image": round(float(np.median(index_cpu)) / n * 1e3, 3),
+        "forward_cpu_ms_per_image": round(float(np.median(fwd_cpu)) / n * 1e3, 3),
         "peak_rss_mib": round(peak_rss_mib, 1), "vm_hwm_mib": None if hwm_mib is None else round(hwm_mib, 1),
         "catalog_mib": round(catalog_bytes / 2**20, 1),
         "torch_threads": torch.get_num_threads(),
@@ -290,14 +306,19 @@ def main() -> None:
         f"torch threads {runs[0]['torch_threads']}.", "",
         f"Each source: {args.repeats} index job(s), each between two bare forward passes over the same images; "
         "the ratio is the median over jobs of index images/s against the mean of its two passes (per job: "
-        "`ratio_each` in the JSON), the rates are medians.", "",
-        "| source | images | objects | skipped | index images/s | bare forward images/s | ratio | ratio of each job | peak RSS MiB | catalog MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "`ratio_each` in the JSON), the rates are medians. CPU: milliseconds of CPU per image (this process "
+        "and the job's decode workers) and their ratio, forward against index (steadier than wall time on a "
+        "shared machine).", "",
+        "| source | images | objects | skipped | index images/s | bare forward images/s | ratio | ratio of each job "
+        "| CPU ms/image index | CPU ms/image forward | CPU ratio | peak RSS MiB | catalog MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         lines.append(f"| {r['source']} | {r['images']:,} | {r['objects']:,} | {sum(r['skipped'].values()):,} | "
                      f"{r['index_images_per_s']:,.0f} | {r['forward_images_per_s']:,.0f} | {r['ratio']:.2f} | "
-                     f"{', '.join(f'{x:.2f}' for x in r['ratio_each'])} | {r['peak_rss_mib']:,.0f} | {r['catalog_mib']:,.1f} |")
+                     f"{', '.join(f'{x:.2f}' for x in r['ratio_each'])} | {r['index_cpu_ms_per_image']:.2f} | "
+                     f"{r['forward_cpu_ms_per_image']:.2f} | {r['cpu_ratio']:.2f} | {r['peak_rss_mib']:,.0f} | "
+                     f"{r['catalog_mib']:,.1f} |")
     if training:
         lines += ["", f"Training throughput (`simdex train`'s step, width {training['width']}, "
                   f"{training['image_size']}×{training['image_size']} RGB, batch {training['batch_size']}, median of "

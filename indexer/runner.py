@@ -41,14 +41,13 @@ from simdex.indexer.sources import (
     ImageReadError,
     ImageSource,
     border_background,
-    fit_into,
+    fit_to_size,
     open_source,
 )
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
-FIRST_BATCH = 32  # images in a local job's first batch (`_run`)
 
 
 @dataclass
@@ -164,46 +163,40 @@ class _DecodedBatches(torch.utils.data.Dataset):
     Never raises for one image: failures come back as (ordinal, reason, detail).
     """
 
-    def __init__(self, source: ImageSource, start: int, end: int, batch_size: int, channels: int, size: int,
-                 first_batch: int | None = None):
+    def __init__(self, source: ImageSource, start: int, end: int, batch_size: int, channels: int, size: int):
         self.source, self.start, self.end = source, start, end
         self.batch_size, self.channels, self.size = batch_size, channels, size
-        # item 0 may be smaller, so that the model starts on it while the workers decode the next
-        self.first_batch = min(first_batch or batch_size, batch_size)
 
     def __len__(self) -> int:
-        rest = self.end - self.start - self.first_batch
-        return int(self.end > self.start) + max(0, math.ceil(rest / self.batch_size))
+        return math.ceil((self.end - self.start) / self.batch_size)
 
     def __getitem__(self, k: int) -> dict:
-        first = self.start if k == 0 else self.start + self.first_batch + (k - 1) * self.batch_size
-        ordinals = range(first, min(self.end, first + (self.first_batch if k == 0 else self.batch_size)))
+        first = self.start + k * self.batch_size
+        ordinals = range(first, min(self.end, first + self.batch_size))
         if isinstance(self.source, IdxSource) and max(self.source.images.shape[1:]) <= self.size:
             return self._idx_block(first, len(ordinals))
-        c, s = self.channels, self.size
-        # one channels-last (NHWC) buffer the images are fitted into: the model's layout, so the batch
-        # reaches it without a copy ("canvases" is its (n, C, S, S) view)
-        canvases = np.empty((len(ordinals), s, s, c), np.float32)
-        placed, ok, errors = [], [], []
+        canvases, placed, ok, errors = [], [], [], []
         for i in ordinals:
             try:
-                pixels, shown = self.source.read_pixels_for(i, c, s)  # uint8 (H', W', C) or (C, H', W')
-                if pixels.ndim != 3 or min(pixels.shape[:2] if pixels.dtype == np.uint8 else pixels.shape[1:]) < 1:
-                    raise ImageReadError("decode_error", f"decoded to shape {pixels.shape}")
-                scale, top, left = fit_into(pixels, canvases[len(ok)], original_hw=shown)
+                image, shown = self.source.read_for(i, self.channels, self.size)  # (C, H', W'), (H, W)
+                if image.ndim != 3 or min(image.shape[1:]) < 1:
+                    raise ImageReadError("decode_error", f"decoded to shape {image.shape}")
+                canvas, scale, top, left = fit_to_size(image, self.size, original_hw=shown)
             except ImageReadError as exc:
                 errors.append((i, exc.reason, exc.detail))
                 continue
             except Exception as exc:  # a broken image must never stop the job
                 errors.append((i, "decode_error", f"{type(exc).__name__}: {exc}"))
                 continue
+            canvases.append(canvas)
             placed.append((shown[0], shown[1], scale, top, left))
             ok.append(i)
+        c, s = self.channels, self.size
         return {
             "first": first,
             "count": len(ordinals),
             "ordinals": np.asarray(ok, dtype=np.int64),
-            "canvases": canvases[:len(ok)].transpose(0, 3, 1, 2),  # (n, C, S, S), channels-last in memory
+            "canvases": np.stack(canvases) if canvases else np.zeros((0, c, s, s), np.float32),  # (n, C, S, S)
             "placement": np.asarray(placed, dtype=np.float64).reshape(-1, 5),  # h, w, scale, top, left
             "errors": errors,
         }
@@ -428,31 +421,17 @@ def _check_same_job(journal: dict, spec: dict, cat: Catalog, src: ImageSource) -
 def _run(src, net, options, committer: _Committer) -> None:
     """The local engine: DataLoader processes decode, this process runs the model and commits."""
     cfg = net.config
-    # a first batch of FIRST_BATCH images: the model waits for its decoding only (the workers decode
-    # the next batch meanwhile) instead of a whole batch's while both cores could work
     dataset = _DecodedBatches(src, committer.start, committer.end, options.batch_size, cfg.in_channels,
-                              cfg.image_size, first_batch=FIRST_BATCH)
+                              cfg.image_size)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=options.workers, collate_fn=_to_model_layout,
-        persistent_workers=False, prefetch_factor=4 if options.workers else None, worker_init_fn=_lower_priority,
+        persistent_workers=False, prefetch_factor=4 if options.workers else None,
     )
     batches = iter(loader)  # forks the decode workers
     if options.workers:
         threading.Thread(target=_warm_imports, name="simdex-warm-imports", daemon=True).start()
     for batch in batches:
         committer.add(batch["first"], batch["count"], batch_objects(net, batch, options))
-
-
-def _lower_priority(_worker_id: int) -> None:
-    """Run a decode worker at the lowest CPU priority (nice 19). The model's threads wait for each other
-    at every operation's end, so a worker that takes a core from one of them stalls both: decoding beside
-    the forward pass cost it twice the decoding's CPU time. Niced, the workers decode in what the model
-    leaves idle (the extraction after each forward pass runs on one core) and still at full speed when
-    the model waits for them."""
-    try:
-        os.nice(19)
-    except OSError:  # not permitted here: decode at the same priority
-        pass
 
 
 def _warm_imports() -> None:

@@ -128,15 +128,6 @@ def decode_image_for(path: str | os.PathLike, channels: int, size: int,
     return _decode(path, str(path), channels, max_pixels, size)
 
 
-def decode_pixels_for(path: str | os.PathLike, channels: int, size: int,
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
-    """`decode_image_for` without the conversion to float of an 8-bit image: uint8 (H, W, C) as the
-    decoder left it (other images: float32 (C, H, W)), for `fit_into`, which converts it straight into
-    a batch's canvas (the index job's decode workers: half the CPU time per 64×64 PNG)."""
-    path = _regular_file(path)
-    return _decode(path, str(path), channels, max_pixels, size, pixels=True)
-
-
 def _file_kind(mode: int) -> str:
     return ("folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
             else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
@@ -164,10 +155,9 @@ def decode_image_bytes_for(data: bytes, channels: int, size: int,
 _SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90°: displayed width = stored height
 
 
-def _decode(fp, name: str, channels: int, max_pixels: int, reduce_to: int | None = None,
-            pixels: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
-    """(image (C, H', W'), (H, W) as displayed); H' = H unless `reduce_to` let a JPEG decode smaller.
-    `pixels`: the image as `_pil_to_pixels` gives it (8-bit images left as uint8 (H', W', C))."""
+def _decode(fp, name: str, channels: int, max_pixels: int,
+            reduce_to: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """(image (C, H', W'), (H, W) as displayed); H' = H unless `reduce_to` let a JPEG decode smaller."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -187,7 +177,7 @@ def _decode(fp, name: str, channels: int, max_pixels: int, reduce_to: int | None
 
                     img = ImageOps.exif_transpose(img)
                 shown = (w, h) if orientation in _SWAPS_AXES else (h, w)
-                return (_pil_to_pixels if pixels else _pil_to_array)(img, channels), shown
+                return _pil_to_array(img, channels), shown
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -214,13 +204,6 @@ def _orientation(img) -> int:
 
 
 def _pil_to_array(img, channels: int) -> np.ndarray:
-    """The decoded image as float32 (C, H, W) in [0, 1]."""
-    return pixels_to_float(_pil_to_pixels(img, channels))
-
-
-def _pil_to_pixels(img, channels: int) -> np.ndarray:
-    """The decoded image with `channels` channels: uint8 (H, W, C) when it converts to 8-bit grey or
-    RGB (most files), else float32 (C, H, W) in [0, 1] (16-bit, 32-bit and float images)."""
     from PIL import Image
 
     mode = img.mode
@@ -246,15 +229,8 @@ def _pil_to_pixels(img, channels: int) -> np.ndarray:
     target = "L" if channels == 1 else "RGB"
     if img.mode != target:
         img = img.convert(target)
-    arr = np.asarray(img)
-    return arr[:, :, None] if arr.ndim == 2 else arr  # (H, W, C) uint8
-
-
-def pixels_to_float(pixels: np.ndarray) -> np.ndarray:
-    """`_pil_to_pixels`' result as float32 (C, H, W) in [0, 1] (a float image is returned as it is)."""
-    if pixels.dtype != np.uint8:
-        return pixels
-    return np.ascontiguousarray(_to_float(pixels).transpose(2, 0, 1))
+    arr = _to_float(np.asarray(img))
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
 
 
 @functools.lru_cache(maxsize=256)
@@ -318,29 +294,6 @@ def fit_to_size(image: np.ndarray, size: int, background: np.ndarray | None = No
     canvas[...] = np.asarray(background, dtype=np.float32).reshape(c, 1, 1)
     canvas[:, top:top + h, left:left + w] = image
     return canvas, scale * reduced, top, left
-
-
-def fit_into(pixels: np.ndarray, out: np.ndarray,
-             original_hw: tuple[int, int] | None = None) -> tuple[float, int, int]:
-    """`fit_to_size` written into `out`, a (size, size, C) float32 canvas of a channels-last batch:
-    the same values, without the intermediate float image and canvas when `pixels` is an 8-bit image
-    (uint8 (H, W, C), `decode_pixels_for`) that fits: it is converted straight into its place.
-    `pixels` may also be float32 (C, H, W) (`decode_image_for`). Returns the scale and (top, left)."""
-    size = out.shape[0]
-    if pixels.dtype != np.uint8 or max(pixels.shape[:2]) > size:
-        canvas, scale, top, left = fit_to_size(pixels_to_float(pixels), size, original_hw=original_hw)
-        out[...] = canvas.transpose(1, 2, 0)
-        return scale, top, left
-    h, w = pixels.shape[:2]
-    reduced = 1.0 if original_hw is None else max(h, w) / max(original_hw)
-    top, left = (size - h) // 2, (size - w) // 2
-    inside = out[top:top + h, left:left + w]
-    np.divide(pixels, np.float32(255.0), out=inside, dtype=np.float32)  # = _to_float's values
-    if (h, w) != (size, size):
-        background = border_background(inside.transpose(2, 0, 1))  # (C,), as fit_to_size's
-        out[:top], out[top + h:] = background, background
-        out[top:top + h, :left], out[top:top + h, left + w:] = background, background
-    return reduced, top, left
 
 
 def border_background(image: np.ndarray) -> np.ndarray:
@@ -449,10 +402,6 @@ class ImageSource:
         image = self.read(i, channels)
         return image, (image.shape[1], image.shape[2])
 
-    def read_pixels_for(self, i: int, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-        """`read_for`, or for an image file its 8-bit pixels as decoded (`decode_pixels_for`): for `fit_into`."""
-        return self.read_for(i, channels, size)
-
     def read_mask(self, i: int, image: np.ndarray) -> np.ndarray:
         """The training mask of image i: its mask file if it has one, else the background rule."""
         rec = self.records[i]
@@ -497,9 +446,6 @@ class FileSource(ImageSource):
 
     def read_for(self, i: int, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
         return decode_image_for(self._readable(i), channels, size, self.max_pixels)
-
-    def read_pixels_for(self, i: int, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-        return decode_pixels_for(self._readable(i), channels, size, self.max_pixels)
 
     def _readable(self, i: int) -> str:
         rec = self.records[i]

@@ -11,9 +11,6 @@ from simdex.indexer.sources import (
     ImageReadError,
     SourceError,
     decode_image,
-    decode_image_for,
-    decode_pixels_for,
-    fit_into,
     fit_to_size,
     mask_from_background,
     open_source,
@@ -105,32 +102,6 @@ def test_decode_converts_every_common_mode(tmp_path, mode):
         arr = decode_image(path, channels)
         assert arr.shape == (channels, 16, 16) and arr.dtype == np.float32
         assert 0.0 <= arr.min() and arr.max() <= 1.0 and arr.max() > 0.3
-
-
-@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "CMYK", "1", "LA"])
-@pytest.mark.parametrize("hw", [(32, 32), (20, 31), (32, 24), (96, 70), (256, 256)])
-def test_the_index_jobs_fitting_into_its_batch_equals_fit_to_size(tmp_path, mode, hw):
-    """The decode workers' path (8-bit pixels converted straight into a channels-last canvas) gives
-    the canvas, scale and offsets of the path queries take (float image, then fit_to_size), bit for
-    bit: one file, one vector. Sizes that fit (padded or not) and sizes that shrink; PNG and JPEG."""
-    rng = np.random.default_rng(hw[0] * 7 + hw[1])
-    grey = (rng.random(hw) * 255).astype(np.uint8)
-    rgb = Image.fromarray(np.stack([grey, grey[::-1], 255 - grey], axis=-1))
-    img = rgb.convert(mode) if mode != "I;16" else Image.fromarray(grey.astype(np.uint16) * 257)
-    paths = [tmp_path / ("x.tiff" if mode in ("I;16", "CMYK") else "x.png")]
-    img.save(paths[0])
-    if mode in ("L", "RGB"):
-        paths.append(tmp_path / "x.jpg")  # decoded at a reduced size when ≥ 2× the canvas
-        img.save(paths[1], quality=90)
-    for path in paths:
-        for channels in (1, 3):
-            image, shown = decode_image_for(path, channels, 32)
-            want, *placement = fit_to_size(image, 32, original_hw=shown)
-            pixels, shown2 = decode_pixels_for(path, channels, 32)
-            out = np.full((32, 32, channels), np.nan, np.float32)
-            assert shown2 == shown
-            assert fit_into(pixels, out, original_hw=shown2) == tuple(placement)
-            np.testing.assert_array_equal(out.transpose(2, 0, 1), want)
 
 
 def test_decode_errors_have_reasons(tmp_path):
