@@ -102,28 +102,8 @@ def connected_components(foreground: torch.Tensor) -> torch.Tensor:
     if foreground.ndim != 3:
         raise ValueError(f"expected (B, H, W), got {tuple(foreground.shape)}")
     if foreground.device.type == "cpu":
-        return torch.from_numpy(_components_scipy(foreground.bool().numpy()))
+        return torch.from_numpy(_component_stats_scipy(foreground.bool().numpy())[0])
     return _components_torch(foreground)
-
-
-def _components_scipy(fg: np.ndarray) -> np.ndarray:
-    """`connected_components` on the CPU: scipy's one-pass labelling (10× the tensor rounds below on
-    a batch of 256 64×64 segments), relabelled to 1 + each component's largest flat index."""
-    from scipy import ndimage
-
-    b, h, w = fg.shape
-    n = h * w
-    labels, count = ndimage.label(fg, structure=_WITHIN_IMAGE)
-    flat = labels.reshape(-1)
-    where = np.flatnonzero(flat)  # ascending, so a component's last pixel is its largest index
-    lab = flat[where]
-    order = np.argsort(lab, kind="stable")
-    ends = np.flatnonzero(np.diff(lab[order], append=count + 1))
-    largest = np.zeros(count + 1, np.int64)
-    largest[lab[order][ends]] = where[order][ends] % n
-    out = np.zeros(b * n, np.int64)
-    out[where] = largest[lab] + 1
-    return out.reshape(b, h, w)
 
 
 def _components_torch(foreground: torch.Tensor) -> torch.Tensor:
@@ -215,9 +195,10 @@ def _component_stats(label_map: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def _component_stats_scipy(fg: np.ndarray) -> tuple[np.ndarray, ...]:
-    """`connected_components` and `_component_stats` at once on the CPU, from scipy's labelling
-    (a third less time than relabelling first: the index job pays it on every batch). Returns
-    the label map and each component's image, label, area and bbox, in scipy's label order."""
+    """`connected_components` and `_component_stats` at once on the CPU, from scipy's one-pass
+    labelling (10× the tensor rounds on a batch of 256 64×64 segments; the statistics taken from its
+    labels directly, a third less time than a label map and then the scatters). Returns the label
+    map and each component's image, label, area and bbox, in scipy's label order."""
     from scipy import ndimage
 
     b, h, w = fg.shape
