@@ -26,15 +26,20 @@ Arrays in, arrays out; no I/O. Two steps:
      mean over the object's pixels in the cell; a cell without any takes the whole mask): the
      layout of `grid2` without the background of `bbox`.
 
-   Every mode is one batched matrix product per layer: per-object weight maps (B, K, h·w)
-   that sum to 1, K the most objects of one image, times the activations (B, h·w, C) — the
-   channels_last layout the index job's forward pass leaves them in, so no copy is made.
+   Every mode is one matrix product per layer with the activations (B·h·w, C) — the
+   channels_last layout the index job's forward pass leaves them in, so no copy is made. `mask`
+   and `mask+gridG` (when the cells tile every window) take a sparse (objects·cells, B·h·w)
+   matrix of the mask's fractions, so only the objects' pixels are read; the other modes and
+   the rest take dense per-object weight maps (B, K, h·w), K the most objects of one image, in
+   a batched product. Both give the same means (to float rounding; tested).
 
 Bounding boxes are half-open pixel ranges [x0, x1) × [y0, y1) of the model's input.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -331,22 +336,102 @@ def region_weights(objects: Objects, region: str, out_hw: tuple[int, int], layer
     return weights.reshape(-1, *layer_hw)
 
 
-def _pooled_maps(objects: Objects, region: str, out_hw: tuple[int, int], layer_hw: tuple[int, int],
-                 masks: torch.Tensor | None, cache: dict) -> tuple[torch.Tensor, bool]:
-    """The maps `object_features` multiplies the activations by at one resolution, (M, p, h, w),
-    and whether cell 0 (the whole mask) is left out to be derived: for `mask+gridG`, when every
-    object's window is at least G pixels on each side its G² cells tile the window, which holds
-    the mask, so the whole mask's weighted sums are the sum of its cells' — a product with G² maps
-    instead of G² + 1 (a quarter less time per layer with `mask+grid2`)."""
-    if region.startswith("mask+grid") and len(objects):
-        g = region_grid(region)
-        win = bbox_windows(objects.bbox, out_hw, layer_hw)
-        if bool(((win[:, 2] - win[:, 0] >= g) & (win[:, 3] - win[:, 1] >= g)).all()):
-            whole = _mask_fractions(masks, out_hw, layer_hw, cache)  # (M, h, w)
-            inside = _window_maps(grid_windows(win, g), layer_hw).view(len(objects), g * g, *layer_hw)
-            return inside.mul_(whole[:, None]), True
-    return region_maps(objects, region, out_hw, layer_hw, masks, cache)[0], False
+@dataclass
+class _Pooling:
+    """How `object_features` pools the layers of one resolution. `product(hwc)`: the (M, p, C) weighted
+    sums of the (B·h·w, C) activations; `derived`: the whole mask's sums (cell 0) are the p cells' sum,
+    added after the product; `sums` (M, cells, 1): the weights' sums, clamped above 0; `empty`
+    (M, cells): the mask+gridG cells the mask does not reach, or None."""
 
+    product: Callable[[torch.Tensor], torch.Tensor]
+    derived: bool
+    sums: torch.Tensor
+    empty: torch.Tensor | None
+
+
+def _tiles(objects: Objects, g: int, out_hw: tuple[int, int], layer_hw: tuple[int, int]) -> bool:
+    """Whether every object's window is at least g pixels a side at this resolution, so that its g×g
+    cells tile it: each pixel in exactly one cell (`grid_windows`)."""
+    win = bbox_windows(objects.bbox, out_hw, layer_hw)
+    return bool(((win[:, 2] - win[:, 0] >= g) & (win[:, 3] - win[:, 1] >= g)).all())
+
+
+def _cell_matrix(objects: Objects, g: int, out_hw: tuple[int, int], layer_hw: tuple[int, int],
+                 masks: torch.Tensor, cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights of `mask` (g = 1) or of tiled `mask+gridG` cells at one resolution, for every object,
+    as one sparse CSR matrix (g²·M, B·h·w): row c·M + m holds object m's mask fractions inside its cell
+    c, at the columns of its image's pixels. Returns it and the (M, g²) sums of its rows.
+
+    A mask covers a fraction of the layer (a fifth of a 64×64 scene), so the product reads only the
+    pixels that count, not every pixel of every map. Needs tiling cells (`_tiles`): a pixel x of a
+    window [x0, x0 + n) is then in the one cell i with ⌊i·n/g⌋ ≤ x − x0 < ⌊(i+1)·n/g⌋, that is
+    i = ⌊((x − x0 + 1)·g − 1) / n⌋."""
+    m, b, (lh, lw) = len(objects), objects.batch_size, layer_hw
+    n = lh * lw
+    fractions = _mask_fractions(masks, out_hw, layer_hw, cache).reshape(-1)  # (M·h·w,)
+    at = fractions.nonzero().squeeze(1)  # the objects' pixels, in (object, pixel) order
+    weight, obj = fractions[at], at // n
+    image = objects.image_index
+    columns = at if torch.equal(image, torch.arange(b)) else at + (image[obj] - obj) * n  # image's pixel
+    key = obj
+    if g > 1:
+        win = bbox_windows(objects.bbox, out_hw, layer_hw)
+        col = torch.div((torch.arange(lw) - win[:, 0:1] + 1) * g - 1, win[:, 2:3] - win[:, 0:1],
+                        rounding_mode="floor").clamp_(0, g - 1).to(torch.uint8)  # (M, w): cell column of x
+        row = torch.div((torch.arange(lh) - win[:, 1:2] + 1) * g - 1, win[:, 3:4] - win[:, 1:2],
+                        rounding_mode="floor").clamp_(0, g - 1).to(torch.uint8)  # (M, h)
+        cell = (row[:, :, None] * g + col[:, None, :]).reshape(-1)[at]  # (P,) uint8
+        key = cell.long() * m + obj  # the pixel's row of the matrix
+        # rows in (cell, object) order: a stable sort by cell keeps each cell's pixels in object order
+        order = torch.from_numpy(np.argsort(cell.numpy(), kind="stable"))
+        columns, weight_sorted = columns[order], weight[order]
+    else:
+        weight_sorted = weight
+    crow = torch.zeros(g * g * m + 1, dtype=torch.long)
+    torch.cumsum(torch.bincount(key, minlength=g * g * m), 0, out=crow[1:])
+    with warnings.catch_warnings():  # built sorted and in range: no invariant checks, no beta notice
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        matrix = torch.sparse_csr_tensor(crow, columns, weight_sorted, size=(g * g * m, b * n),
+                                         check_invariants=False)
+    sums = torch.zeros(g * g * m, dtype=torch.float32).index_add_(0, key, weight)
+    return matrix, sums.view(g * g, m).t()
+
+
+def _pooling(objects: Objects, region: str, out_hw: tuple[int, int], layer_hw: tuple[int, int],
+             masks: torch.Tensor | None, cache: dict, one_each: bool) -> _Pooling:
+    """The weights of one resolution: a sparse matrix for `mask`, and for `mask+gridG` when its cells
+    tile every window (`_cell_matrix`; the whole mask's sums derived from its cells'); else the dense
+    maps of `region_maps` in a batched product, each image's objects in slots of a (B, K, h·w)."""
+    m, b, (lh, lw) = len(objects), objects.batch_size, layer_hw
+    g = 1 if region == "mask" else region_grid(region) if region.startswith("mask+grid") else 0
+    if g and _tiles(objects, g, out_hw, layer_hw):
+        matrix, sums = _cell_matrix(objects, g, out_hw, layer_hw, masks, cache)  # (g²·M, B·h·w), (M, g²)
+
+        def product(hwc: torch.Tensor) -> torch.Tensor:
+            return (matrix @ hwc).view(g * g, m, -1).transpose(0, 1)  # (M, g², C)
+
+        derived = g > 1
+        if derived:
+            sums = torch.cat([sums.sum(dim=1, keepdim=True), sums], dim=1)
+    else:
+        maps = region_maps(objects, region, out_hw, layer_hw, masks, cache)[0]  # (M, cells, h, w)
+        p = maps.shape[1]
+        image, slot = objects.image_index, torch.zeros(m, dtype=torch.long)
+        if one_each:
+            padded = maps.reshape(b, p, lh * lw)
+        else:
+            slot = objects.component[:, None] * p + torch.arange(p)  # (M, p): weight-map slot in its image
+            image = objects.image_index[:, None].expand(m, p)
+            padded = torch.zeros((b, (int(objects.component.max()) + 1) * p, lh * lw), dtype=torch.float32)
+            padded[image.reshape(-1), slot.reshape(-1)] = maps.reshape(m * p, lh * lw)
+
+        def product(hwc: torch.Tensor) -> torch.Tensor:
+            per_image = torch.bmm(padded, hwc.view(b, lh * lw, -1))  # (B, K, C) weighted sums
+            return per_image if one_each else per_image[image, slot]  # (M, p, C)
+
+        derived, sums = False, maps.sum(dim=(2, 3))
+    empty = sums == 0
+    return _Pooling(product, derived, sums.clamp(min=1e-30)[:, :, None], empty if bool(empty.any()) else None)
 
 def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "bbox",
                     out_hw: tuple[int, int] | None = None) -> torch.Tensor:
@@ -371,43 +456,26 @@ def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "b
     n_features = sum(a.shape[1] for a in acts) * cells
     if m == 0:
         return torch.zeros((0, n_features), dtype=torch.float32)
-    components = int(objects.component.max()) + 1
     # one object per image, in image order (the index job's `largest`): the maps are the slots already
     one_each = m == b and bool(torch.equal(objects.image_index, torch.arange(b)))
     masks = objects.masks() if region.startswith("mask") else None
     fractions: dict = {}
-    pooling: dict[tuple[int, int], tuple] = {}
+    pooling: dict[tuple[int, int], _Pooling] = {}
     out = []
     for a in acts:
         _, ch, lh, lw = a.shape
         if region == "full":
             out.append(a.float().mean(dim=(2, 3))[objects.image_index])  # (M, C)
             continue
-        if (lh, lw) not in pooling:  # layers of one resolution share their weight maps
-            maps, derived = _pooled_maps(objects, region, out_hw, (lh, lw), masks, fractions)
-            p = maps.shape[1]  # maps per object: cells, or cells − 1 when the whole mask's are derived
-            slot = objects.component[:, None] * p + torch.arange(p)  # (M, p): weight-map slot in its image
-            image = objects.image_index[:, None].expand(m, p)
-            if one_each:
-                padded = maps.reshape(b, p, lh * lw)
-            else:
-                padded = torch.zeros((b, components * p, lh * lw), dtype=torch.float32)
-                padded[image.reshape(-1), slot.reshape(-1)] = maps.reshape(m * p, lh * lw)
-            sums = maps.sum(dim=(2, 3))  # (M, p)
-            if derived:
-                sums = torch.cat([sums.sum(dim=1, keepdim=True), sums], dim=1)
-            empty = sums == 0
-            pooling[(lh, lw)] = (padded, None if one_each else (image, slot), derived,
-                                 sums.clamp(min=1e-30)[:, :, None], empty if bool(empty.any()) else None)
-        padded, where, derived, sums, empty = pooling[(lh, lw)]
-        # (B, h·w, C): a view of the channels_last maps the index job makes (a copy of NCHW ones)
-        maps_hwc = a.float().permute(0, 2, 3, 1).reshape(b, lh * lw, ch)
-        per_image = torch.bmm(padded, maps_hwc)  # (B, K, C) weighted sums
-        weighted = per_image if where is None else per_image[where]  # (M, p, C)
-        if derived:  # the whole mask's sums: its cells'
+        if (lh, lw) not in pooling:  # layers of one resolution share their weights
+            pooling[(lh, lw)] = _pooling(objects, region, out_hw, (lh, lw), masks, fractions, one_each)
+        pool = pooling[(lh, lw)]
+        # (B·h·w, C): a view of the channels_last maps the index job makes (a copy of NCHW ones)
+        weighted = pool.product(a.float().permute(0, 2, 3, 1).reshape(b * lh * lw, ch))  # (M, p, C)
+        if pool.derived:  # the whole mask's sums: its cells'
             weighted = torch.cat([weighted.sum(dim=1, keepdim=True), weighted], dim=1)
-        means = weighted / sums  # (M, cells, C)
-        if empty is not None:  # mask+gridG cells the mask does not reach: the whole mask's means
-            means = torch.where(empty[:, :, None], means[:, :1], means)
+        means = weighted / pool.sums  # (M, cells, C)
+        if pool.empty is not None:  # mask+gridG cells the mask does not reach: the whole mask's means
+            means = torch.where(pool.empty[:, :, None], means[:, :1], means)
         out.append(means.reshape(m, cells * ch))  # cell-major
     return torch.cat(out, dim=1)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from simdex.indexer import extract
 from simdex.indexer.extract import bbox_windows, connected_components, find_objects, grid_windows, object_features
 from simdex.indexer.model import SparseUNet, UNetConfig
 
@@ -286,3 +287,30 @@ def test_one_object_per_image_gives_the_general_path_features(region):
     acts2 = [np.concatenate([np.zeros_like(a[:1]), a]) for a in acts]
     general = object_features([torch.from_numpy(a) for a in acts2], objs2, region)
     torch.testing.assert_close(fast, general, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["all", "largest"])
+@pytest.mark.parametrize("region", ["mask", "mask+grid2"])
+def test_sparse_pooling_equals_the_dense_maps(monkeypatch, region, mode):
+    """`mask` and tiled `mask+grid2` pool through a sparse matrix of the mask's pixels; with the dense
+    maps of `region_maps` instead (the path of windows too small to tile) the features are the same."""
+    rng = np.random.default_rng(11)
+    seg = np.zeros((5, 32, 32), dtype=bool)
+    for i in range(5):  # blobs of about 18×20 pixels with holes: windows of 2 pixels or more at stride 8
+        seg[i, 4 + i:22, 6:26] = rng.random((18 - i, 20)) < 0.8
+        seg[i, 6 + i:20, 8:24] = True
+    if mode == "all":  # second objects, too small to tile at stride 8: that layer takes the dense maps
+        seg[1, 29:32, 29:32] = True
+        seg[3, 29:32, 0:2] = True
+    objs = find_objects(torch.from_numpy(seg), mode, min_area=2)
+    acts = [torch.from_numpy(np.maximum(rng.standard_normal((5, ch, 32 // s, 32 // s)), 0).astype(np.float32))
+            for s, ch in [(1, 3), (2, 4), (4, 2), (8, 5)]]
+    tiled = []
+    tiles = extract._tiles
+    monkeypatch.setattr(extract, "_tiles", lambda *a: tiled.append(tiles(*a)) or tiled[-1])
+    sparse = object_features(acts, objs, region)
+    assert tiled[0]  # the full-size layer went through the sparse matrix
+    assert all(tiled) == (region == "mask" or mode == "largest")
+    monkeypatch.setattr(extract, "_tiles", lambda *a: False)
+    dense = object_features(acts, objs, region)
+    torch.testing.assert_close(sparse, dense, rtol=0, atol=2e-6)
