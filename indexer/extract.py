@@ -76,6 +76,11 @@ class Objects:
         """(M, H, W) bool: each object's pixels."""
         return self.label_map[self.image_index] == self.label_value[:, None, None]
 
+    def take(self, index: torch.Tensor) -> Objects:
+        """The objects at `index`, of the same batch."""
+        return Objects(self.image_index[index], self.component[index], self.bbox[index], self.area[index],
+                       self.label_map, self.label_value[index])
+
 
 def _max3x3(x: torch.Tensor) -> torch.Tensor:
     """Maximum over each pixel's 3×3 neighbourhood (borders see only what exists). (B, H, W) → same.
@@ -338,42 +343,44 @@ def region_weights(objects: Objects, region: str, out_hw: tuple[int, int], layer
 
 @dataclass
 class _Pooling:
-    """How `object_features` pools the layers of one resolution. `product(hwc)`: the (M, p, C) weighted
-    sums of the (B·h·w, C) activations; `derived`: the whole mask's sums (cell 0) are the p cells' sum,
-    added after the product; `sums` (M, cells, 1): the weights' sums, clamped above 0; `empty`
-    (M, cells): the mask+gridG cells the mask does not reach, or None."""
+    """How `object_features` pools the layers of one resolution: `product(hwc)` gives the (M, cells, C)
+    weighted sums of the (B·h·w, C) activations, `sums` (M, cells, 1) the weights' sums (clamped above
+    0), `empty` (M, cells) the mask+gridG cells the mask does not reach, or None."""
 
     product: Callable[[torch.Tensor], torch.Tensor]
-    derived: bool
     sums: torch.Tensor
     empty: torch.Tensor | None
 
 
-def _tiles(objects: Objects, g: int, out_hw: tuple[int, int], layer_hw: tuple[int, int]) -> bool:
-    """Whether every object's window is at least g pixels a side at this resolution, so that its g×g
-    cells tile it: each pixel in exactly one cell (`grid_windows`)."""
+def _tiling(objects: Objects, g: int, out_hw: tuple[int, int], layer_hw: tuple[int, int]) -> torch.Tensor:
+    """(M,) bool: the objects whose window is at least g pixels a side at this resolution, so that its
+    g×g cells tile it, each pixel in exactly one cell (`grid_windows`)."""
     win = bbox_windows(objects.bbox, out_hw, layer_hw)
-    return bool(((win[:, 2] - win[:, 0] >= g) & (win[:, 3] - win[:, 1] >= g)).all())
+    return (win[:, 2] - win[:, 0] >= g) & (win[:, 3] - win[:, 1] >= g)
 
 
 def _cell_matrix(objects: Objects, g: int, out_hw: tuple[int, int], layer_hw: tuple[int, int],
-                 masks: torch.Tensor, cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weights of `mask` (g = 1) or of tiled `mask+gridG` cells at one resolution, for every object,
-    as one sparse CSR matrix (g²·M, B·h·w): row c·M + m holds object m's mask fractions inside its cell
-    c, at the columns of its image's pixels. Returns it and the (M, g²) sums of its rows.
+                 masks: torch.Tensor, cache: dict, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights of `mask` (g = 1) or of tiled `mask+gridG` cells at one resolution as one sparse CSR
+    matrix (g²·M, B·h·w): row c·M + m holds object m's mask fractions inside its cell c, at the columns
+    of its image's pixels; the rows of objects not in `keep` (M,) are empty. Returns it and the (M, g²)
+    sums of its rows.
 
     A mask covers a fraction of the layer (a fifth of a 64×64 scene), so the product reads only the
-    pixels that count, not every pixel of every map. Needs tiling cells (`_tiles`): a pixel x of a
+    pixels that count, not every pixel of every map. Needs tiling cells (`_tiling`): a pixel x of a
     window [x0, x0 + n) is then in the one cell i with ⌊i·n/g⌋ ≤ x − x0 < ⌊(i+1)·n/g⌋, that is
     i = ⌊((x − x0 + 1)·g − 1) / n⌋."""
     m, b, (lh, lw) = len(objects), objects.batch_size, layer_hw
     n = lh * lw
     fractions = _mask_fractions(masks, out_hw, layer_hw, cache).reshape(-1)  # (M·h·w,)
     at = fractions.nonzero().squeeze(1)  # the objects' pixels, in (object, pixel) order
-    weight, obj = fractions[at], at // n
-    image = objects.image_index
+    obj = at // n
+    if not bool(keep.all()):
+        at = at[keep[obj]]
+        obj = at // n
+    weight, image = fractions[at], objects.image_index
     columns = at if torch.equal(image, torch.arange(b)) else at + (image[obj] - obj) * n  # image's pixel
-    key = obj
+    key, weight_sorted = obj, weight
     if g > 1:
         win = bbox_windows(objects.bbox, out_hw, layer_hw)
         col = torch.div((torch.arange(lw) - win[:, 0:1] + 1) * g - 1, win[:, 2:3] - win[:, 0:1],
@@ -385,8 +392,6 @@ def _cell_matrix(objects: Objects, g: int, out_hw: tuple[int, int], layer_hw: tu
         # rows in (cell, object) order: a stable sort by cell keeps each cell's pixels in object order
         order = torch.from_numpy(np.argsort(cell.numpy(), kind="stable"))
         columns, weight_sorted = columns[order], weight[order]
-    else:
-        weight_sorted = weight
     crow = torch.zeros(g * g * m + 1, dtype=torch.long)
     torch.cumsum(torch.bincount(key, minlength=g * g * m), 0, out=crow[1:])
     with warnings.catch_warnings():  # built sorted and in range: no invariant checks, no beta notice
@@ -399,39 +404,51 @@ def _cell_matrix(objects: Objects, g: int, out_hw: tuple[int, int], layer_hw: tu
 
 def _pooling(objects: Objects, region: str, out_hw: tuple[int, int], layer_hw: tuple[int, int],
              masks: torch.Tensor | None, cache: dict, one_each: bool) -> _Pooling:
-    """The weights of one resolution: a sparse matrix for `mask`, and for `mask+gridG` when its cells
-    tile every window (`_cell_matrix`; the whole mask's sums derived from its cells'); else the dense
-    maps of `region_maps` in a batched product, each image's objects in slots of a (B, K, h·w)."""
+    """The weights of one resolution. `mask` and `mask+gridG`: a sparse matrix (`_cell_matrix`; the
+    whole mask's sums are its cells'), and for the objects whose window is too small for G cells to
+    tile it (a thin or tiny object at a coarse layer) the dense maps of `region_maps`. The other regions:
+    dense maps in a batched product, each image's objects in slots of a (B, K, h·w)."""
     m, b, (lh, lw) = len(objects), objects.batch_size, layer_hw
+    n = lh * lw
     g = 1 if region == "mask" else region_grid(region) if region.startswith("mask+grid") else 0
-    if g and _tiles(objects, g, out_hw, layer_hw):
-        matrix, sums = _cell_matrix(objects, g, out_hw, layer_hw, masks, cache)  # (g²·M, B·h·w), (M, g²)
+    if g:
+        tiled = _tiling(objects, g, out_hw, layer_hw)
+        matrix, sums = _cell_matrix(objects, g, out_hw, layer_hw, masks, cache, tiled)  # (g²·M, B·h·w), (M, g²)
+        if g > 1:
+            sums = torch.cat([sums.sum(dim=1, keepdim=True), sums], dim=1)
+        rest = (~tiled).nonzero().squeeze(1)
+        if len(rest):
+            few = objects.take(rest)
+            maps = region_maps(few, region, out_hw, layer_hw, few.masks())[0].reshape(len(rest), -1, n)
+            sums[rest] = maps.sum(dim=2)
 
         def product(hwc: torch.Tensor) -> torch.Tensor:
-            return (matrix @ hwc).view(g * g, m, -1).transpose(0, 1)  # (M, g², C)
-
-        derived = g > 1
-        if derived:
-            sums = torch.cat([sums.sum(dim=1, keepdim=True), sums], dim=1)
+            cells = (matrix @ hwc).view(g * g, m, -1).transpose(0, 1)  # (M, g², C)
+            if g > 1:
+                cells = torch.cat([cells.sum(dim=1, keepdim=True), cells], dim=1)
+            if len(rest):
+                cells[rest] = torch.bmm(maps, hwc.view(b, n, -1)[few.image_index])
+            return cells
     else:
         maps = region_maps(objects, region, out_hw, layer_hw, masks, cache)[0]  # (M, cells, h, w)
         p = maps.shape[1]
         image, slot = objects.image_index, torch.zeros(m, dtype=torch.long)
         if one_each:
-            padded = maps.reshape(b, p, lh * lw)
+            padded = maps.reshape(b, p, n)
         else:
             slot = objects.component[:, None] * p + torch.arange(p)  # (M, p): weight-map slot in its image
             image = objects.image_index[:, None].expand(m, p)
-            padded = torch.zeros((b, (int(objects.component.max()) + 1) * p, lh * lw), dtype=torch.float32)
-            padded[image.reshape(-1), slot.reshape(-1)] = maps.reshape(m * p, lh * lw)
+            padded = torch.zeros((b, (int(objects.component.max()) + 1) * p, n), dtype=torch.float32)
+            padded[image.reshape(-1), slot.reshape(-1)] = maps.reshape(m * p, n)
 
         def product(hwc: torch.Tensor) -> torch.Tensor:
-            per_image = torch.bmm(padded, hwc.view(b, lh * lw, -1))  # (B, K, C) weighted sums
+            per_image = torch.bmm(padded, hwc.view(b, n, -1))  # (B, K, C) weighted sums
             return per_image if one_each else per_image[image, slot]  # (M, p, C)
 
-        derived, sums = False, maps.sum(dim=(2, 3))
+        sums = maps.sum(dim=(2, 3))
     empty = sums == 0
-    return _Pooling(product, derived, sums.clamp(min=1e-30)[:, :, None], empty if bool(empty.any()) else None)
+    return _Pooling(product, sums.clamp(min=1e-30)[:, :, None], empty if bool(empty.any()) else None)
+
 
 def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "bbox",
                     out_hw: tuple[int, int] | None = None) -> torch.Tensor:
@@ -471,9 +488,7 @@ def object_features(acts: list[torch.Tensor], objects: Objects, region: str = "b
             pooling[(lh, lw)] = _pooling(objects, region, out_hw, (lh, lw), masks, fractions, one_each)
         pool = pooling[(lh, lw)]
         # (B·h·w, C): a view of the channels_last maps the index job makes (a copy of NCHW ones)
-        weighted = pool.product(a.float().permute(0, 2, 3, 1).reshape(b * lh * lw, ch))  # (M, p, C)
-        if pool.derived:  # the whole mask's sums: its cells'
-            weighted = torch.cat([weighted.sum(dim=1, keepdim=True), weighted], dim=1)
+        weighted = pool.product(a.float().permute(0, 2, 3, 1).reshape(b * lh * lw, ch))  # (M, cells, C)
         means = weighted / pool.sums  # (M, cells, C)
         if pool.empty is not None:  # mask+gridG cells the mask does not reach: the whole mask's means
             means = torch.where(pool.empty[:, :, None], means[:, :1], means)

@@ -293,7 +293,8 @@ def test_one_object_per_image_gives_the_general_path_features(region):
 @pytest.mark.parametrize("region", ["mask", "mask+grid2"])
 def test_sparse_pooling_equals_the_dense_maps(monkeypatch, region, mode):
     """`mask` and tiled `mask+grid2` pool through a sparse matrix of the mask's pixels; with the dense
-    maps of `region_maps` instead (the path of windows too small to tile) the features are the same."""
+    maps of `region_maps` instead (the path of an object whose window is too small to tile) the
+    features are the same, and a batch that mixes both paths gives each object its own."""
     rng = np.random.default_rng(11)
     seg = np.zeros((5, 32, 32), dtype=bool)
     for i in range(5):  # blobs of about 18×20 pixels with holes: windows of 2 pixels or more at stride 8
@@ -306,11 +307,11 @@ def test_sparse_pooling_equals_the_dense_maps(monkeypatch, region, mode):
     acts = [torch.from_numpy(np.maximum(rng.standard_normal((5, ch, 32 // s, 32 // s)), 0).astype(np.float32))
             for s, ch in [(1, 3), (2, 4), (4, 2), (8, 5)]]
     tiled = []
-    tiles = extract._tiles
-    monkeypatch.setattr(extract, "_tiles", lambda *a: tiled.append(tiles(*a)) or tiled[-1])
+    tiling = extract._tiling
+    monkeypatch.setattr(extract, "_tiling", lambda *a: tiled.append(tiling(*a)) or tiled[-1])
     sparse = object_features(acts, objs, region)
-    assert tiled[0]  # the full-size layer went through the sparse matrix
-    assert all(tiled) == (region == "mask" or mode == "largest")
-    monkeypatch.setattr(extract, "_tiles", lambda *a: False)
+    assert bool(tiled[0].all())  # at full size every object went through the sparse matrix
+    assert all(bool(t.all()) for t in tiled) == (region == "mask" or mode == "largest")
+    monkeypatch.setattr(extract, "_tiling", lambda objects, *a: torch.zeros(len(objects), dtype=torch.bool))
     dense = object_features(acts, objs, region)
     torch.testing.assert_close(sparse, dense, rtol=0, atol=2e-6)
