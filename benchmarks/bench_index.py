@@ -150,20 +150,21 @@ TRAIN_VARIANTS = {  # name → (channels_last, bf16 autocast)
 
 
 def train_throughput(steps: int = 8, batch_size: int = 32, width: float = 0.5, size: int = 64) -> dict:
-    """Training images/s of `simdex train`'s step (augmentation, forward, sparsity objective,
-    backward, Adam) on the scenes' first images: NCHW, channels_last (the previous default) and
-    channels_last with the forward under bf16 autocast (`--precision bf16`, the default now),
-    alternating variants step by step so load changes hit all; the first step of each is discarded.
+    """Training images/s of `simdex train`'s step (`indexer.train.train_step`: forward, sparsity
+    objective, backward, Adam; the augmentation outside the timing) on the scenes' first images:
+    NCHW, channels_last (the previous default) and channels_last with the forward under bf16
+    autocast (`--precision bf16`, the default now), alternating variants step by step so load
+    changes hit all; the first step of each is discarded.
     Also the CPU time of decoding and fitting one training image and its mask, which `--cache-gb`
     spends once per run instead of once per epoch."""
+    import dataclasses
+
     import numpy as np
     import torch
-    from torch.nn import functional as F
 
     from simdex.indexer.model import UNetConfig, build_model
     from simdex.indexer.sources import open_source
-    from simdex.indexer.sparsity import active_ratio, sparsity_gamma, weight_sparsity_loss
-    from simdex.indexer.train import SegmentationDataset, TrainConfig, augment_batch, collate
+    from simdex.indexer.train import SegmentationDataset, TrainConfig, augment_batch, collate, train_step
 
     cfg = TrainConfig(width=width, image_size=size, in_channels=3, batch_size=batch_size)
     src = open_source("fashion-mnist-scenes:train")
@@ -184,18 +185,9 @@ def train_throughput(steps: int = 8, batch_size: int = 32, width: float = 0.5, s
         for name, (net, opt, times) in nets.items():
             channels_last, bf16 = TRAIN_VARIANTS[name]
             x, mask = augment_batch(x0, mask0, bg0, cfg, gen)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            step_cfg = dataclasses.replace(cfg, precision="bf16" if bf16 else "fp32")
             t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits, acts = net(x)
-            task = F.cross_entropy(logits.float(), mask.long())
-            r_sp = active_ratio(acts)
-            gamma = sparsity_gamma(r_sp, cfg.beta, cfg.alpha)
-            loss = task + gamma * weight_sparsity_loss(net.phi_convs()) if gamma > 0 else task
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(net, opt, net.phi_convs(), x, mask, step_cfg, channels_last=channels_last)
             times.append(time.perf_counter() - t0)
     out = {name: round(batch_size / float(np.median(t[1:])), 1) for name, (_, _, t) in nets.items()}
     before, after = out["channels_last fp32 (before)"], out["channels_last bf16 (after)"]

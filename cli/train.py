@@ -94,6 +94,7 @@ def train(source, out, epochs, batch_size, lr, lr_schedule, invert_prob, width, 
                       dice_weight=dice_weight, precision=precision, cache_gb=cache_gb, calibrate=not no_calibration, decay_epochs=epochs if lr_schedule == "cosine" else 0)
     logging.basicConfig(level=logging.WARNING)
     bar: list[ProgressBar | None] = [None]
+    epochs_run = [0]  # in this call: a resumed run that has its epochs runs none
 
     def progress(p: dict) -> None:
         if "decoded" in p:  # decoding the images into memory (--cache-gb), before the first epoch
@@ -111,6 +112,7 @@ def train(source, out, epochs, batch_size, lr, lr_schedule, invert_prob, width, 
             return
         if "epoch_done" in p:
             m = p["epoch_done"]
+            epochs_run[0] += 1
             if bar[0]:
                 bar[0].close()
                 bar[0] = None
@@ -129,10 +131,11 @@ def train(source, out, epochs, batch_size, lr, lr_schedule, invert_prob, width, 
                                    f"--resume (best model so far: {out}/model.pt)") from None
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    if history:
-        click.echo(f"best model: {out}/model.pt   metrics: {out}/metrics.csv   curves: {out}/curves.png")
+    if not epochs_run[0]:
+        click.echo(f"nothing to do: {out} already trained {len(history)} epoch{'s' * (len(history) != 1)} "
+                   f"(raise --epochs to go on); best model: {out}/model.pt")
     else:
-        click.echo(f"nothing to do: {out} already trained {epochs} epochs (raise --epochs to go on)")
+        click.echo(f"best model: {out}/model.pt   metrics: {out}/metrics.csv   curves: {out}/curves.png")
 
 
 @click.command("model-info")

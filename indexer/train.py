@@ -421,6 +421,26 @@ def learning_rate(cfg: TrainConfig, epoch: int, step: int, steps: int) -> float:
     return cfg.lr * (LR_FLOOR + (1.0 - LR_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
+def train_step(model, opt, convs, x: torch.Tensor, mask: torch.Tensor, cfg: TrainConfig,
+               channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One optimisation step of R(θ) = L_seg + λ·γ·L_sp on a batch (x (B, C, S, S), mask (B, S, S)):
+    the forward pass in channels_last (`channels_last=False`: as given, for benchmarks/bench_index.py's
+    NCHW baseline) under bf16 autocast when `cfg.precision` says so. Returns the loss, the task loss
+    (cross-entropy, as on validation) and R_sp."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        logits, acts = model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    logits = logits.float()  # the loss in fp32; acts only feed R_sp (any positive sum stays positive in bf16)
+    task = F.cross_entropy(logits, mask.long())
+    seg = task + cfg.dice_weight * soft_dice_loss(logits, mask) if cfg.dice_weight > 0 else task
+    r_sp = active_ratio(acts)
+    gamma = sparsity_gamma(r_sp, cfg.beta, cfg.alpha)
+    loss = seg + cfg.lam * gamma * weight_sparsity_loss(convs) if gamma > 0 else seg
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, task, r_sp
+
+
 def _train_epoch(model, opt, convs, train_loader, cfg: TrainConfig, gen, epoch: int,
                  progress: ProgressFn | None) -> dict[str, float]:
     """One pass over the training images with the sparsity objective R(θ) = L_task + λ·L_sp·γ;
@@ -437,17 +457,7 @@ def _train_epoch(model, opt, convs, train_loader, cfg: TrainConfig, gen, epoch: 
         x, mask, bg = batch
         if cfg.augment:
             x, mask = augment_batch(x, mask, bg, cfg, gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            logits, acts = model(x.contiguous(memory_format=torch.channels_last))
-        logits = logits.float()  # the loss in fp32; acts only feed R_sp (any positive sum stays positive in bf16)
-        task = F.cross_entropy(logits, mask.long())  # reported as the task loss, as on validation
-        seg = task + cfg.dice_weight * soft_dice_loss(logits, mask) if cfg.dice_weight > 0 else task
-        r_sp = active_ratio(acts)
-        gamma = sparsity_gamma(r_sp, cfg.beta, cfg.alpha)
-        loss = seg + cfg.lam * gamma * weight_sparsity_loss(convs) if gamma > 0 else seg
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, task, r_sp = train_step(model, opt, convs, x, mask, cfg)
         steps += 1
         sums["loss"] += loss.item()
         sums["task"] += task.item()

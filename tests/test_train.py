@@ -109,6 +109,10 @@ def test_cli_train_on_a_folder_then_model_info(tmp_path):
     res = runner.invoke(main, ["model-info", "--model", str(out / "model.pt"), "--evaluate", str(folder)])
     assert res.exit_code == 0, res.output
     assert "Dice" in res.output and "sha256" in res.output
+    # resuming a run that has its epochs trains nothing, and says so
+    res = runner.invoke(main, ["train", str(folder), "--out", str(out), "--epochs", "1", "--resume", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "nothing to do" in res.output and "already trained 1 epoch " in res.output and "val Dice" not in res.output
 
 
 def test_cli_reports_user_mistakes_without_traceback(tmp_path):
