@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -259,22 +260,26 @@ def main() -> None:
     jobs = [(size, args.source, args.source) for size in args.sizes]
     if args.folders:
         jobs = [(args.sizes[0], str(make_folder(spec, args.sizes[0])), spec) for spec in args.folders]
-    for size, source, label in jobs:
-        cmd = [sys.executable, __file__, "--child", "--size", str(size), "--batch-size", str(args.batch_size),
-               "--threads", str(args.threads), "--source", source,
-               "--repeats", str(args.repeats)]
-        if args.model:
-            cmd += ["--model", str(args.model)]
-        if args.workers is not None:
-            cmd += ["--workers", str(args.workers)]
-        print(f"size {size:,}: running…", file=sys.stderr, flush=True)
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
-        if out.returncode:
-            sys.exit(f"child for size {size} failed:\n{out.stderr}")
-        run = {"source": label, **json.loads(out.stdout.strip().splitlines()[-1])}
-        print(f"size {size:,}: {run}", file=sys.stderr, flush=True)
-        runs.append(run)
+    try:
+        for size, source, label in jobs:
+            cmd = [sys.executable, __file__, "--child", "--size", str(size), "--batch-size", str(args.batch_size),
+                   "--threads", str(args.threads), "--source", source,
+                   "--repeats", str(args.repeats)]
+            if args.model:
+                cmd += ["--model", str(args.model)]
+            if args.workers is not None:
+                cmd += ["--workers", str(args.workers)]
+            print(f"size {size:,}: running…", file=sys.stderr, flush=True)
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                                 env={**os.environ, "PYTHONPATH": str(REPO)})
+            if out.returncode:
+                sys.exit(f"child for size {size} failed:\n{out.stderr}")
+            run = {"source": label, **json.loads(out.stdout.strip().splitlines()[-1])}
+            print(f"size {size:,}: {run}", file=sys.stderr, flush=True)
+            runs.append(run)
+    finally:  # the folders written for the run
+        for _, source, _ in jobs if args.folders else ():
+            shutil.rmtree(source, ignore_errors=True)
 
     training = train_throughput(args.train_steps) if args.train_steps else None
     rss = [r["peak_rss_mib"] for r in runs]
