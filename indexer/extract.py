@@ -28,10 +28,11 @@ Arrays in, arrays out; no I/O. Two steps:
 
    Every mode is one matrix product per layer with the activations (B·h·w, C) — the
    channels_last layout the index job's forward pass leaves them in, so no copy is made. `mask`
-   and `mask+gridG` (when the cells tile every window) take a sparse (objects·cells, B·h·w)
-   matrix of the mask's fractions, so only the objects' pixels are read; the other modes and
-   the rest take dense per-object weight maps (B, K, h·w), K the most objects of one image, in
-   a batched product. Both give the same means (to float rounding; tested).
+   and `mask+gridG` take a sparse (objects·cells, B·h·w) matrix of the mask's fractions, so only
+   the objects' pixels are read (an object whose window is too small for its cells to tile it
+   takes dense maps alone); the other modes take dense per-object weight maps (B, K, h·w), K the
+   most objects of one image, in a batched product. Both give the same means (to float
+   rounding; tested).
 
 Bounding boxes are half-open pixel ranges [x0, x1) × [y0, y1) of the model's input.
 """
@@ -352,19 +353,19 @@ class _Pooling:
     empty: torch.Tensor | None
 
 
-def _tiling(objects: Objects, g: int, out_hw: tuple[int, int], layer_hw: tuple[int, int]) -> torch.Tensor:
-    """(M,) bool: the objects whose window is at least g pixels a side at this resolution, so that its
-    g×g cells tile it, each pixel in exactly one cell (`grid_windows`)."""
-    win = bbox_windows(objects.bbox, out_hw, layer_hw)
+def _tiling(win: torch.Tensor, g: int) -> torch.Tensor:
+    """(M,) bool: the objects whose window (`bbox_windows`, (M, 4)) is at least g pixels a side, so
+    that its g×g cells tile it, each pixel in exactly one cell (`grid_windows`)."""
     return (win[:, 2] - win[:, 0] >= g) & (win[:, 3] - win[:, 1] >= g)
 
 
 def _cell_matrix(objects: Objects, g: int, out_hw: tuple[int, int], layer_hw: tuple[int, int],
-                 masks: torch.Tensor, cache: dict, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 masks: torch.Tensor, cache: dict, win: torch.Tensor,
+                 keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The weights of `mask` (g = 1) or of tiled `mask+gridG` cells at one resolution as one sparse CSR
     matrix (g²·M, B·h·w): row c·M + m holds object m's mask fractions inside its cell c, at the columns
-    of its image's pixels; the rows of objects not in `keep` (M,) are empty. Returns it and the (M, g²)
-    sums of its rows.
+    of its image's pixels; the rows of objects not in `keep` (M,) are empty. `win`: the objects' windows
+    at this resolution (`bbox_windows`). Returns the matrix and the (M, g²) sums of its rows.
 
     A mask covers a fraction of the layer (a fifth of a 64×64 scene), so the product reads only the
     pixels that count, not every pixel of every map. Needs tiling cells (`_tiling`): a pixel x of a
@@ -376,13 +377,12 @@ def _cell_matrix(objects: Objects, g: int, out_hw: tuple[int, int], layer_hw: tu
     at = fractions.nonzero().squeeze(1)  # the objects' pixels, in (object, pixel) order
     obj = at // n
     if not bool(keep.all()):
-        at = at[keep[obj]]
-        obj = at // n
+        kept = keep[obj]
+        at, obj = at[kept], obj[kept]
     weight, image = fractions[at], objects.image_index
     columns = at if torch.equal(image, torch.arange(b)) else at + (image[obj] - obj) * n  # image's pixel
     key, weight_sorted = obj, weight
     if g > 1:
-        win = bbox_windows(objects.bbox, out_hw, layer_hw)
         col = torch.div((torch.arange(lw) - win[:, 0:1] + 1) * g - 1, win[:, 2:3] - win[:, 0:1],
                         rounding_mode="floor").clamp_(0, g - 1).to(torch.uint8)  # (M, w): cell column of x
         row = torch.div((torch.arange(lh) - win[:, 1:2] + 1) * g - 1, win[:, 3:4] - win[:, 1:2],
@@ -412,14 +412,15 @@ def _pooling(objects: Objects, region: str, out_hw: tuple[int, int], layer_hw: t
     n = lh * lw
     g = 1 if region == "mask" else region_grid(region) if region.startswith("mask+grid") else 0
     if g:
-        tiled = _tiling(objects, g, out_hw, layer_hw)
-        matrix, sums = _cell_matrix(objects, g, out_hw, layer_hw, masks, cache, tiled)  # (g²·M, B·h·w), (M, g²)
+        win = bbox_windows(objects.bbox, out_hw, layer_hw)
+        tiled = _tiling(win, g)
+        matrix, sums = _cell_matrix(objects, g, out_hw, layer_hw, masks, cache, win, tiled)  # (g²·M, B·h·w), (M, g²)
         if g > 1:
             sums = torch.cat([sums.sum(dim=1, keepdim=True), sums], dim=1)
         rest = (~tiled).nonzero().squeeze(1)
         if len(rest):
             few = objects.take(rest)
-            maps = region_maps(few, region, out_hw, layer_hw, few.masks())[0].reshape(len(rest), -1, n)
+            maps = region_maps(few, region, out_hw, layer_hw, masks[rest])[0].reshape(len(rest), -1, n)
             sums[rest] = maps.sum(dim=2)
 
         def product(hwc: torch.Tensor) -> torch.Tensor:
@@ -432,7 +433,7 @@ def _pooling(objects: Objects, region: str, out_hw: tuple[int, int], layer_hw: t
     else:
         maps = region_maps(objects, region, out_hw, layer_hw, masks, cache)[0]  # (M, cells, h, w)
         p = maps.shape[1]
-        image, slot = objects.image_index, torch.zeros(m, dtype=torch.long)
+        where = None  # one object per image: the maps are the slots already
         if one_each:
             padded = maps.reshape(b, p, n)
         else:
@@ -440,10 +441,11 @@ def _pooling(objects: Objects, region: str, out_hw: tuple[int, int], layer_hw: t
             image = objects.image_index[:, None].expand(m, p)
             padded = torch.zeros((b, (int(objects.component.max()) + 1) * p, n), dtype=torch.float32)
             padded[image.reshape(-1), slot.reshape(-1)] = maps.reshape(m * p, n)
+            where = (image, slot)
 
         def product(hwc: torch.Tensor) -> torch.Tensor:
             per_image = torch.bmm(padded, hwc.view(b, n, -1))  # (B, K, C) weighted sums
-            return per_image if one_each else per_image[image, slot]  # (M, p, C)
+            return per_image if where is None else per_image[where]  # (M, p, C)
 
         sums = maps.sum(dim=(2, 3))
     empty = sums == 0

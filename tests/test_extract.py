@@ -312,6 +312,6 @@ def test_sparse_pooling_equals_the_dense_maps(monkeypatch, region, mode):
     sparse = object_features(acts, objs, region)
     assert bool(tiled[0].all())  # at full size every object went through the sparse matrix
     assert all(bool(t.all()) for t in tiled) == (region == "mask" or mode == "largest")
-    monkeypatch.setattr(extract, "_tiling", lambda objects, *a: torch.zeros(len(objects), dtype=torch.bool))
+    monkeypatch.setattr(extract, "_tiling", lambda win, g: torch.zeros(len(win), dtype=torch.bool))
     dense = object_features(acts, objs, region)
     torch.testing.assert_close(sparse, dense, rtol=0, atol=2e-6)
