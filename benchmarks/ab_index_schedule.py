@@ -62,17 +62,10 @@ def _after_forward(one_thread: bool):
             following = next(batches, None)  # the worker decodes it now, beside the extraction
             if one_thread:
                 torch.set_num_threads(1)
-            with torch.inference_mode():
-                objs = runner.find_objects(runner._foreground(logits), options.objects, options.min_area)
-                feats = runner.object_features(acts, objs, options.region).numpy()
+            objs = runner.objects_of(batch, (logits, acts), options, net.num_features)
             if one_thread:
                 torch.set_num_threads(threads)
-            img_of = objs.image_index.numpy()
-            boxes, areas = runner._to_image_boxes(objs.bbox.numpy(), batch["placement"][img_of], objs.area.numpy())
-            ordinals = batch["ordinals"][img_of]
-            errs = [(int(i), "no_object", "") for i in np.setdiff1d(batch["ordinals"], ordinals)] + batch["errors"]
-            committer.add(batch["first"], batch["count"],
-                          runner.BatchObjects(ordinals, objs.component.numpy(), boxes, areas, feats, sorted(errs)))
+            committer.add(batch["first"], batch["count"], objs)
             batch = following
 
     return run

@@ -180,17 +180,17 @@ def train_throughput(steps: int = 8, batch_size: int = 32, width: float = 0.5, s
         net = build_model(UNetConfig(width=width, in_channels=3, image_size=size))
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
-        nets[name] = (net, torch.optim.Adam(net.parameters(), lr=1e-3), [])
+        nets[name] = (net, torch.optim.Adam(net.parameters(), lr=1e-3), net.phi_convs(), [])
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps + 1):
-        for name, (net, opt, times) in nets.items():
+        for name, (net, opt, convs, times) in nets.items():
             channels_last, bf16 = TRAIN_VARIANTS[name]
             x, mask = augment_batch(x0, mask0, bg0, cfg, gen)
             step_cfg = dataclasses.replace(cfg, precision="bf16" if bf16 else "fp32")
             t0 = time.perf_counter()
-            train_step(net, opt, net.phi_convs(), x, mask, step_cfg, channels_last=channels_last)
+            train_step(net, opt, convs, x, mask, step_cfg, channels_last=channels_last)
             times.append(time.perf_counter() - t0)
-    out = {name: round(batch_size / float(np.median(t[1:])), 1) for name, (_, _, t) in nets.items()}
+    out = {name: round(batch_size / float(np.median(t[1:])), 1) for name, (*_, t) in nets.items()}
     before, after = out["channels_last fp32 (before)"], out["channels_last bf16 (after)"]
     return {"images_per_s": out, "speedup": round(after / before, 2), "steps": steps, "batch_size": batch_size,
             "width": width, "image_size": size, "torch_threads": torch.get_num_threads(),

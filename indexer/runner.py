@@ -484,14 +484,25 @@ def batch_objects(net, batch: dict, options: IndexOptions, device: str = "cpu") 
     # NHWC, as the engines lay out the weights (`inference_net`)
     x = batch["canvases"]  # (n, C, S, S)
     x = (x if isinstance(x, torch.Tensor) else torch.from_numpy(x)).contiguous(memory_format=torch.channels_last)
-    feats = np.zeros((0, net.num_features * region_cells(options.region)), np.float32)
-    ordinals = component = np.zeros(0, np.int64)
-    boxes, areas = np.zeros((0, 4), np.int32), np.zeros(0, np.int64)
+    outputs = None
     if len(x):  # else every image of the batch failed to decode
         with torch.inference_mode():
             logits, acts = net(x.to(device))  # (n, K, S, S), φ's maps
             if device != "cpu":
                 logits, acts = logits.cpu(), [a.cpu() for a in acts]
+        outputs = (logits, acts)
+    return objects_of(batch, outputs, options, net.num_features)
+
+
+def objects_of(batch: dict, outputs: tuple | None, options: IndexOptions, num_features: int) -> BatchObjects:
+    """The second half of `batch_objects`: a batch's objects and features from the model's outputs
+    (logits, φ's maps) on the CPU, or None when no image of the batch decoded."""
+    feats = np.zeros((0, num_features * region_cells(options.region)), np.float32)
+    ordinals = component = np.zeros(0, np.int64)
+    boxes, areas = np.zeros((0, 4), np.int32), np.zeros(0, np.int64)
+    if outputs is not None:
+        logits, acts = outputs
+        with torch.inference_mode():
             objs = find_objects(_foreground(logits), options.objects, options.min_area)
             feats = object_features(acts, objs, options.region).numpy()  # (M, N)
         img_of = objs.image_index.numpy()
